@@ -1,0 +1,3 @@
+from rdsrecorder.cli import main
+
+main()

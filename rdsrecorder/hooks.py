@@ -1,0 +1,49 @@
+"""The small hook through which the core reports what happens.
+
+The core never imports a metrics library: it calls these methods. ``Hooks`` is a no-op base;
+``rdsrecorder.metrics.PrometheusHooks`` overrides them. Every method must be cheap and must never
+raise (it runs inside transfer loops).
+"""
+
+from __future__ import annotations
+
+
+class Hooks:
+    # -- AWS calls -------------------------------------------------------------------------
+    def aws_call(self, service: str, operation: str, outcome: str) -> None:
+        """One AWS call finished. outcome: "ok", "throttled", "error", "retry"."""
+
+    def retry(self, service: str, operation: str, reason: str) -> None:
+        """A call is retried (reason: the error code or exception class)."""
+
+    # -- files -------------------------------------------------------------------------------
+    def files_pending(self, instance: str, count: int) -> None:
+        """Files known to be in the window and not copied yet (gauge)."""
+
+    def file_started(self, instance: str) -> None:
+        """A file transfer started (in-flight gauge +1)."""
+
+    def file_finished(
+        self, instance: str, outcome: str, duration_s: float, log_timestamp_s: float
+    ) -> None:
+        """A file transfer ended (in-flight gauge -1).
+
+        outcome: "copied", "skipped" (already in S3), "failed", "lost" (vanished / unrecoverable).
+        log_timestamp_s: the timestamp in the log file's name (epoch seconds).
+        """
+
+    def bytes_downloaded(self, instance: str, count: int) -> None: ...
+
+    def bytes_uploaded(self, instance: str, count: int) -> None: ...
+
+    def truncated_lines(self, instance: str, count: int) -> None: ...
+
+    # -- run ---------------------------------------------------------------------------------
+    def mode(self, mode: str) -> None:
+        """The sync mode (see window.Mode), set once at start."""
+
+    def snapshot(self, instance: str, outcome: str) -> None:
+        """outcome: "created", "available", "failed"."""
+
+    def healthy(self, ok: bool, reason: str = "") -> None:
+        """Run health for /healthz (False after repeated failures)."""

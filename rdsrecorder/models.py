@@ -1,0 +1,62 @@
+"""Plain data shared by the source, the sink and the scheduler. No I/O here."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class LogFile:
+    """One entry of DescribeDBLogFiles for one DB instance."""
+
+    instance: str
+    name: str  # e.g. "error/postgresql.log.2024-03-04-19.csv"
+    last_written_ms: int  # epoch milliseconds, as the API returns it
+    size: int  # bytes, as listed (the current file keeps growing)
+
+
+class DownloadMethod(enum.StrEnum):
+    AUTO = "auto"
+    COMPLETE = "complete"  # REST downloadCompleteLogFile, streamed
+    PORTION = "portion"  # DownloadDBLogFilePortion paging
+
+
+@dataclass(slots=True)
+class DownloadStats:
+    """Filled in by a download generator while it runs; read by the caller afterwards."""
+
+    method: str = ""  # "complete" or "portion", the one that actually served the bytes
+    api_calls: int = 0
+    bytes: int = 0
+    truncated_lines: int = 0  # lines the portion API cut and we could not recover
+    recovered_truncations: int = 0  # cuts recovered by asking for fewer lines
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class UploadResult:
+    key: str
+    size: int
+    sha256: str  # hex
+    etag: str
+    parts: int  # 0 for a single PutObject
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """What HeadObject tells about an object we wrote (metadata keys without x-amz-meta-)."""
+
+    key: str
+    size: int
+    metadata: dict[str, str]
+
+
+# Object metadata keys written on every log object (S3 lower-cases them anyway).
+META_SOURCE = "source-file"
+META_INSTANCE = "db-instance"
+META_SOURCE_SIZE = "source-size"  # size DescribeDBLogFiles listed when the copy started
+META_SOURCE_LAST_WRITTEN = "source-last-written-ms"
+META_SHA256 = "sha256"  # hex sha256 of the object bytes; present only on a finished copy
+META_RUN_ID = "run-id"
+META_COMPLETE = "complete"  # "true" when the source file had rotated, "false" if copied live
