@@ -47,3 +47,56 @@ class Hooks:
 
     def healthy(self, ok: bool, reason: str = "") -> None:
         """Run health for /healthz (False after repeated failures)."""
+
+
+class MultiHooks(Hooks):
+    """Fans every call out to several hooks (metrics + progress bar, say)."""
+
+    def __init__(self, *hooks: Hooks) -> None:
+        self._hooks = hooks
+
+    def aws_call(self, service: str, operation: str, outcome: str) -> None:
+        for h in self._hooks:
+            h.aws_call(service, operation, outcome)
+
+    def retry(self, service: str, operation: str, reason: str) -> None:
+        for h in self._hooks:
+            h.retry(service, operation, reason)
+
+    def files_pending(self, instance: str, count: int) -> None:
+        for h in self._hooks:
+            h.files_pending(instance, count)
+
+    def file_started(self, instance: str) -> None:
+        for h in self._hooks:
+            h.file_started(instance)
+
+    def file_finished(
+        self, instance: str, outcome: str, duration_s: float, log_timestamp_s: float
+    ) -> None:
+        for h in self._hooks:
+            h.file_finished(instance, outcome, duration_s, log_timestamp_s)
+
+    def bytes_downloaded(self, instance: str, count: int) -> None:
+        for h in self._hooks:
+            h.bytes_downloaded(instance, count)
+
+    def bytes_uploaded(self, instance: str, count: int) -> None:
+        for h in self._hooks:
+            h.bytes_uploaded(instance, count)
+
+    def truncated_lines(self, instance: str, count: int) -> None:
+        for h in self._hooks:
+            h.truncated_lines(instance, count)
+
+    def mode(self, mode: str) -> None:
+        for h in self._hooks:
+            h.mode(mode)
+
+    def snapshot(self, instance: str, outcome: str) -> None:
+        for h in self._hooks:
+            h.snapshot(instance, outcome)
+
+    def healthy(self, ok: bool, reason: str = "") -> None:
+        for h in self._hooks:
+            h.healthy(ok, reason)
