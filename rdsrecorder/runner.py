@@ -1,0 +1,307 @@
+"""The commands' core: preflight checks, the mode, the wait, the snapshot timer, the recorder.
+
+The CLI builds the settings and the hooks and calls these coroutines; they never read env vars
+and never print (they log)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import pendulum
+
+from rdsrecorder import __version__
+from rdsrecorder.aws import Aws
+from rdsrecorder.clock import Clock
+from rdsrecorder.errors import (
+    EXIT_INCOMPLETE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SNAPSHOT,
+    ConfigError,
+    RdsRecorderError,
+    SnapshotError,
+)
+from rdsrecorder.hooks import Hooks
+from rdsrecorder.manifest import Manifest, ManifestStore
+from rdsrecorder.rds import RdsSource, Target
+from rdsrecorder.s3 import S3Sink
+from rdsrecorder.scheduler import Recorder, RunTotals, Window, summary_line
+from rdsrecorder.settings import SnapshotSettings, SyncSettings
+from rdsrecorder.snapshots import SnapshotResult, create_snapshot, wait_available
+from rdsrecorder.transfer import Copier
+from rdsrecorder.window import Mode, classify, fmt, validate_snapshot_start, validate_sync_window
+
+log = logging.getLogger(__name__)
+
+COUNTDOWN_EVERY_S = 60.0
+SNAPSHOT_WAIT_TIMEOUT_S = 6 * 3600.0
+
+
+@dataclass
+class SyncReport:
+    run_id: str
+    mode: Mode
+    totals: RunTotals
+    instances: tuple[str, ...] = ()
+    snapshot: SnapshotResult | None = None
+    snapshot_error: str = ""
+    interrupted: bool = False
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted or self.totals.interrupted:
+            return EXIT_INTERRUPTED
+        if not self.totals.ok:
+            return EXIT_INCOMPLETE
+        if self.snapshot_error:
+            return EXIT_SNAPSHOT
+        return EXIT_OK
+
+
+class _TargetResolver:
+    """Re-resolves a cluster each round so that members joining or leaving are followed."""
+
+    def __init__(self, rds: RdsSource, target: Target) -> None:
+        self._rds = rds
+        self._target = target
+        self._seen: tuple[str, ...] = target.instances
+
+    async def instances(self) -> tuple[str, ...]:
+        if self._target.kind != "cluster":
+            return self._target.instances
+        current = (await self._rds.resolve(self._target.identifier)).instances
+        for joined in sorted(set(current) - set(self._seen)):
+            log.info("cluster %s: member %s joined", self._target.identifier, joined)
+        for left in sorted(set(self._seen) - set(current)):
+            log.info("cluster %s: member %s left", self._target.identifier, left)
+        self._seen = current
+        return current
+
+
+async def wait_until(
+    clock: Clock, deadline: pendulum.DateTime, stop: asyncio.Event, what: str
+) -> bool:
+    """Interruptible wait with a countdown in the log. False if stopped first."""
+    deadline_s = deadline.timestamp()
+    while True:
+        remaining_s = deadline_s - clock.now()
+        if remaining_s <= 0:
+            return True
+        minutes, seconds = divmod(int(remaining_s), 60)
+        hours, minutes = divmod(minutes, 60)
+        log.info("%s at %s: in %dh%02dm%02ds", what, fmt(deadline), hours, minutes, seconds)
+        step_s = min(remaining_s, COUNTDOWN_EVERY_S)
+        if not await clock.sleep_until(clock.now() + step_s, stop):
+            return False
+
+
+async def _fire_snapshot(
+    aws: Aws,
+    rds: RdsSource,
+    settings: SyncSettings,
+    at: pendulum.DateTime,
+    hooks: Hooks,
+    report: SyncReport,
+    store: ManifestStore,
+) -> None:
+    try:
+        result = await create_snapshot(aws, rds, settings.db_identifier, at, settings.run_id, hooks)
+    except RdsRecorderError as exc:
+        report.snapshot_error = str(exc)
+        log.error("snapshot failed: %s", exc)
+        return
+    report.snapshot = result
+    log.info("snapshot %s (%s) requested: %s", result.snapshot_id, result.kind, result.arn)
+    store.note("snapshot", {"id": result.snapshot_id, "arn": result.arn, "kind": result.kind})
+
+
+async def run_sync(
+    settings: SyncSettings,
+    *,
+    hooks: Hooks | None = None,
+    clock: Clock | None = None,
+    stop: asyncio.Event | None = None,
+) -> SyncReport:
+    hooks = hooks or Hooks()
+    clock = clock or Clock()
+    stop = stop or asyncio.Event()
+    now = pendulum.from_timestamp(clock.now(), tz="UTC")
+    validate_sync_window(settings.start, settings.finish, now)
+    mode = classify(settings.start, settings.finish, now)
+    hooks.mode(mode.value)
+    log.info(
+        "run %s: %s for %s, window %s .. %s",
+        settings.run_id,
+        mode.label,
+        settings.db_identifier,
+        fmt(settings.start),
+        fmt(settings.finish) if settings.finish else "forever (no --finish)",
+    )
+    pool = max(10, settings.concurrency * 2 + 4)
+    async with Aws(settings.aws, hooks, max_pool_connections=pool) as aws:
+        identity = await aws.check_credentials()
+        log.debug("credentials ok: %s", identity)
+        sink = S3Sink(
+            aws,
+            settings.bucket,
+            hooks,
+            part_size_bytes=settings.part_size_bytes,
+            expected_bucket_owner=settings.aws.expected_bucket_owner,
+            sse=settings.aws.sse,
+            sse_kms_key_id=settings.aws.sse_kms_key_id,
+        )
+        await sink.check_bucket()
+        async with RdsSource(aws, hooks, method=settings.download_method) as rds:
+            target = await rds.resolve(settings.db_identifier)
+            log.info(
+                "%s %s: instance(s) %s",
+                target.kind,
+                target.identifier,
+                ", ".join(target.instances) or "none yet",
+            )
+            store = ManifestStore(sink, settings.run_id, clock)
+            manifest = await _open_manifest(store, settings, mode, target, clock)
+            store.start(manifest)
+            report = SyncReport(run_id=settings.run_id, mode=mode, totals=RunTotals())
+            report.instances = target.instances
+            try:
+                await _record(aws, rds, sink, store, settings, mode, target, hooks, clock, stop, report)
+            finally:
+                report.interrupted = report.interrupted or stop.is_set()
+                store.set_summary(_summary_counts(report.totals))
+                await store.close(finished=not report.interrupted)
+    log.info("run %s done: %s", settings.run_id, summary_line(report.totals))
+    return report
+
+
+async def _open_manifest(
+    store: ManifestStore, settings: SyncSettings, mode: Mode, target: Target, clock: Clock
+) -> Manifest:
+    existing = await store.load()
+    now_iso = pendulum.from_timestamp(clock.now(), tz="UTC").to_iso8601_string()
+    if existing is not None:
+        if existing.db_identifier != settings.db_identifier:
+            raise ConfigError(
+                f"run id {settings.run_id!r} already holds logs of {existing.db_identifier!r} in "
+                f"s3://{settings.bucket}; choose another --run-id"
+            )
+        log.info("resuming run %s (manifest has %d file(s))", settings.run_id, len(existing.files))
+        existing.finished_at = None
+        existing.updated_at = now_iso
+        existing.instances = sorted(set(existing.instances) | set(target.instances))
+        return existing
+    return Manifest(
+        run_id=settings.run_id,
+        db_identifier=settings.db_identifier,
+        bucket=settings.bucket,
+        window_start=settings.start.to_iso8601_string(),
+        window_finish=settings.finish.to_iso8601_string() if settings.finish else None,
+        mode=mode.value,
+        version=__version__,
+        started_at=now_iso,
+        updated_at=now_iso,
+        finished_at=None,
+        files={},
+        gaps=[],
+        instances=list(target.instances),
+        summary={},
+    )
+
+
+async def _record(
+    aws: Aws,
+    rds: RdsSource,
+    sink: S3Sink,
+    store: ManifestStore,
+    settings: SyncSettings,
+    mode: Mode,
+    target: Target,
+    hooks: Hooks,
+    clock: Clock,
+    stop: asyncio.Event,
+    report: SyncReport,
+) -> None:
+    if mode is Mode.WAIT_AND_SYNC and not await wait_until(
+        clock, settings.start, stop, "sync starts"
+    ):
+        report.interrupted = True
+        return
+    recorder = Recorder(
+        window=Window(
+            start_s=settings.start.timestamp(),
+            finish_s=settings.finish.timestamp() if settings.finish else None,
+            mode=mode,
+        ),
+        run_id=settings.run_id,
+        per_instance_keys=target.kind == "cluster",
+        lister=rds,
+        resolver=_TargetResolver(rds, target),
+        copier=Copier(rds, sink, hooks, clock, settings.run_id),
+        manifest=store,
+        hooks=hooks,
+        clock=clock,
+        stop=stop,
+        concurrency=settings.concurrency,
+        poll_interval_s=settings.poll_interval_s,
+        finish_grace_s=settings.finish_grace_s,
+        shutdown_grace_s=settings.shutdown_grace_s,
+        include_plain=settings.include_plain,
+    )
+    async with asyncio.TaskGroup() as tg:
+        if mode is Mode.WAIT_AND_SYNC and settings.snapshot:
+            # Fired at start, beside the recorder: a slow CreateDBSnapshot must not delay copying.
+            tg.create_task(
+                _fire_snapshot(aws, rds, settings, settings.start, hooks, report, store)
+            )
+        report.totals = await recorder.run()
+
+
+def _summary_counts(t: RunTotals) -> dict[str, int]:
+    return {
+        "copied": t.copied,
+        "partial": t.partial,
+        "skipped": t.skipped,
+        "failed": t.failed,
+        "lost": t.lost,
+        "aborted": t.aborted,
+        "bytes": t.bytes,
+        "truncated_lines": t.truncated_lines,
+    }
+
+
+async def run_snapshot(
+    settings: SnapshotSettings,
+    *,
+    hooks: Hooks | None = None,
+    clock: Clock | None = None,
+    stop: asyncio.Event | None = None,
+) -> SnapshotResult | None:
+    """Wait until start, then create the snapshot. None when stopped before start."""
+    hooks = hooks or Hooks()
+    clock = clock or Clock()
+    stop = stop or asyncio.Event()
+    validate_snapshot_start(settings.start, pendulum.from_timestamp(clock.now(), tz="UTC"))
+    async with Aws(settings.aws, hooks) as aws:
+        await aws.check_credentials()
+        async with RdsSource(aws, hooks) as rds:
+            target = await rds.resolve(settings.db_identifier)
+            log.info(
+                "snapshot of %s %s scheduled at %s",
+                target.kind,
+                target.identifier,
+                fmt(settings.start),
+            )
+            if not await wait_until(clock, settings.start, stop, "snapshot"):
+                return None
+            result = await create_snapshot(
+                aws, rds, settings.db_identifier, settings.start, settings.run_id, hooks
+            )
+            log.info("snapshot %s (%s) created: %s", result.snapshot_id, result.kind, result.arn)
+            if settings.wait:
+                result = await wait_available(aws, result, timeout_s=SNAPSHOT_WAIT_TIMEOUT_S)
+                if result.status != "available":
+                    raise SnapshotError(f"snapshot {result.snapshot_id} ended as {result.status}")
+            return result

@@ -1,0 +1,392 @@
+"""The recorder: one poll loop that serves all three sync modes.
+
+Each round lists the log files of every instance, gives them spans, keeps those overlapping the
+window, and starts a copy for every file that is *ready*:
+
+* complete — a newer file of its series exists (it rotated) or it has been idle for longer than
+  the rotation period: copied once, never partially;
+* in *Download interval & Finish* mode the file still being written is copied as it is now
+  (marked partial; a re-run with the same run id replaces it once it has rotated);
+* after ``finish + grace`` a file that still has not rotated is copied as it is, with a warning.
+
+Backfill is simply the first round; following is the next rounds. Copies run in one
+``asyncio.TaskGroup``; a semaphore bounds the files in flight to ``concurrency``. Memory per file in
+flight is bounded by the sink (two part buffers), so peak memory ~= base + concurrency x 2 x part size.
+
+A stop ``Event`` (SIGTERM / SIGINT) ends the loop: no new copy starts, copies in flight get
+``shutdown_grace_s`` to finish and are then cancelled (their multipart uploads are aborted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from rdsrecorder.clock import Clock
+from rdsrecorder.errors import AwsError, DbNotFoundError, RdsRecorderError
+from rdsrecorder.hooks import Hooks
+from rdsrecorder.logfiles import (
+    IDLE_SLACK_S,
+    SpannedFile,
+    assign_spans,
+    is_complete,
+    object_key,
+    rotation_period_s,
+    select,
+)
+from rdsrecorder.manifest import FileEntry, ManifestStore
+from rdsrecorder.models import LogFile
+from rdsrecorder.transfer import Copier, iso
+from rdsrecorder.window import Mode, fmt
+
+log = logging.getLogger(__name__)
+
+FULL_LISTING_EVERY = 10  # rounds; between them FileLastWritten keeps the listing small
+LISTING_MARGIN_MS = 5 * 60 * 1000  # LastWritten is updated lazily: look back a little further
+GRACE_EXTRA_S = 5 * 60
+
+
+class Lister(Protocol):
+    def list_log_files(self, instance: str, since_ms: int | None = None) -> AsyncIterator[LogFile]: ...
+
+
+class Resolver(Protocol):
+    async def instances(self) -> tuple[str, ...]:
+        """Current instances of the target (cluster members change over time)."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    start_s: float
+    finish_s: float | None
+    mode: Mode
+
+
+@dataclass
+class RunTotals:
+    copied: int = 0
+    partial: int = 0
+    skipped: int = 0
+    failed: int = 0
+    lost: int = 0
+    bytes: int = 0
+    truncated_lines: int = 0
+    not_started: int = 0
+    aborted: int = 0  # in flight when the run was stopped
+    interrupted: bool = False
+    entries: list[FileEntry] = field(default_factory=list)
+
+    def add(self, entry: FileEntry) -> None:
+        self.entries.append(entry)
+        if entry.status == "copied":
+            self.copied += 1
+        elif entry.status == "partial":
+            self.partial += 1
+        elif entry.status == "skipped":
+            self.skipped += 1
+        elif entry.status == "lost":
+            self.lost += 1
+        else:
+            self.failed += 1
+        if entry.status in ("copied", "partial"):
+            self.bytes += entry.size
+        self.truncated_lines += entry.truncated_lines
+
+    @property
+    def ok(self) -> bool:
+        return not (self.failed or self.lost or self.truncated_lines or self.interrupted)
+
+
+class Recorder:
+    def __init__(
+        self,
+        *,
+        window: Window,
+        run_id: str,
+        per_instance_keys: bool,
+        lister: Lister,
+        resolver: Resolver,
+        copier: Copier,
+        manifest: ManifestStore,
+        hooks: Hooks,
+        clock: Clock,
+        stop: asyncio.Event,
+        concurrency: int,
+        poll_interval_s: float,
+        finish_grace_s: float | None,
+        shutdown_grace_s: float,
+        include_plain: bool = False,
+    ) -> None:
+        self._window = window
+        self._run_id = run_id
+        self._per_instance_keys = per_instance_keys
+        self._lister = lister
+        self._resolver = resolver
+        self._copier = copier
+        self._manifest = manifest
+        self._hooks = hooks
+        self._clock = clock
+        self._stop = stop
+        self._sem = asyncio.Semaphore(concurrency)
+        self._poll_interval_s = poll_interval_s
+        self._finish_grace_s = finish_grace_s
+        self._shutdown_grace_s = shutdown_grace_s
+        self._include_plain = include_plain
+        self._known: dict[tuple[str, str], LogFile] = {}
+        self._state: dict[tuple[str, str], str] = {}  # "in-flight" or the final status
+        self._keys: dict[str, tuple[str, str]] = {}
+        self._gaps: set[tuple[str, float, float]] = set()
+        self._grace_warned: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._listing_failures = 0
+        self.totals = RunTotals()
+
+    # -- listing ---------------------------------------------------------------------------------
+    async def _refresh(self, instances: Iterable[str], full: bool) -> None:
+        for instance in instances:
+            since_ms = None if full else self._since_ms(instance)
+            seen: set[str] = set()
+            async for f in self._lister.list_log_files(instance, since_ms):
+                self._known[(instance, f.name)] = f
+                seen.add(f.name)
+            if full:
+                # Expired by retention: forget files we are not copying any more.
+                for k in [k for k in self._known if k[0] == instance and k[1] not in seen]:
+                    if self._state.get(k) != "in-flight":
+                        del self._known[k]
+
+    def _since_ms(self, instance: str) -> int | None:
+        pending = [
+            f.last_written_ms
+            for (inst, name), f in self._known.items()
+            if inst == instance and (inst, name) not in self._state
+        ]
+        mine = [f.last_written_ms for (inst, _), f in self._known.items() if inst == instance]
+        if not mine:
+            return None
+        return max(0, (min(pending) if pending else max(mine)) - LISTING_MARGIN_MS)
+
+    async def _list_round(self, full: bool) -> list[str] | None:
+        try:
+            instances = list(await self._resolver.instances())
+            await self._refresh(instances, full)
+        except (AwsError, DbNotFoundError) as exc:
+            self._listing_failures += 1
+            if self._window.mode is Mode.DOWNLOAD_AND_FINISH or self._listing_failures >= 20:
+                raise
+            log.warning("listing log files failed (%s); trying again next round", exc)
+            if self._listing_failures >= 3:
+                self._hooks.healthy(False, f"listing log files failed {self._listing_failures}x")
+            return None
+        if self._listing_failures:
+            self._hooks.healthy(True)
+        self._listing_failures = 0
+        return instances
+
+    # -- deciding ----------------------------------------------------------------------------------
+    def _grace_s(self, period_s: int) -> float:
+        if self._finish_grace_s is not None:
+            return self._finish_grace_s
+        return period_s + GRACE_EXTRA_S
+
+    def _key(self, sf: SpannedFile) -> str:
+        key = object_key(
+            self._run_id, sf.timestamp_s, sf.instance if self._per_instance_keys else None
+        )
+        if not sf.name.endswith(".csv"):
+            key += "_stderr"  # the plain twin (--include-plain) shares the csv file's timestamp
+        ident = (sf.instance, sf.name)
+        n = 1
+        candidate = key
+        while self._keys.setdefault(candidate, ident) != ident:
+            n += 1
+            candidate = f"{key}_{n}"
+        if candidate != key:
+            log.warning("%s %s shares its timestamp with another file: key %s", *ident, candidate)
+        return candidate
+
+    def _ready(
+        self, selected: list[SpannedFile], periods: dict[str, int], now_s: float
+    ) -> tuple[list[tuple[SpannedFile, bool]], list[SpannedFile]]:
+        ready: list[tuple[SpannedFile, bool]] = []
+        waiting: list[SpannedFile] = []
+        finish_s = self._window.finish_s
+        for sf in selected:
+            if (sf.instance, sf.name) in self._state:
+                continue
+            period_s = periods[sf.instance]
+            if is_complete(sf, now_s, period_s):
+                ready.append((sf, True))
+            elif self._window.mode is Mode.DOWNLOAD_AND_FINISH:
+                log.warning(
+                    "%s %s is still being written: copying it as it is now (re-run with the same "
+                    "--run-id after it rotates to replace it)",
+                    sf.instance,
+                    sf.name,
+                )
+                ready.append((sf, False))
+            elif finish_s is not None and now_s >= finish_s + self._grace_s(period_s):
+                log.warning(
+                    "%s %s has not rotated %.0f s after finish: copying it as it is",
+                    sf.instance,
+                    sf.name,
+                    now_s - finish_s,
+                )
+                ready.append((sf, False))
+            else:
+                waiting.append(sf)
+        return ready, waiting
+
+    def _record_gaps(self, selected: list[SpannedFile], spanned: list[SpannedFile]) -> None:
+        by_instance: dict[str, list[SpannedFile]] = {}
+        for sf in selected:
+            by_instance.setdefault(sf.instance, []).append(sf)
+        oldest = {}
+        for sf in spanned:
+            oldest.setdefault(sf.instance, sf.timestamp_s)
+        for instance, files in by_instance.items():
+            first = files[0]
+            if first.timestamp_s > self._window.start_s:
+                reason = (
+                    "before-retention"
+                    if oldest.get(instance) == first.timestamp_s
+                    else "no-log-file"
+                )
+                self._gap(instance, self._window.start_s, first.timestamp_s, reason)
+            for a, b in zip(files, files[1:], strict=False):
+                if a.end_s is not None and a.end_s < b.timestamp_s:
+                    self._gap(instance, a.end_s, b.timestamp_s, "no-log-file")
+
+    def _gap(self, instance: str, start_s: float, end_s: float, reason: str) -> None:
+        if (instance, start_s, end_s) in self._gaps:
+            return
+        self._gaps.add((instance, start_s, end_s))
+        log.info("%s: no log file covers %s .. %s (%s)", instance, fmt(start_s), fmt(end_s), reason)
+        self._manifest.add_gap(instance, iso(start_s) or "", iso(end_s) or "", reason)
+
+    # -- copying -----------------------------------------------------------------------------------
+    async def _copy(self, sf: SpannedFile, key: str, complete: bool) -> None:
+        ident = (sf.instance, sf.name)
+        async with self._sem:
+            if self._stop.is_set():
+                self._state.pop(ident, None)
+                self.totals.not_started += 1
+                return
+            try:
+                entry = await self._copier.copy(sf, key, complete=complete)
+            except asyncio.CancelledError:
+                self._state[ident] = "aborted"
+                self.totals.aborted += 1
+                raise
+        self._state[ident] = entry.status
+        self.totals.add(entry)
+        self._manifest.record(entry)
+        await self._manifest.flush()
+
+    def _finished(self, now_s: float, waiting: list[SpannedFile], instances: list[str]) -> bool:
+        if self._window.mode is Mode.DOWNLOAD_AND_FINISH:
+            return True
+        finish_s = self._window.finish_s
+        if finish_s is None or now_s < finish_s or waiting:
+            return False
+        # Every file that overlaps the window is copied or in flight. Wait until each instance
+        # shows a file that starts at or after finish (or a minute passed), so that a rotation the
+        # listing has not caught up with yet is not missed.
+        if now_s >= finish_s + IDLE_SLACK_S:
+            return True
+        newest = {inst: 0 for inst in instances}
+        for (inst, _), f in self._known.items():
+            newest[inst] = max(newest.get(inst, 0), f.last_written_ms)
+        return all(ms / 1000 >= finish_s for ms in newest.values())
+
+    async def run(self) -> RunTotals:
+        w = self._window
+        log.info(
+            "recording %s .. %s (%s), polling every %.0f s",
+            fmt(w.start_s),
+            fmt(w.finish_s) if w.finish_s is not None else "forever",
+            w.mode.label,
+            self._poll_interval_s,
+        )
+        async with asyncio.TaskGroup() as tg:
+            await self._loop(tg)
+            await self._drain()
+        return self.totals
+
+    async def _loop(self, tg: asyncio.TaskGroup) -> None:
+        rounds = 0
+        next_poll_s = self._clock.now()
+        while not self._stop.is_set():
+            now_s = self._clock.now()
+            instances = await self._list_round(full=rounds % FULL_LISTING_EVERY == 0)
+            rounds += 1
+            if instances is not None:
+                waiting = self._round(tg, now_s, instances)
+                if self._finished(now_s, waiting, instances):
+                    return
+            # Drift-correcting schedule: the next round is due poll_interval after the previous
+            # one was due, not after the previous one ended; skipped rounds are not replayed.
+            next_poll_s += self._poll_interval_s
+            if next_poll_s < self._clock.now():
+                next_poll_s = self._clock.now() + self._poll_interval_s
+            if not await self._clock.sleep_until(next_poll_s, self._stop):
+                return
+
+    def _round(self, tg: asyncio.TaskGroup, now_s: float, instances: list[str]) -> list[SpannedFile]:
+        spanned = assign_spans(
+            (f for (inst, _), f in self._known.items() if inst in instances),
+            include_plain=self._include_plain,
+        )
+        periods = {
+            inst: rotation_period_s(s for s in spanned if s.instance == inst) for inst in instances
+        }
+        selected = select(spanned, self._window.start_s, self._window.finish_s)
+        self._record_gaps(selected, spanned)
+        ready, waiting = self._ready(selected, periods, self._clock.now())
+        for sf, complete in ready:
+            self._state[(sf.instance, sf.name)] = "in-flight"
+            task = tg.create_task(self._copy(sf, self._key(sf), complete))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        for inst in instances:
+            self._hooks.files_pending(
+                inst,
+                sum(1 for s in waiting if s.instance == inst)
+                + sum(1 for s, _ in ready if s.instance == inst),
+            )
+        return waiting
+
+    async def _drain(self) -> None:
+        if not self._tasks:
+            return
+        if not self._stop.is_set():
+            await asyncio.wait(set(self._tasks))
+            return
+        self.totals.interrupted = True
+        in_flight = [k for k, v in self._state.items() if v == "in-flight"]
+        log.warning(
+            "stopping: %d file(s) in flight get %.0f s to finish; the rest is aborted "
+            "(re-run with the same --run-id to resume)",
+            len(in_flight),
+            self._shutdown_grace_s,
+        )
+        _, pending = await asyncio.wait(set(self._tasks), timeout=self._shutdown_grace_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)
+
+
+def summary_line(t: RunTotals) -> str:
+    return (
+        f"{t.copied} copied, {t.partial} copied while still written, {t.skipped} already in S3, "
+        f"{t.failed} failed, {t.lost} lost, {t.truncated_lines} truncated line(s), "
+        f"{t.bytes} bytes" + (f", {t.aborted} aborted by the stop" if t.aborted else "")
+    )
+
+
+__all__ = ["Recorder", "RdsRecorderError", "RunTotals", "Window", "summary_line"]

@@ -1,0 +1,223 @@
+"""Copy one log file from the RDS source to the S3 sink: skip it when a complete copy is already
+there, retry a failed attempt (a broken stream restarts the whole file, never duplicating bytes),
+and turn every ending into a manifest entry. Never raises except on cancellation."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Protocol
+
+import pendulum
+
+from rdsrecorder.clock import Clock
+from rdsrecorder.errors import AwsError, LogFileGoneError, RdsRecorderError
+from rdsrecorder.hooks import Hooks
+from rdsrecorder.logfiles import SpannedFile
+from rdsrecorder.manifest import FileEntry
+from rdsrecorder.models import (
+    META_COMPLETE,
+    META_INSTANCE,
+    META_RUN_ID,
+    META_SHA256,
+    META_SOURCE,
+    META_SOURCE_LAST_WRITTEN,
+    META_SOURCE_SIZE,
+    DownloadStats,
+    LogFile,
+    ObjectInfo,
+    UploadResult,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Source(Protocol):
+    def download(self, f: LogFile, stats: DownloadStats) -> AsyncIterator[bytes]: ...
+
+
+class Sink(Protocol):
+    async def head(self, key: str) -> ObjectInfo | None: ...
+
+    async def upload(
+        self,
+        key: str,
+        chunks: AsyncIterator[bytes],
+        *,
+        metadata: dict[str, str],
+        instance: str,
+        size_hint_bytes: int | None = None,
+    ) -> UploadResult: ...
+
+
+def iso(ts_s: float | None) -> str | None:
+    if ts_s is None:
+        return None
+    return pendulum.from_timestamp(ts_s, tz="UTC").to_iso8601_string()
+
+
+def already_copied(info: ObjectInfo, sf: SpannedFile, complete: bool) -> bool:
+    """A finished copy of the same source, as large as RDS lists it now. An object without the
+    sha256 metadata is an interrupted copy (the hash is added last) and is copied again."""
+    meta = info.metadata
+    if not meta.get(META_SHA256) or meta.get(META_SOURCE) != sf.name:
+        return False
+    if meta.get(META_SOURCE_SIZE) != str(sf.file.size):
+        return False
+    # A copy taken while the file was still being written is replaced once the file is complete.
+    return meta.get(META_COMPLETE) == "true" or not complete
+
+
+class Copier:
+    def __init__(
+        self,
+        source: Source,
+        sink: Sink,
+        hooks: Hooks,
+        clock: Clock,
+        run_id: str,
+        *,
+        max_attempts: int = 3,
+        retry_delay_s: float = 2.0,
+    ) -> None:
+        self._source = source
+        self._sink = sink
+        self._hooks = hooks
+        self._clock = clock
+        self._run_id = run_id
+        self._max_attempts = max_attempts
+        self._retry_delay_s = retry_delay_s
+
+    def _entry(self, sf: SpannedFile, key: str, **fields: object) -> FileEntry:
+        entry = FileEntry(
+            key=key,
+            source=sf.name,
+            instance=sf.instance,
+            span_start=iso(sf.timestamp_s) or "",
+            span_end=iso(sf.end_s),
+            size=0,
+            sha256="",
+            method="",
+            status="failed",
+            source_size=sf.file.size,
+            copied_at=iso(self._clock.now()) or "",
+        )
+        for name, value in fields.items():
+            setattr(entry, name, value)
+        return entry
+
+    def _metadata(self, sf: SpannedFile, complete: bool) -> dict[str, str]:
+        return {
+            META_SOURCE: sf.name,
+            META_INSTANCE: sf.instance,
+            META_SOURCE_SIZE: str(sf.file.size),
+            META_SOURCE_LAST_WRITTEN: str(sf.file.last_written_ms),
+            META_RUN_ID: self._run_id,
+            META_COMPLETE: "true" if complete else "false",
+        }
+
+    async def copy(self, sf: SpannedFile, key: str, *, complete: bool) -> FileEntry:
+        started = time.monotonic()
+        self._hooks.file_started(sf.instance)
+        outcome = "failed"
+        try:
+            entry = await self._copy(sf, key, complete)
+            outcome = {"copied": "copied", "partial": "copied", "skipped": "skipped"}.get(
+                entry.status, entry.status
+            )
+            return entry
+        finally:
+            self._hooks.file_finished(
+                sf.instance, outcome, time.monotonic() - started, float(sf.timestamp_s)
+            )
+
+    async def _copy(self, sf: SpannedFile, key: str, complete: bool) -> FileEntry:
+        try:
+            existing = await self._sink.head(key)
+        except RdsRecorderError as exc:
+            log.warning("cannot check s3 object %s (%s); copying again", key, exc)
+            existing = None
+        if existing is not None and already_copied(existing, sf, complete):
+            log.info("skip %s %s: already in s3 as %s", sf.instance, sf.name, key)
+            return self._entry(
+                sf,
+                key,
+                size=existing.size,
+                sha256=existing.metadata.get(META_SHA256, ""),
+                method="skipped",
+                status="skipped",
+                complete=existing.metadata.get(META_COMPLETE) == "true",
+            )
+        last_error = ""
+        for attempt in range(1, self._max_attempts + 1):
+            stats = DownloadStats()
+            try:
+                result = await self._sink.upload(
+                    key,
+                    self._source.download(sf.file, stats),
+                    metadata=self._metadata(sf, complete),
+                    instance=sf.instance,
+                    size_hint_bytes=sf.file.size,
+                )
+            except LogFileGoneError as exc:
+                log.error("lost %s %s: %s", sf.instance, sf.name, exc)
+                return self._entry(sf, key, status="lost", error=str(exc), method=stats.method)
+            except (AwsError, RdsRecorderError) as exc:
+                last_error = str(exc)
+                if attempt < self._max_attempts:
+                    log.warning(
+                        "attempt %d/%d for %s %s failed: %s; retrying",
+                        attempt,
+                        self._max_attempts,
+                        sf.instance,
+                        sf.name,
+                        exc,
+                    )
+                    await self._clock.sleep(self._retry_delay_s * attempt)
+                    continue
+                log.error("failed %s %s after %d attempts: %s", sf.instance, sf.name, attempt, exc)
+                return self._entry(sf, key, status="failed", error=last_error, method=stats.method)
+            except Exception as exc:  # a bug must not take the other files down with it
+                log.exception("unexpected error copying %s %s", sf.instance, sf.name)
+                return self._entry(sf, key, status="failed", error=f"{type(exc).__name__}: {exc}")
+            return self._finished(sf, key, complete, stats, result)
+        return self._entry(sf, key, status="failed", error=last_error)  # pragma: no cover
+
+    def _finished(
+        self,
+        sf: SpannedFile,
+        key: str,
+        complete: bool,
+        stats: DownloadStats,
+        result: UploadResult,
+    ) -> FileEntry:
+        for warning in stats.warnings:
+            log.warning("%s %s: %s", sf.instance, sf.name, warning)
+        if stats.truncated_lines:
+            log.warning(
+                "%s %s: %d line(s) longer than 1 MB were cut by DownloadDBLogFilePortion; the rest "
+                "of them is lost (allow rds:DownloadCompleteDBLogFile to avoid this)",
+                sf.instance,
+                sf.name,
+                stats.truncated_lines,
+            )
+        log.info(
+            "copied %s %s -> s3 %s (%d bytes, %s%s)",
+            sf.instance,
+            sf.name,
+            key,
+            result.size,
+            stats.method or "?",
+            "" if complete else ", still being written",
+        )
+        return self._entry(
+            sf,
+            key,
+            size=result.size,
+            sha256=result.sha256,
+            method=stats.method,
+            status="copied" if complete else "partial",
+            truncated_lines=stats.truncated_lines,
+            complete=complete,
+        )
