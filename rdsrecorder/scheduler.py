@@ -37,7 +37,7 @@ from rdsrecorder.logfiles import (
     rotation_period_s,
     select,
 )
-from rdsrecorder.manifest import FileEntry, ManifestStore
+from rdsrecorder.manifest import FileEntry
 from rdsrecorder.models import LogFile
 from rdsrecorder.transfer import Copier, iso
 from rdsrecorder.window import Mode, fmt
@@ -51,6 +51,14 @@ GRACE_EXTRA_S = 5 * 60
 
 class Lister(Protocol):
     def list_log_files(self, instance: str, since_ms: int | None = None) -> AsyncIterator[LogFile]: ...
+
+
+class ManifestSink(Protocol):
+    def record(self, entry: FileEntry) -> None: ...
+
+    def add_gap(self, instance: str, start: str, end: str, reason: str) -> None: ...
+
+    async def flush(self, force: bool = False) -> None: ...
 
 
 class Resolver(Protocol):
@@ -111,7 +119,7 @@ class Recorder:
         lister: Lister,
         resolver: Resolver,
         copier: Copier,
-        manifest: ManifestStore,
+        manifest: ManifestSink,
         hooks: Hooks,
         clock: Clock,
         stop: asyncio.Event,
