@@ -323,6 +323,7 @@ class Recorder:
         async with asyncio.TaskGroup() as tg:
             await self._loop(tg)
             await self._drain()
+        self.totals.interrupted = self._stop.is_set()
         return self.totals
 
     async def _loop(self, tg: asyncio.TaskGroup) -> None:
@@ -374,7 +375,6 @@ class Recorder:
         if not self._stop.is_set():
             await asyncio.wait(set(self._tasks))
             return
-        self.totals.interrupted = True
         in_flight = [k for k, v in self._state.items() if v == "in-flight"]
         log.warning(
             "stopping: %d file(s) in flight get %.0f s to finish; the rest is aborted "
