@@ -1,0 +1,98 @@
+"""The CLI as a user meets it: help, and one clear line + exit code for each bad input."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rdsrecorder", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, "RDSRECORDER_METRICS_PORT": "0", **(env or {})},
+        check=False,
+    )
+
+
+def test_no_arguments_prints_help_listing_commands() -> None:
+    proc = run()
+    out = proc.stdout + proc.stderr
+    for command in ("sync", "snapshot", "verify", "ls", "lab"):
+        assert command in out
+    assert "Usage" in out
+
+
+def test_sync_help_lists_every_option_with_env_var() -> None:
+    proc = run("sync", "--help")
+    assert proc.returncode == 0
+    for option in ("--start", "--finish", "--bucket", "--db-identifier", "--concurrency", "--run-id",
+                   "--region", "--debug", "--poll-interval", "--finish-grace", "--no-snapshot",
+                   "--download-method", "--max-api-rps", "--expected-bucket-owner", "--sse",
+                   "--shutdown-grace", "--metrics-port", "--log-format"):
+        assert option in proc.stdout, option
+    assert "RDSRECORDER_START" in proc.stdout
+
+
+BASE = ["sync", "--bucket", "b", "--db-identifier", "db"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--start", "yesterday-ish", "--finish", "now"], "--start: cannot parse 'yesterday-ish'"),
+        (["--start", "now-1h", "--finish", "13:00 tomorrow"], "--finish: cannot parse"),
+        (["--start", "now-1h", "--finish", "now-2h"], "must be after start"),
+        (["--start", "now-8d", "--finish", "now-7d"], "at most 7 days"),
+        (["--start", "now-1h", "--concurrency", "0"], "--concurrency must be between 1 and 64"),
+        (["--start", "now-1h", "--concurrency", "1000"], "--concurrency must be between 1 and 64"),
+        (["--start", "now-1h", "--part-size-mib", "1"], "--part-size-mib"),
+        (["--start", "now-1h", "--run-id", "a/b"], "invalid --run-id"),
+        (["--finish", "now"], "missing --start"),
+    ],
+)
+def test_bad_sync_input_gives_one_line_and_exit_2(args: list[str], message: str) -> None:
+    proc = run(*BASE, *args)
+    assert proc.returncode == 2, proc.stderr
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1, proc.stderr
+    assert message in error_lines[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_bucket_names_the_env_var() -> None:
+    proc = run("sync", "--db-identifier", "db", "--start", "now-1h")
+    assert proc.returncode == 2
+    assert "error: missing --bucket (or env AWS_S3_BUCKET_NAME)" in proc.stderr
+
+
+def test_bucket_falls_back_to_aws_s3_bucket_name_and_options_to_env() -> None:
+    # Everything from env; the date is bad so that the run stops at validation.
+    proc = run(
+        "sync",
+        env={
+            "AWS_S3_BUCKET_NAME": "from-env",
+            "RDSRECORDER_DB_IDENTIFIER": "db",
+            "RDSRECORDER_START": "now-1h",
+            "RDSRECORDER_FINISH": "now-2h",
+        },
+    )
+    assert proc.returncode == 2
+    assert "must be after start" in proc.stderr
+
+
+def test_snapshot_in_the_past_is_refused() -> None:
+    proc = run("snapshot", "--start", "now-1m", "--db-identifier", "db")
+    assert proc.returncode == 2
+    assert "error: snapshot start" in proc.stderr and "in the past" in proc.stderr
+
+
+def test_version() -> None:
+    proc = run("version")
+    assert proc.returncode == 0
+    assert proc.stdout.startswith("rdsrecorder ")
