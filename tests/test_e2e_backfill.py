@@ -130,6 +130,7 @@ async def test_unknown_db_and_bucket_and_credentials_are_clear(
         await run_sync(sync_settings(db="no-such-db", bucket=env["AWS_S3_BUCKET_NAME"], **base))  # type: ignore[arg-type]
     with pytest.raises(BucketError, match="no-such-bucket"):
         await run_sync(sync_settings(db="lab-db", bucket="no-such-bucket", **base))  # type: ignore[arg-type]
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(CredentialsError):
         await run_sync(sync_settings(db="lab-db", bucket=env["AWS_S3_BUCKET_NAME"], **base))  # type: ignore[arg-type]
