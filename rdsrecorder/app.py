@@ -400,7 +400,7 @@ def lab_generate(**kwargs: Any) -> int:
 
 
 def lab_demo(concurrency: int, hours: int) -> int:
-    from rdsrecorder.lab.demo import demo_main
+    from rdsrecorder.demo import demo_main
 
     setup_logging(debug=False, log_format="text")
-    return demo_main(concurrency=concurrency, hours=hours, data=Path(os.getcwd()))
+    return demo_main(concurrency=concurrency, hours=hours)

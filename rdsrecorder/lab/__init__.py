@@ -1,0 +1,41 @@
+"""The lab: try and test rdsrecorder without AWS.
+
+An emulator of the RDS log APIs (plus STS and snapshots) over a directory of csvlog files, a
+local S3 (moto or SeaweedFS), a generator of realistic csvlog files, and optionally a real
+PostgreSQL writing live, minute-rotated logs. See ``runner`` for the entry points, ``emulator``
+and ``portion`` for what is emulated (and how faithfully), ``faults`` for the fault knobs.
+
+Lab credentials: ``LAB_ACCESS_KEY_ID`` = ``LABACCESSKEY``, ``LAB_SECRET_ACCESS_KEY`` =
+``labsecret``, region ``us-east-1``.
+"""
+
+from rdsrecorder.lab.emulator import (
+    LAB_ACCESS_KEY_ID,
+    LAB_REGION,
+    LAB_SECRET_ACCESS_KEY,
+    LabStats,
+    RdsEmulator,
+)
+from rdsrecorder.lab.faults import Faults
+from rdsrecorder.lab.generate import GeneratedFile, Rotation, generate
+from rdsrecorder.lab.portion import MAX_LINES_PER_PORTION, MAX_PORTION_BYTES, TRUNCATION_NOTICE
+from rdsrecorder.lab.runner import Lab, LabThread, generate_main, lab_main
+
+__all__ = [
+    "LAB_ACCESS_KEY_ID",
+    "LAB_REGION",
+    "LAB_SECRET_ACCESS_KEY",
+    "MAX_LINES_PER_PORTION",
+    "MAX_PORTION_BYTES",
+    "TRUNCATION_NOTICE",
+    "Faults",
+    "GeneratedFile",
+    "Lab",
+    "LabStats",
+    "LabThread",
+    "RdsEmulator",
+    "Rotation",
+    "generate",
+    "generate_main",
+    "lab_main",
+]

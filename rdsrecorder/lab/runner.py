@@ -1,0 +1,433 @@
+"""Run the lab: ``Lab`` (async context manager), ``LabThread`` (the same in a background thread),
+and the entry points behind ``rdsrecorder lab serve`` and ``rdsrecorder lab generate``.
+
+A lab is the RDS emulator on one port (RDS query API, STS and the whole-file endpoint), an
+optional local S3 with the lab's bucket, and an optional real PostgreSQL writing live logs::
+
+    async with Lab(root, s3="moto") as lab:
+        os.environ.update(lab.env)       # AWS_ENDPOINT_URL_RDS/_STS/_S3, credentials, bucket
+        lab.set_faults(throttle_every_n=5)
+        ...
+        print(lab.stats()["max_concurrent_downloads"])
+
+    with LabThread(root, s3="moto") as lab:   # its own event loop: the caller's loop measures
+        ...                                   # the client alone; subprocesses can use it too
+
+Credentials: access key ``LABACCESSKEY``, secret ``labsecret`` (``LAB_ACCESS_KEY_ID`` /
+``LAB_SECRET_ACCESS_KEY``). The emulator refuses other credentials; moto S3 accepts any, SeaweedFS
+only these.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import signal
+import sys
+import tempfile
+import threading
+from collections.abc import Coroutine, Mapping
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from rdsrecorder.lab.emulator import (
+    LAB_ACCESS_KEY_ID,
+    LAB_REGION,
+    LAB_SECRET_ACCESS_KEY,
+    RdsEmulator,
+)
+from rdsrecorder.lab.faults import Faults
+from rdsrecorder.lab.generate import Rotation, generate, parse_size_range
+from rdsrecorder.lab.postgres import LabPostgres
+from rdsrecorder.lab.s3local import LocalS3, connect_host, create_bucket, make_s3
+
+T = TypeVar("T")
+DEFAULT_BUCKET = "rdsrecorder-lab"
+_START_TIMEOUT_S = 120.0
+_STOP_TIMEOUT_S = 90.0
+
+
+class Lab:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        s3: str = "moto",
+        s3_port: int = 0,
+        bucket: str = DEFAULT_BUCKET,
+        faults: Faults | None = None,
+        postgres_instance: str | None = None,
+        postgres_rotation_min: int = 1,
+        snapshot_delay_s: float = 2.0,
+        verify_signatures: bool = True,
+    ) -> None:
+        if s3 not in ("moto", "seaweed", "none"):
+            raise ValueError(f"s3 must be moto, seaweed or none, not {s3!r}")
+        self.root = Path(root)
+        self.host = host
+        self.port = port
+        self.s3_kind = s3
+        self.s3_port = s3_port
+        self.bucket = bucket
+        self.emulator = RdsEmulator(
+            self.root,
+            faults=faults,
+            snapshot_delay_s=snapshot_delay_s,
+            verify_signatures=verify_signatures,
+        )
+        self.postgres = (
+            LabPostgres(self.root, postgres_instance, rotation_age_min=postgres_rotation_min)
+            if postgres_instance
+            else None
+        )
+        self._runner: web.AppRunner | None = None
+        self._s3: LocalS3 | None = None
+        self._rds_url = ""
+        self._s3_url = ""
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            runner = RdsEmulator.runner(self.emulator.app)
+            self._runner = runner
+            await runner.setup()
+            site = web.TCPSite(runner, self.host, self.port)
+            await site.start()
+            bound_port = runner.addresses[0][1]
+            self._rds_url = f"http://{connect_host(self.host)}:{bound_port}"
+            if self.s3_kind != "none":
+                s3 = make_s3(
+                    self.s3_kind, LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY, self.host, self.s3_port
+                )
+                self._s3 = s3
+                self._s3_url = await asyncio.to_thread(s3.start)
+                await asyncio.to_thread(
+                    create_bucket,
+                    self._s3_url,
+                    self.bucket,
+                    LAB_ACCESS_KEY_ID,
+                    LAB_SECRET_ACCESS_KEY,
+                    LAB_REGION,
+                )
+            if self.postgres is not None:
+                await self.postgres.start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def stop(self) -> None:
+        if self.postgres is not None:
+            await self.postgres.stop()
+        s3, self._s3 = self._s3, None
+        if s3 is not None:
+            await asyncio.to_thread(s3.stop)
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+
+    async def __aenter__(self) -> Lab:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- what clients need -------------------------------------------------------------------------
+    @property
+    def rds_url(self) -> str:
+        return self._rds_url
+
+    @property
+    def s3_url(self) -> str:
+        return self._s3_url
+
+    @property
+    def env(self) -> dict[str, str]:
+        """Environment that points an AWS SDK (and rdsrecorder) at the lab."""
+        env = {
+            "AWS_ENDPOINT_URL_RDS": self._rds_url,
+            "AWS_ENDPOINT_URL_STS": self._rds_url,
+            "AWS_ACCESS_KEY_ID": LAB_ACCESS_KEY_ID,
+            "AWS_SECRET_ACCESS_KEY": LAB_SECRET_ACCESS_KEY,
+            "AWS_DEFAULT_REGION": LAB_REGION,
+            "AWS_S3_BUCKET_NAME": self.bucket,
+        }
+        if self._s3_url:
+            env["AWS_ENDPOINT_URL_S3"] = self._s3_url
+        return env
+
+    # -- knobs and counters ------------------------------------------------------------------------
+    def set_faults(self, faults: Faults | None = None, **knobs: Any) -> Faults:
+        """Replace the fault knobs: ``set_faults()`` clears them all, ``set_faults(latency_ms=5)``
+        sets one (the others go back to their defaults)."""
+        if faults is not None and knobs:
+            raise TypeError("pass a Faults value or knobs, not both")
+        value = faults if faults is not None else Faults.from_mapping(knobs)
+        self.emulator.set_faults(value)
+        return value
+
+    @property
+    def faults(self) -> Faults:
+        return self.emulator.faults
+
+    def stats(self) -> dict[str, Any]:
+        return self.emulator.stats()
+
+    def reset_stats(self) -> None:
+        self.emulator.reset_stats()
+
+
+class LabThread:
+    """A ``Lab`` served by a background thread with its own event loop.
+
+    Knobs and counters are read and changed on the lab's loop, so calling them from the test's
+    thread is safe.
+    """
+
+    def __init__(self, root: Path, **kwargs: Any) -> None:
+        self.lab = Lab(root, **kwargs)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(
+            target=self._serve, args=(loop,), name="rdsrecorder-lab", daemon=True
+        )
+        self._thread.start()
+        try:
+            self._call(self.lab.start(), _START_TIMEOUT_S)
+        except BaseException:
+            self._shutdown_loop()
+            raise
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        try:
+            self._call(self.lab.stop(), _STOP_TIMEOUT_S)
+        finally:
+            self._shutdown_loop()
+
+    def __enter__(self) -> LabThread:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @staticmethod
+    def _serve(loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
+
+    def _shutdown_loop(self) -> None:
+        loop, thread = self._loop, self._thread
+        self._loop = self._thread = None
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(timeout=_STOP_TIMEOUT_S)
+
+    def _call(self, coro: Coroutine[Any, Any, T], timeout_s: float = 30.0) -> T:
+        assert self._loop is not None, "the lab is not running"
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return future.result(timeout=timeout_s)
+
+    def _on_loop(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        async def run() -> Any:
+            return fn(*args, **kwargs)
+
+        return self._call(run())
+
+    # -- same surface as Lab -----------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return self.lab.root
+
+    @property
+    def bucket(self) -> str:
+        return self.lab.bucket
+
+    @property
+    def rds_url(self) -> str:
+        return self.lab.rds_url
+
+    @property
+    def s3_url(self) -> str:
+        return self.lab.s3_url
+
+    @property
+    def env(self) -> dict[str, str]:
+        return self.lab.env
+
+    @property
+    def faults(self) -> Faults:
+        return self.lab.faults
+
+    def set_faults(self, faults: Faults | None = None, **knobs: Any) -> Faults:
+        result: Faults = self._on_loop(self.lab.set_faults, faults, **knobs)
+        return result
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._on_loop(self.lab.stats)
+        return result
+
+    def reset_stats(self) -> None:
+        self._on_loop(self.lab.reset_stats)
+
+
+# -- CLI entry points ------------------------------------------------------------------------------
+def generate_main(
+    data: Path,
+    instance: str = "lab-db",
+    hours: int = 6,
+    size_mb: str = "0.01-30",
+    rotation: str = "hour",
+    long_line: bool = False,
+    seed: int = 1,
+    rotation_minutes: int = 1,
+) -> int:
+    """``rdsrecorder lab generate DIR``: write csvlog files ending now; prints what it wrote."""
+    try:
+        sizes = parse_size_range(size_mb)
+        kind = Rotation(rotation)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    files = generate(
+        Path(data),
+        instance,
+        hours=hours,
+        rotation=kind,
+        rotation_minutes=rotation_minutes,
+        size_mb=sizes,
+        long_line=long_line,
+        seed=seed,
+    )
+    total = sum(f.size for f in files)
+    for f in files:
+        print(f"{f.size:>12,}  {instance}/{f.name}")
+    print(f"{len(files)} csvlog files, {total / 1e6:,.1f} MB, in {Path(data) / instance}")
+    return 0
+
+
+def lab_main(
+    data: Path | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    s3: str = "moto",
+    s3_port: int = 9000,
+    bucket: str = DEFAULT_BUCKET,
+    instance: str = "lab-db",
+    generate_hours: int = 6,
+    postgres: str | None = None,
+    latency_ms: float = 0.0,
+    throttle_every: int = 0,
+    error_rate: float = 0.0,
+    no_complete_endpoint: bool = False,
+    reset_rate: float = 0.0,
+    bandwidth_mbps: float | None = None,
+    size_mb: str = "0.01-30",
+    seed: int = 1,
+) -> int:
+    """``rdsrecorder lab serve``: serve until Ctrl-C or SIGTERM; ``export`` lines go to stdout."""
+    try:
+        faults = Faults(
+            latency_ms=latency_ms,
+            throttle_every_n=throttle_every,
+            error_rate=error_rate,
+            reset_rate=reset_rate,
+            complete_endpoint=not no_complete_endpoint,
+            bandwidth_mbps=bandwidth_mbps,
+            seed=seed,
+        )
+        sizes = parse_size_range(size_mb)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    temp: tempfile.TemporaryDirectory[str] | None = None
+    if data is None:
+        temp = tempfile.TemporaryDirectory(prefix="rdsrecorder-lab-")
+        data = Path(temp.name)
+    try:
+        if generate_hours > 0 and not _has_logs(data / instance):
+            files = generate(data, instance, hours=generate_hours, size_mb=sizes, seed=seed)
+            _say(f"generated {len(files)} csvlog files for {instance} in {data / instance}")
+        lab = Lab(
+            data,
+            host=host,
+            port=port,
+            s3=s3,
+            s3_port=s3_port,
+            bucket=bucket,
+            faults=faults,
+            postgres_instance=postgres,
+        )
+        return asyncio.run(_serve_forever(lab))
+    finally:
+        if temp is not None:
+            temp.cleanup()
+
+
+async def _serve_forever(lab: Lab) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        async with lab:
+            print("\n".join(env_lines(lab.env)), flush=True)
+            _describe(lab)
+            await stop.wait()
+            _say("stopping the lab ...")
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+    return 0
+
+
+def _describe(lab: Lab) -> None:
+    instances = lab.emulator.catalog.instances()
+    _say(f"lab: RDS/STS emulator on {lab.rds_url}, data in {lab.root}")
+    if lab.s3_url:
+        _say(f"lab: {lab.s3_kind} S3 on {lab.s3_url}, bucket {lab.bucket}")
+    for name, inst in instances.items():
+        count = len(lab.emulator.catalog.log_files(inst))
+        _say(f"lab: instance {name} ({inst.engine}): {count} log files")
+    _say(f"lab: faults {lab.faults.to_dict()}")
+    _say(
+        f"lab: change faults with: curl -X PATCH {lab.rds_url}/_lab/faults "
+        "-d '{\"latency_ms\": 50}'; counters at "
+        f"{lab.rds_url}/_lab/stats. Ctrl-C stops the lab."
+    )
+
+
+def _has_logs(instance_dir: Path) -> bool:
+    error_dir = instance_dir / "error"
+    return error_dir.is_dir() and any(error_dir.iterdir())
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def env_lines(env: Mapping[str, str]) -> list[str]:
+    return [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
