@@ -216,10 +216,9 @@ class RdsEmulator:
         self._now = now
         self._stats = LabStats()
         self._pacer = _Pacer()
-        self._faults = Faults()
-        self._rng = random.Random(0)
+        self._faults = faults or Faults()
+        self._rng = random.Random(self._faults.seed)
         self._rds_calls = 0
-        self.set_faults(faults or Faults())
         self._snapshots: dict[str, _Snapshot] = {}
         self._cluster_snapshots: dict[str, _Snapshot] = {}
         self._tags: dict[str, dict[str, str]] = {}  # "<kind>:<id>" -> tags
@@ -257,7 +256,7 @@ class RdsEmulator:
         self._faults = faults
         self._rng = random.Random(faults.seed)
         self._rds_calls = 0
-        log.info("lab faults: %s", faults.to_dict())
+        log.info("lab faults set: %s", faults.to_dict())
 
     def stats(self) -> dict[str, Any]:
         return self._stats.to_dict()
@@ -767,8 +766,10 @@ class RdsEmulator:
             data = await request.json() if request.can_read_body else {}
             if not isinstance(data, dict):
                 raise ValueError("expected a JSON object")
-            base = self._faults.to_dict() if request.method == "PATCH" else {}
-            self.set_faults(Faults.from_mapping({**base, **data}))
+            if request.method == "PATCH":
+                self.set_faults(self._faults.replace(**data))
+            else:
+                self.set_faults(Faults.from_mapping(data))
         except ValueError as exc:  # json.JSONDecodeError is a ValueError
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response(self._faults.to_dict())

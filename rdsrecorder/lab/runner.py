@@ -51,6 +51,10 @@ _STOP_TIMEOUT_S = 90.0
 
 
 class Lab:
+    """The emulator on ``host:port`` (0: a free port), a local S3 (``s3``: "moto", "seaweed" or
+    "none") with ``bucket`` created, and, with ``postgres_instance``, a real PostgreSQL whose
+    live logs appear as that instance. Start and stop with ``async with`` (or start/stop)."""
+
     def __init__(
         self,
         root: Path,
