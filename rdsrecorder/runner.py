@@ -301,7 +301,9 @@ async def run_snapshot(
             )
             log.info("snapshot %s (%s) created: %s", result.snapshot_id, result.kind, result.arn)
             if settings.wait:
-                result = await wait_available(aws, result, timeout_s=SNAPSHOT_WAIT_TIMEOUT_S)
+                result = await wait_available(
+                    aws, result, timeout_s=SNAPSHOT_WAIT_TIMEOUT_S, hooks=hooks
+                )
                 if result.status != "available":
                     raise SnapshotError(f"snapshot {result.snapshot_id} ended as {result.status}")
             return result

@@ -1,0 +1,297 @@
+"""AWS clients for one run: one aioboto3 session, the rds / s3 / sts clients, retries, the shared
+RDS rate limiter and error translation.
+
+Every call goes through ``Aws.call``: rate-limited (RDS only: the account's RDS API budget is
+shared with other tools), retried with exponential backoff and full jitter on throttling, 5xx,
+resets and timeouts (botocore's own retries are off so that each retry is seen and counted), and
+translated once into ``rdsrecorder.errors``. Endpoint overrides (``AWS_ENDPOINT_URL_RDS`` ...) are
+honoured by botocore itself."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+import aioboto3
+import aiohttp
+from aiobotocore.config import AioConfig
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ReadTimeoutError,
+)
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from rdsrecorder.errors import AwsError, CredentialsError, LogFileGoneError, ThrottledError
+from rdsrecorder.hooks import Hooks
+from rdsrecorder.settings import AwsSettings
+
+log = logging.getLogger(__name__)
+
+THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "TooManyRequestsException",
+        "SlowDown",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "ProvisionedThroughputExceededException",
+    }
+)
+TRANSIENT_CODES = frozenset(
+    {
+        "RequestTimeout",
+        "RequestTimeoutException",
+        "InternalError",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "InternalServerError",
+    }
+)
+GONE_CODES = frozenset({"DBLogFileNotFoundFault", "DBLogFileNotFound"})
+CREDENTIAL_CODES = frozenset(
+    {
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "UnrecognizedClientException",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "InvalidAccessKeyId",
+        "AuthFailure",
+    }
+)
+_NETWORK_ERRORS = (
+    EndpointConnectionError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    ReadTimeoutError,
+    aiohttp.ClientError,
+    asyncio.TimeoutError,
+    ConnectionError,
+)
+BACKOFF_MAX_S = 20.0
+
+
+class RateLimiter:
+    """Token bucket shared by all tasks of the process. ``acquire`` waits for a token; tokens refill
+    at ``rate_per_s`` up to ``burst``."""
+
+    def __init__(
+        self,
+        rate_per_s: float,
+        burst: float | None = None,
+        *,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        if rate_per_s <= 0:
+            raise ValueError("rate_per_s must be positive")
+        self.rate_per_s = rate_per_s
+        self.burst = burst if burst is not None else max(1.0, rate_per_s)
+        self._tokens = self.burst
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._updated = monotonic()
+        self._lock = asyncio.Lock()
+
+    async def acquire(self) -> None:
+        # One waiter at a time: FIFO fairness, and no thundering herd after a pause.
+        async with self._lock:
+            while True:
+                now = self._monotonic()
+                self._tokens = min(
+                    self.burst, self._tokens + (now - self._updated) * self.rate_per_s
+                )
+                self._updated = now
+                if self._tokens >= 1:
+                    self._tokens -= 1
+                    return
+                await self._sleep((1 - self._tokens) / self.rate_per_s)
+
+
+def error_code(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code") or "ClientError")
+    return type(exc).__name__
+
+
+def _status(exc: BaseException) -> int:
+    if isinstance(exc, ClientError):
+        return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+    return 0
+
+
+def is_throttling(exc: BaseException) -> bool:
+    return isinstance(exc, ClientError) and error_code(exc) in THROTTLING_CODES
+
+
+def is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, ClientError):
+        code = error_code(exc)
+        return code in THROTTLING_CODES or code in TRANSIENT_CODES or _status(exc) >= 500
+    return isinstance(exc, _NETWORK_ERRORS)
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        return f"{err.get('Code', 'Error')}: {err.get('Message', '')}".strip().rstrip(":")
+    return f"{type(exc).__name__}: {exc}"
+
+
+def translate(exc: BaseException, service: str, operation: str) -> AwsError:
+    code = error_code(exc)
+    text = f"{service} {operation} failed: {_message(exc)}"
+    if code in GONE_CODES:
+        return LogFileGoneError(text, code=code, operation=operation)
+    if code in THROTTLING_CODES:
+        return ThrottledError(
+            f"{text} (still throttled after retries)", code=code, operation=operation
+        )
+    return AwsError(text, code=code, operation=operation)
+
+
+class Aws:
+    """Owns the aioboto3 session and the clients of one run (rds, s3, sts)."""
+
+    def __init__(self, settings: AwsSettings, hooks: Hooks, max_pool_connections: int = 10) -> None:
+        self.settings = settings
+        self.hooks = hooks
+        self.session = (
+            aioboto3.Session(region_name=settings.region) if settings.region else aioboto3.Session()
+        )
+        self.region = self.session.region_name or "us-east-1"
+        if not self.session.region_name:
+            log.warning("no AWS region configured (--region / AWS_REGION): using us-east-1")
+        self._config = AioConfig(
+            retries={"total_max_attempts": 1, "mode": "standard"},
+            max_pool_connections=max_pool_connections,
+            connect_timeout=10,
+            read_timeout=60,
+            s3={"addressing_style": "path"},
+            # Local S3 servers differ in their support of the newer default checksums.
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        )
+        self.rate_limiter = RateLimiter(settings.max_api_rps, burst=max(1.0, settings.max_api_rps))
+        self._stack: Any = None
+        self.rds: Any = None
+        self.s3: Any = None
+        self.sts: Any = None
+
+    async def __aenter__(self) -> Aws:
+        from contextlib import AsyncExitStack
+
+        self._stack = AsyncExitStack()
+        await self._stack.__aenter__()
+        try:
+            for name in ("rds", "s3", "sts"):
+                client = await self._stack.enter_async_context(
+                    self.session.client(name, region_name=self.region, config=self._config)
+                )
+                setattr(self, name, client)
+        except BaseException:
+            await self._stack.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._stack is not None:
+            await self._stack.__aexit__(exc_type, exc, tb)
+            self._stack = None
+
+    def _client(self, service: str) -> Any:
+        client = getattr(self, service, None)
+        if client is None:
+            raise RuntimeError(f"Aws is not open (no {service} client)")
+        return client
+
+    @staticmethod
+    def operation_name(client: Any, method: str) -> str:
+        mapping: dict[str, str] = getattr(client.meta, "method_to_api_mapping", {})
+        return mapping.get(method, method)
+
+    async def call(self, service: str, method: str, **params: Any) -> dict[str, Any]:
+        """``client.<method>(**params)`` with rate limit, retries, hooks and error translation."""
+        client = self._client(service)
+        operation = self.operation_name(client, method)
+
+        def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            if exc is None:
+                return
+            reason = error_code(exc)
+            throttled = is_throttling(exc)
+            self.hooks.aws_call(service, operation, "throttled" if throttled else "retry")
+            self.hooks.retry(service, operation, reason)
+            log.debug(
+                "%s %s: %s; retry %d in %.2f s",
+                service,
+                operation,
+                reason,
+                state.attempt_number,
+                state.next_action.sleep if state.next_action else 0.0,
+            )
+
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(max(1, self.settings.max_attempts)),
+            wait=wait_random_exponential(multiplier=0.5, max=BACKOFF_MAX_S),
+            retry=retry_if_exception(is_retryable),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    if service == "rds":
+                        await self.rate_limiter.acquire()
+                    result: dict[str, Any] = await getattr(client, method)(**params)
+        except (NoCredentialsError, PartialCredentialsError) as exc:
+            self.hooks.aws_call(service, operation, "error")
+            raise CredentialsError(
+                "no AWS credentials found (env AWS_ACCESS_KEY_ID / AWS_PROFILE / instance role)"
+            ) from exc
+        except (ClientError, BotoCoreError, *_NETWORK_ERRORS) as exc:
+            self.hooks.aws_call(service, operation, "throttled" if is_throttling(exc) else "error")
+            raise translate(exc, service, operation) from exc
+        self.hooks.aws_call(service, operation, "ok")
+        return result
+
+    async def frozen_credentials(self) -> Any:
+        creds = await self.session.get_credentials()
+        if creds is None:
+            raise CredentialsError(
+                "no AWS credentials found (env AWS_ACCESS_KEY_ID / AWS_PROFILE / instance role)"
+            )
+        return await creds.get_frozen_credentials()
+
+    async def check_credentials(self) -> str:
+        try:
+            identity = await self.call("sts", "get_caller_identity")
+        except AwsError as exc:
+            if exc.code in CREDENTIAL_CODES or exc.code in ("AccessDenied", "InvalidClientTokenId"):
+                raise CredentialsError(f"AWS credentials rejected: {exc.code}") from exc
+            raise
+        return str(identity.get("Arn", ""))
