@@ -15,7 +15,6 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, TypeVar
 
 import pendulum
@@ -149,7 +148,9 @@ def build_sync_settings(a: SyncArgs, now: pendulum.DateTime) -> SyncSettings:
     start = parse_when(_required(a.start, "--start", "RDSRECORDER_START"), now, option="--start")
     finish = parse_when(a.finish, now, option="--finish") if a.finish else None
     if not 1 <= a.concurrency <= _MAX_CONCURRENCY:
-        raise ConfigError(f"--concurrency must be between 1 and {_MAX_CONCURRENCY}, not {a.concurrency}")
+        raise ConfigError(
+            f"--concurrency must be between 1 and {_MAX_CONCURRENCY}, not {a.concurrency}"
+        )
     if a.part_size_mib < 5 or a.part_size_mib > 5 * 1024:
         raise ConfigError(f"--part-size-mib must be between 5 and 5120, not {a.part_size_mib}")
     if a.poll_interval < 1:
@@ -361,7 +362,9 @@ def verify(a: VerifyArgs) -> int:
 
 
 def ls(a: LsArgs) -> int:
-    built = _config(a.debug, a.log_format, lambda: _required(a.bucket, "--bucket", "AWS_S3_BUCKET_NAME"))
+    built = _config(
+        a.debug, a.log_format, lambda: _required(a.bucket, "--bucket", "AWS_S3_BUCKET_NAME")
+    )
     if isinstance(built, int):
         return built
     bucket = built
@@ -375,7 +378,11 @@ def ls(a: LsArgs) -> int:
         aws_settings = AwsSettings(region=a.region, expected_bucket_owner=a.expected_bucket_owner)
         async with Aws(aws_settings, hooks) as aws:
             sink = S3Sink(
-                aws, bucket, hooks, part_size_bytes=8 * MIB, expected_bucket_owner=a.expected_bucket_owner
+                aws,
+                bucket,
+                hooks,
+                part_size_bytes=8 * MIB,
+                expected_bucket_owner=a.expected_bucket_owner,
             )
             await sink.check_bucket()
             runs = await list_runs(sink)

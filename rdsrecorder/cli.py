@@ -209,7 +209,7 @@ def snapshot(
     log_format: LogFormatOpt = LogFormat.text,
     debug: DebugOpt = False,
 ) -> None:
-    """Take a DB snapshot (a cluster snapshot for Aurora) at a future time, tagged app=rdsrecorder."""
+    """Take a DB snapshot (a cluster snapshot for Aurora) at a future time."""
     raise typer.Exit(app.snapshot(app.SnapshotArgs(**locals())))
 
 
@@ -258,7 +258,9 @@ def lab_serve(
     port: Annotated[int, typer.Option(help="Port of the RDS/STS emulator.")] = 8080,
     s3: Annotated[str, typer.Option(help="Local S3: moto, seaweed or none.")] = "moto",
     s3_port: Annotated[int, typer.Option(help="Port of the local S3.")] = 9000,
-    bucket: Annotated[str, typer.Option(help="Bucket created in the local S3.")] = "rdsrecorder-lab",
+    bucket: Annotated[
+        str, typer.Option(help="Bucket created in the local S3.")
+    ] = "rdsrecorder-lab",
     instance: Annotated[str, typer.Option(help="DB instance id of generated logs.")] = "lab-db",
     generate_hours: Annotated[
         int, typer.Option(help="Generate this many hours of csvlog files (0: none).")
@@ -274,7 +276,7 @@ def lab_serve(
         bool, typer.Option(help="Deny downloadCompleteLogFile (403), as without the IAM action.")
     ] = False,
 ) -> None:
-    """Serve the emulated RDS log API and a local S3; prints the env vars to point rdsrecorder at it."""
+    """Serve the emulated RDS log API and a local S3; prints the env vars to use it."""
     raise typer.Exit(app.lab_serve(**locals()))
 
 

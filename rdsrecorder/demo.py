@@ -48,7 +48,7 @@ async def _run(settings: SyncSettings) -> tuple[SyncReport, VerifyReport, dict[s
 
 
 def demo_main(concurrency: int = 4, hours: int = 6) -> int:
-    console = Console(stderr=False)
+    console = Console(stderr=False, width=None if Console().is_terminal else 150)
     with tempfile.TemporaryDirectory(prefix="rdsrecorder-demo-") as tmp:
         root = Path(tmp)
         console.print(f"[bold]1.[/] generating {hours} hours of csvlog files for '{INSTANCE}'")
@@ -81,7 +81,9 @@ def demo_main(concurrency: int = 4, hours: int = 6) -> int:
                 obs=ObservabilitySettings(metrics_port=0),
             )
             report, verified, got = asyncio.run(_run(settings))
-        expected = [f for f in files if f.start_s < finish.timestamp() and f.end_s > start.timestamp()]
+        expected = [
+            f for f in files if f.start_s < finish.timestamp() and f.end_s > start.timestamp()
+        ]
         table = Table(title=f"s3://{settings.bucket}/{run_id}/")
         for col in ("key", "source file", "bytes", "sha256", "byte-exact"):
             table.add_column(col)

@@ -168,7 +168,9 @@ async def run_sync(
             report = SyncReport(run_id=settings.run_id, mode=mode, totals=RunTotals())
             report.instances = target.instances
             try:
-                await _record(aws, rds, sink, store, settings, mode, target, hooks, clock, stop, report)
+                await _record(
+                    aws, rds, sink, store, settings, mode, target, hooks, clock, stop, report
+                )
             finally:
                 report.interrupted = report.interrupted or stop.is_set()
                 store.set_summary(_summary_counts(report.totals))
@@ -253,9 +255,7 @@ async def _record(
     async with asyncio.TaskGroup() as tg:
         if mode is Mode.WAIT_AND_SYNC and settings.snapshot:
             # Fired at start, beside the recorder: a slow CreateDBSnapshot must not delay copying.
-            tg.create_task(
-                _fire_snapshot(aws, rds, settings, settings.start, hooks, report, store)
-            )
+            tg.create_task(_fire_snapshot(aws, rds, settings, settings.start, hooks, report, store))
         report.totals = await recorder.run()
 
 

@@ -121,12 +121,12 @@ class S3Sink:
 
     async def iter_object(self, key: str) -> AsyncIterator[bytes]:
         resp = await self._call("get_object", Key=key)
-        async with resp["Body"] as body:
-            while True:
-                chunk: bytes = await body.read(1 << 20)
-                if not chunk:
-                    return
+        body = resp["Body"]
+        try:
+            async for chunk in body.iter_chunks(1 << 20):
                 yield chunk
+        finally:
+            body.close()
 
     async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         params: dict[str, Any] = {"Prefix": prefix}

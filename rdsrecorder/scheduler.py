@@ -10,8 +10,8 @@ window, and starts a copy for every file that is *ready*:
 * after ``finish + grace`` a file that still has not rotated is copied as it is, with a warning.
 
 Backfill is simply the first round; following is the next rounds. Copies run in one
-``asyncio.TaskGroup``; a semaphore bounds the files in flight to ``concurrency``. Memory per file in
-flight is bounded by the sink (two part buffers), so peak memory ~= base + concurrency x 2 x part size.
+``asyncio.TaskGroup``; a semaphore bounds the files in flight to ``concurrency``. Memory per file
+in flight is bounded by the sink (two part buffers): peak ~= base + concurrency x 2 x part size.
 
 A stop ``Event`` (SIGTERM / SIGINT) ends the loop: no new copy starts, copies in flight get
 ``shutdown_grace_s`` to finish and are then cancelled (their multipart uploads are aborted).
@@ -20,6 +20,7 @@ A stop ``Event`` (SIGTERM / SIGINT) ends the loop: no new copy starts, copies in
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
@@ -50,7 +51,9 @@ GRACE_EXTRA_S = 5 * 60
 
 
 class Lister(Protocol):
-    def list_log_files(self, instance: str, since_ms: int | None = None) -> AsyncIterator[LogFile]: ...
+    def list_log_files(
+        self, instance: str, since_ms: int | None = None
+    ) -> AsyncIterator[LogFile]: ...
 
 
 class ManifestSink(Protocol):
@@ -253,7 +256,7 @@ class Recorder:
         by_instance: dict[str, list[SpannedFile]] = {}
         for sf in selected:
             by_instance.setdefault(sf.instance, []).append(sf)
-        oldest = {}
+        oldest: dict[str, int] = {}
         for sf in spanned:
             oldest.setdefault(sf.instance, sf.timestamp_s)
         for instance, files in by_instance.items():
@@ -265,7 +268,7 @@ class Recorder:
                     else "no-log-file"
                 )
                 self._gap(instance, self._window.start_s, first.timestamp_s, reason)
-            for a, b in zip(files, files[1:], strict=False):
+            for a, b in itertools.pairwise(files):
                 if a.end_s is not None and a.end_s < b.timestamp_s:
                     self._gap(instance, a.end_s, b.timestamp_s, "no-log-file")
 
@@ -345,7 +348,9 @@ class Recorder:
             if not await self._clock.sleep_until(next_poll_s, self._stop):
                 return
 
-    def _round(self, tg: asyncio.TaskGroup, now_s: float, instances: list[str]) -> list[SpannedFile]:
+    def _round(
+        self, tg: asyncio.TaskGroup, now_s: float, instances: list[str]
+    ) -> list[SpannedFile]:
         spanned = assign_spans(
             (f for (inst, _), f in self._known.items() if inst in instances),
             include_plain=self._include_plain,
@@ -397,4 +402,4 @@ def summary_line(t: RunTotals) -> str:
     )
 
 
-__all__ = ["Recorder", "RdsRecorderError", "RunTotals", "Window", "summary_line"]
+__all__ = ["RdsRecorderError", "Recorder", "RunTotals", "Window", "summary_line"]

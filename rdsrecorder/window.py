@@ -82,9 +82,7 @@ def validate_sync_window(
     start: pendulum.DateTime, finish: pendulum.DateTime | None, now: pendulum.DateTime
 ) -> None:
     if finish is not None and finish <= start:
-        raise ConfigError(
-            f"finish ({fmt(finish)}) must be after start ({fmt(start)})"
-        )
+        raise ConfigError(f"finish ({fmt(finish)}) must be after start ({fmt(start)})")
     age_s = (now - start).total_seconds()
     if age_s > RETENTION_MAX_S:
         raise ConfigError(

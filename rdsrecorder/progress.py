@@ -1,0 +1,192 @@
+"""Progress and summaries for people: a rich progress bar while a backfill runs on a terminal
+(none when stderr is not a TTY), and the final tables for sync, verify and ls."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from rdsrecorder.hooks import Hooks
+
+if TYPE_CHECKING:
+    from rdsrecorder.runner import SyncReport
+    from rdsrecorder.verify import RunSummary, VerifyReport
+
+
+class ProgressHooks(Hooks):
+    """Files done / pending and bytes, with rate and ETA. enabled=None: only on a terminal."""
+
+    def __init__(self, enabled: bool | None = None, console: Console | None = None) -> None:
+        self.console = console or Console(stderr=True)
+        self.enabled = self.console.is_terminal if enabled is None else enabled
+        self._progress: Progress | None = None
+        self._files: TaskID | None = None
+        self._done = 0
+        self._pending: dict[str, int] = {}
+        self._in_flight = 0
+
+    def __enter__(self) -> ProgressHooks:
+        if self.enabled:
+            self._progress = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total} files"),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=self.console,
+                transient=False,
+            )
+            self._progress.start()
+            self._files = self._progress.add_task("copying", total=0)
+            # Logs go through rich while the bar is shown, so they do not garble it.
+            self._handler = _RichHandler(self._progress.console)
+            logging.getLogger().addHandler(self._handler)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            logging.getLogger().removeHandler(self._handler)
+            self._progress = None
+
+    def _update(self) -> None:
+        if self._progress is not None and self._files is not None:
+            total = self._done + self._in_flight + sum(self._pending.values())
+            self._progress.update(self._files, total=max(total, self._done), completed=self._done)
+
+    def files_pending(self, instance: str, count: int) -> None:
+        self._pending[instance] = count
+        self._update()
+
+    def file_started(self, instance: str) -> None:
+        self._in_flight += 1
+        self._pending[instance] = max(0, self._pending.get(instance, 0) - 1)
+        self._update()
+
+    def file_finished(
+        self, instance: str, outcome: str, duration_s: float, log_timestamp_s: float
+    ) -> None:
+        self._in_flight = max(0, self._in_flight - 1)
+        self._done += 1
+        self._update()
+
+    def bytes_downloaded(self, instance: str, count: int) -> None:
+        if self._progress is not None and self._files is not None:
+            task = self._progress.tasks[0]
+            self._progress.update(self._files, completed=self._done)
+            task.fields["bytes"] = task.fields.get("bytes", 0) + count
+
+
+class _RichHandler(logging.Handler):
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self._console = console
+        root = logging.getLogger()
+        if root.handlers:
+            self.setFormatter(root.handlers[0].formatter)
+            for f in root.handlers[0].filters:
+                self.addFilter(f)
+        self._replaced = [h for h in root.handlers if isinstance(h, logging.StreamHandler)]
+        for h in self._replaced:
+            root.removeHandler(h)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._console.print(self.format(record), markup=False, highlight=False)
+
+    def close(self) -> None:
+        root = logging.getLogger()
+        for h in self._replaced:
+            root.addHandler(h)
+        super().close()
+
+
+def _console() -> Console:
+    return Console(file=sys.stdout, highlight=False)
+
+
+def render_summary(report: SyncReport, console: Console | None = None) -> None:
+    t = report.totals
+    console = console or _console()
+    table = Table(title=f"run {report.run_id} — {report.mode.label}", show_header=True)
+    table.add_column("copied", justify="right")
+    table.add_column("partial", justify="right")
+    table.add_column("already in S3", justify="right")
+    table.add_column("failed", justify="right")
+    table.add_column("lost", justify="right")
+    table.add_column("truncated lines", justify="right")
+    table.add_column("bytes", justify="right")
+    table.add_row(
+        str(t.copied),
+        str(t.partial),
+        str(t.skipped),
+        str(t.failed),
+        str(t.lost),
+        str(t.truncated_lines),
+        f"{t.bytes:,}",
+    )
+    console.print(table)
+    for entry in t.entries:
+        if entry.status in ("failed", "lost"):
+            console.print(f"  {entry.status}: {entry.instance} {entry.source}: {entry.error}")
+    if report.snapshot is not None:
+        console.print(f"snapshot: {report.snapshot.snapshot_id} {report.snapshot.arn}")
+    if report.snapshot_error:
+        console.print(f"snapshot failed: {report.snapshot_error}")
+    if report.interrupted or t.interrupted:
+        console.print(f"interrupted: re-run with --run-id {report.run_id} to resume")
+
+
+def render_verify(report: VerifyReport, console: Console | None = None) -> None:
+    console = console or _console()
+    table = Table(title=f"verify {report.run_id}")
+    for col in ("key", "source", "status", "detail"):
+        table.add_column(col)
+    for row in report.rows:
+        table.add_row(row.key, row.source, row.status, row.detail)
+    console.print(table)
+    for hole in report.holes:
+        console.print(f"hole: {hole}")
+    counts: dict[str, int] = {}
+    for row in report.rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    console.print(f"{'OK' if report.ok else 'PROBLEMS'}: {summary or 'no files'}")
+
+
+def render_runs(runs: list[RunSummary], console: Console | None = None) -> None:
+    console = console or _console()
+    table = Table(title="runs")
+    for col in ("run id", "db", "window", "mode", "files", "bytes", "started", "status"):
+        table.add_column(col)
+    for r in runs:
+        table.add_row(
+            r.run_id,
+            r.db_identifier,
+            f"{r.window_start} .. {r.window_finish or '∞'}",
+            r.mode,
+            str(r.files),
+            f"{r.bytes:,}",
+            r.started_at,
+            r.status,
+        )
+    console.print(table)
