@@ -42,7 +42,7 @@ def csv_block(ts: pendulum.DateTime, target_bytes: int, seed: int) -> bytes:
             msg = f'"duration: {rng.random() * 100:.3f} ms  statement: SELECT {n}"'
         line = (
             f'{stamp},"app","shop",{4000 + n % 50},"10.0.0.{n % 255}:5{n % 1000:03d}",'
-            f"65c0a1b2.{n:x},{n},\"SELECT\",{stamp},3/{n},0,LOG,00000,{msg},,,,,,,,,\"psql\","
+            f'65c0a1b2.{n:x},{n},"SELECT",{stamp},3/{n},0,LOG,00000,{msg},,,,,,,,,"psql",'
             '"client backend",,0\n'
         )
         lines.append(line)

@@ -51,7 +51,9 @@ class FakeSource:
         self.max_in_flight = max(self.max_in_flight, self.in_flight)
         try:
             if f.name in self.gone_names:
-                raise LogFileGoneError("DBLogFileNotFoundFault: gone", code="DBLogFileNotFoundFault")
+                raise LogFileGoneError(
+                    "DBLogFileNotFoundFault: gone", code="DBLogFileNotFoundFault"
+                )
             content = self.files(self.clock.now())[(f.instance, f.name)].content
             stats.method = "portion"
             for i in range(0, len(content), self.chunk_bytes):

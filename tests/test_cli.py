@@ -9,7 +9,9 @@ import sys
 import pytest
 
 
-def run(*args: str, env: dict[str, str] | None = None, timeout_s: float = 60) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout_s: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "rdsrecorder", *args],
         capture_output=True,
@@ -31,10 +33,26 @@ def test_no_arguments_prints_help_listing_commands() -> None:
 def test_sync_help_lists_every_option_with_env_var() -> None:
     proc = run("sync", "--help")
     assert proc.returncode == 0
-    for option in ("--start", "--finish", "--bucket", "--db-identifier", "--concurrency", "--run-id",
-                   "--region", "--debug", "--poll-interval", "--finish-grace", "--no-snapshot",
-                   "--download-method", "--max-api-rps", "--expected-bucket-owner", "--sse",
-                   "--shutdown-grace", "--metrics-port", "--log-format"):
+    for option in (
+        "--start",
+        "--finish",
+        "--bucket",
+        "--db-identifier",
+        "--concurrency",
+        "--run-id",
+        "--region",
+        "--debug",
+        "--poll-interval",
+        "--finish-grace",
+        "--no-snapshot",
+        "--download-method",
+        "--max-api-rps",
+        "--expected-bucket-owner",
+        "--sse",
+        "--shutdown-grace",
+        "--metrics-port",
+        "--log-format",
+    ):
         assert option in proc.stdout, option
     assert "RDSRECORDER_START" in proc.stdout
 

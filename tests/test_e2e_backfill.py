@@ -23,7 +23,9 @@ SIZES = [3 * KB, 40 * KB, 1 * MB, 12 * MB, 26 * MB, 200 * KB, 5 * KB]
 
 
 @pytest.fixture(scope="module")
-def lab_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Written], pendulum.DateTime]:
+def lab_data(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, list[Written], pendulum.DateTime]:
     root = tmp_path_factory.mktemp("lab")
     now = pendulum.now("UTC")
     first = now.start_of("hour").subtract(hours=len(SIZES) - 1)
@@ -87,7 +89,7 @@ async def test_backfill_is_byte_exact_and_ignores_twins(
 async def test_rerun_with_same_run_id_downloads_nothing(
     env: dict[str, str], lab: LabThread, lab_data: tuple[Path, list[Written], pendulum.DateTime]
 ) -> None:
-    _, files, first = lab_data
+    _, _files, first = lab_data
     kw = dict(db="lab-db", bucket=env["AWS_S3_BUCKET_NAME"], start=first, finish=first.add(hours=2))
     assert (await run_sync(sync_settings(run_id="e2e-rerun", **kw))).exit_code == 0  # type: ignore[arg-type]
     lab.reset_stats()
@@ -122,7 +124,9 @@ async def test_portion_path_with_throttling_and_errors_is_byte_exact(
 
 
 async def test_unknown_db_and_bucket_and_credentials_are_clear(
-    env: dict[str, str], lab_data: tuple[Path, list[Written], pendulum.DateTime], monkeypatch: pytest.MonkeyPatch
+    env: dict[str, str],
+    lab_data: tuple[Path, list[Written], pendulum.DateTime],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     _, _, first = lab_data
     base = dict(start=first, finish=first.add(hours=1), run_id="e2e-bad")

@@ -60,7 +60,9 @@ async def test_sync_and_wait_modes_follow_real_postgres(
     wait_start, wait_finish = now.add(seconds=25), now.add(seconds=100)
     common = dict(db="pg-db", bucket=bucket, poll_interval_s=5.0)
     sync_task = run_sync(
-        sync_settings(start=now.subtract(minutes=1), finish=sync_finish, run_id="live-sync", **common)  # type: ignore[arg-type]
+        sync_settings(
+            start=now.subtract(minutes=1), finish=sync_finish, run_id="live-sync", **common
+        )  # type: ignore[arg-type]
     )
     wait_task = run_sync(
         sync_settings(start=wait_start, finish=wait_finish, run_id="live-wait", **common)  # type: ignore[arg-type]
@@ -75,19 +77,17 @@ async def test_sync_and_wait_modes_follow_real_postgres(
     assert ended < sync_finish.add(seconds=60 + 30)
 
     client = s3_client(env)
-    final = {
-        f"error/{p.name}": p.read_bytes() for p in logdir.glob("postgresql.log.*.csv")
-    }
-    listed = [
-        LogFile("pg-db", name, 0, len(data)) for name, data in final.items()
-    ]
+    final = {f"error/{p.name}": p.read_bytes() for p in logdir.glob("postgresql.log.*.csv")}
+    listed = [LogFile("pg-db", name, 0, len(data)) for name, data in final.items()]
     spans = assign_spans(listed)
     for report, start, finish, run_id in (
         (sync_report, now.subtract(minutes=1), sync_finish, "live-sync"),
         (wait_report, wait_start, wait_finish, "live-wait"),
     ):
         assert report.exit_code == 0, (run_id, report.totals)
-        expected = [s for s in select(spans, start.timestamp(), finish.timestamp()) if s.has_successor]
+        expected = [
+            s for s in select(spans, start.timestamp(), finish.timestamp()) if s.has_successor
+        ]
         assert len(expected) >= 2, run_id
         got = objects(client, bucket, f"{run_id}/rds_log_")
         assert report.totals.partial == 0

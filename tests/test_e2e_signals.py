@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pendulum
 import pytest
@@ -24,7 +23,9 @@ MB = 1000 * 1000
 
 
 @pytest.fixture(scope="module")
-def big_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabThread, list[Written], pendulum.DateTime]]:
+def big_lab(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[LabThread, list[Written], pendulum.DateTime]]:
     root = tmp_path_factory.mktemp("siglab")
     now = pendulum.now("UTC")
     first = now.start_of("hour").subtract(hours=7)
@@ -36,14 +37,24 @@ def big_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabThrea
 def start_sync(env: dict[str, str], first: pendulum.DateTime, run_id: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
-            sys.executable, "-m", "rdsrecorder", "sync",
-            "--db-identifier", "sig-db",
-            "--start", first.to_iso8601_string(),
-            "--finish", first.add(hours=7).to_iso8601_string(),
-            "--run-id", run_id,
-            "--concurrency", "2",
-            "--download-method", "portion",
-            "--metrics-port", "0",
+            sys.executable,
+            "-m",
+            "rdsrecorder",
+            "sync",
+            "--db-identifier",
+            "sig-db",
+            "--start",
+            first.to_iso8601_string(),
+            "--finish",
+            first.add(hours=7).to_iso8601_string(),
+            "--run-id",
+            run_id,
+            "--concurrency",
+            "2",
+            "--download-method",
+            "portion",
+            "--metrics-port",
+            "0",
             "--no-progress",
         ],
         env={**os.environ, **env},
@@ -95,7 +106,12 @@ def test_sigterm_mid_transfer_then_resume(
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     downloaded = set(lab.stats()["portion_calls_by_file"])
-    assert not downloaded & {f"sig-db/{s}" for s in complete_sources} and not downloaded & complete_sources
+    assert (
+        not downloaded & {f"sig-db/{s}" for s in complete_sources}
+        and not downloaded & complete_sources
+    )
     got = objects(client, bucket, "sig-run/rds_log_")
     assert len(got) == len(files)  # one key per file, no duplicates
-    assert sorted(hashlib.sha256(v).hexdigest() for v in got.values()) == sorted(f.sha256 for f in files)
+    assert sorted(hashlib.sha256(v).hexdigest() for v in got.values()) == sorted(
+        f.sha256 for f in files
+    )

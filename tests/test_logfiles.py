@@ -29,7 +29,12 @@ def lf(name: str, written: str | None = None, size: int = 10, instance: str = "d
     [
         ("error/postgresql.log.2024-03-04-19.csv", "2024-03-04T19:00:00", Granularity.HOUR, True),
         ("error/postgresql.log.2024-03-04-19", "2024-03-04T19:00:00", Granularity.HOUR, False),
-        ("error/postgresql.log.2024-03-04-1937.csv", "2024-03-04T19:37:00", Granularity.MINUTE, True),
+        (
+            "error/postgresql.log.2024-03-04-1937.csv",
+            "2024-03-04T19:37:00",
+            Granularity.MINUTE,
+            True,
+        ),
         ("error/postgresql.log.2024-03-04.csv", "2024-03-04T00:00:00", Granularity.DAY, True),
         ("postgresql.log.2024-12-31-23.csv", "2024-12-31T23:00:00", Granularity.HOUR, True),
     ],
@@ -163,6 +168,8 @@ def test_completeness() -> None:
     # idle: its hour is over and nothing was written for more than a minute
     assert is_complete(newest, ts("2024-02-04T15:01:01"), 3600)
     assert not is_complete(newest, ts("2024-02-04T15:00:30"), 3600)
-    minute = assign_spans([lf("error/postgresql.log.2024-02-04-1400.csv", written="2024-02-04T14:00:50")])[0]
+    minute = assign_spans(
+        [lf("error/postgresql.log.2024-02-04-1400.csv", written="2024-02-04T14:00:50")]
+    )[0]
     assert not is_complete(minute, ts("2024-02-04T14:02:00"), 60)
     assert is_complete(minute, ts("2024-02-04T14:03:00"), 60)

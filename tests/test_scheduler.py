@@ -97,7 +97,11 @@ async def test_download_and_finish_copies_window_and_exits() -> None:
     clock = FakeClock(T0 + 6.5 * HOUR)  # 16:30; files 10..16, 16 being written
     source = FakeSource(clock, rotating_db(T0, HOUR))
     rec, sink, manifest = make(
-        source, clock, start_s=T0 + 2.5 * HOUR, finish_s=T0 + 4 * HOUR, mode=Mode.DOWNLOAD_AND_FINISH
+        source,
+        clock,
+        start_s=T0 + 2.5 * HOUR,
+        finish_s=T0 + 4 * HOUR,
+        mode=Mode.DOWNLOAD_AND_FINISH,
     )
     totals = await rec.run()
     # 12:30 .. 14:00 -> the 12:00 file (the Go tool lost it) and the 13:00 file; never the twins
@@ -112,7 +116,11 @@ async def test_finish_mode_copies_current_file_as_partial(caplog: pytest.LogCapt
     clock = FakeClock(T0 + 2.5 * HOUR)  # 12:30, file 12 is current
     source = FakeSource(clock, rotating_db(T0, HOUR))
     rec, sink, _ = make(
-        source, clock, start_s=T0 + 1.5 * HOUR, finish_s=T0 + 2.2 * HOUR, mode=Mode.DOWNLOAD_AND_FINISH
+        source,
+        clock,
+        start_s=T0 + 1.5 * HOUR,
+        finish_s=T0 + 2.2 * HOUR,
+        mode=Mode.DOWNLOAD_AND_FINISH,
     )
     with caplog.at_level(logging.WARNING):
         totals = await rec.run()
@@ -152,7 +160,9 @@ async def test_sync_follows_rotation_until_finish(minute_names: bool) -> None:
     assert any(s is not None for s in source.listings)
 
 
-async def test_file_that_never_rotates_is_copied_after_grace(caplog: pytest.LogCaptureFixture) -> None:
+async def test_file_that_never_rotates_is_copied_after_grace(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     clock = FakeClock(T0 + 0.5 * HOUR)
     source = FakeSource(clock, rotating_db(T0, HOUR, stop_rotating_at=T0 + 2 * HOUR))
     rec, sink, _ = make(
@@ -177,7 +187,12 @@ async def test_default_grace_is_one_rotation_plus_five_minutes() -> None:
     clock = FakeClock(T0 + 0.5 * HOUR)
     source = FakeSource(clock, rotating_db(T0, HOUR, stop_rotating_at=T0 + HOUR))
     rec, sink, _ = make(
-        source, clock, start_s=T0, finish_s=T0 + 1.5 * HOUR, mode=Mode.DOWNLOAD_AND_SYNC, poll_interval_s=60
+        source,
+        clock,
+        start_s=T0,
+        finish_s=T0 + 1.5 * HOUR,
+        mode=Mode.DOWNLOAD_AND_SYNC,
+        poll_interval_s=60,
     )
     await rec.run()
     assert T0 + 1.5 * HOUR + HOUR + 300 <= clock.now() < T0 + 1.5 * HOUR + HOUR + 361
@@ -189,7 +204,12 @@ async def test_idle_hours_leave_recorded_gaps_and_idle_file_completes() -> None:
     idle_hours = {T0 + HOUR, T0 + 2 * HOUR}
     source = FakeSource(clock, rotating_db(T0, HOUR, idle=lambda ts: ts in idle_hours))
     rec, sink, manifest = make(
-        source, clock, start_s=T0, finish_s=T0 + 3.5 * HOUR, mode=Mode.DOWNLOAD_AND_SYNC, poll_interval_s=300
+        source,
+        clock,
+        start_s=T0,
+        finish_s=T0 + 3.5 * HOUR,
+        mode=Mode.DOWNLOAD_AND_SYNC,
+        poll_interval_s=300,
     )
     totals = await rec.run()
     assert sorted(sink.objects) == [key(10), key(13)]
@@ -212,8 +232,13 @@ async def test_window_before_oldest_file_is_a_retention_gap() -> None:
 async def test_files_in_flight_never_exceed_concurrency() -> None:
     clock = FakeClock(T0 + 12.5 * HOUR)
     source = FakeSource(clock, rotating_db(T0, HOUR), chunk_bytes=50, download_delay_s=0.0005)
-    rec, sink, _ = make(
-        source, clock, start_s=T0, finish_s=T0 + 12 * HOUR, mode=Mode.DOWNLOAD_AND_FINISH, concurrency=3
+    rec, _sink, _ = make(
+        source,
+        clock,
+        start_s=T0,
+        finish_s=T0 + 12 * HOUR,
+        mode=Mode.DOWNLOAD_AND_FINISH,
+        concurrency=3,
     )
     totals = await rec.run()
     assert totals.copied == 12
@@ -250,13 +275,20 @@ async def test_one_failing_and_one_vanished_file_do_not_stop_the_others() -> Non
 async def test_rerun_skips_complete_copies_and_replaces_partial_ones() -> None:
     clock = FakeClock(T0 + 3.5 * HOUR)
     source = FakeSource(clock, rotating_db(T0, HOUR))
-    rec, sink, _ = make(source, clock, start_s=T0, finish_s=T0 + 3.2 * HOUR, mode=Mode.DOWNLOAD_AND_FINISH)
+    rec, sink, _ = make(
+        source, clock, start_s=T0, finish_s=T0 + 3.2 * HOUR, mode=Mode.DOWNLOAD_AND_FINISH
+    )
     first = await rec.run()
     assert (first.copied, first.partial) == (3, 1)
     clock.advance(HOUR)  # file 13 rotated
     source.downloads.clear()
     rec2, _, _ = make(
-        source, clock, start_s=T0, finish_s=T0 + 3.2 * HOUR, mode=Mode.DOWNLOAD_AND_FINISH, sink=sink
+        source,
+        clock,
+        start_s=T0,
+        finish_s=T0 + 3.2 * HOUR,
+        mode=Mode.DOWNLOAD_AND_FINISH,
+        sink=sink,
     )
     second: RunTotals = await rec2.run()
     assert (second.skipped, second.copied) == (3, 1)
@@ -270,7 +302,13 @@ async def test_stop_event_ends_follow_and_reports_interrupted() -> None:
     source = FakeSource(clock, rotating_db(T0, HOUR))
     stop = asyncio.Event()
     rec, sink, _ = make(
-        source, clock, start_s=T0, finish_s=None, mode=Mode.DOWNLOAD_AND_SYNC, stop=stop, poll_interval_s=60
+        source,
+        clock,
+        start_s=T0,
+        finish_s=None,
+        mode=Mode.DOWNLOAD_AND_SYNC,
+        stop=stop,
+        poll_interval_s=60,
     )
     task = asyncio.create_task(rec.run())
     for _ in range(200):

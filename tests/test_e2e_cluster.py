@@ -1,0 +1,55 @@
+"""An Aurora cluster id: every member's logs, each under <RUNID>/<instance-id>/."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pendulum
+import pytest
+
+from rdsrecorder.lab import LabThread
+from rdsrecorder.runner import run_sync
+from tests.e2e import objects, s3_client, sync_settings, write_hourly
+
+
+async def test_cluster_members_each_get_their_folder(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    now = pendulum.now("UTC")
+    first = now.start_of("hour").subtract(hours=3)
+    writer = write_hourly(tmp_path, "aur-1", first, [20_000, 30_000, 40_000, 500], now)
+    reader = write_hourly(tmp_path, "aur-2", first, [5_000, 6_000, 7_000, 500], now)
+    (tmp_path / "lab.json").write_text(
+        json.dumps({"clusters": {"aur": {"members": ["aur-1", "aur-2"], "writer": "aur-1"}}})
+    )
+    with LabThread(tmp_path, s3="moto") as lab:
+        for k, v in lab.env.items():
+            monkeypatch.setenv(k, v)
+        report = await run_sync(
+            sync_settings(
+                db="aur", bucket=lab.bucket, start=first, finish=first.add(hours=3), run_id="clu"
+            )
+        )
+        assert report.exit_code == 0
+        assert report.instances == ("aur-1", "aur-2")
+        got = objects(s3_client(lab.env), lab.bucket, "clu/")
+    for instance, files in (("aur-1", writer), ("aur-2", reader)):
+        for f in files[:3]:
+            key = f"clu/{instance}/rds_log_clu_{f.timestamp_s}"
+            assert hashlib.sha256(got[key]).hexdigest() == f.sha256
+    assert len(got) == 6 + 1  # + manifest
+    # A member on its own keeps the seed's flat layout.
+    with LabThread(tmp_path, s3="moto") as lab:
+        for k, v in lab.env.items():
+            monkeypatch.setenv(k, v)
+        report = await run_sync(
+            sync_settings(
+                db="aur-2", bucket=lab.bucket, start=first, finish=first.add(hours=1), run_id="one"
+            )
+        )
+        assert report.exit_code == 0
+        assert set(objects(s3_client(lab.env), lab.bucket, "one/")) == {
+            f"one/rds_log_one_{reader[0].timestamp_s}",
+            "one/manifest.json",
+        }
