@@ -293,7 +293,7 @@ def sync(a: SyncArgs) -> int:
     from rdsrecorder.progress import ProgressHooks, render_summary
     from rdsrecorder.runner import run_sync
 
-    _stderr(f"run id: {settings.run_id}")
+    log.info("run id: %s", settings.run_id)
 
     async def main(stop: asyncio.Event) -> int:
         async with _metrics(settings.obs, settings.run_id) as metrics_hooks:
