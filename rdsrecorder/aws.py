@@ -120,8 +120,10 @@ class RateLimiter:
                     self.burst, self._tokens + (now - self._updated) * self.rate_per_s
                 )
                 self._updated = now
-                if self._tokens >= 1:
-                    self._tokens -= 1
+                # The tolerance: float error can leave 0.9999999 tokens, and a sleep that small
+                # may not move the clock at all.
+                if self._tokens >= 1 - 1e-6:
+                    self._tokens = max(0.0, self._tokens - 1)
                     return
                 await self._sleep((1 - self._tokens) / self.rate_per_s)
 

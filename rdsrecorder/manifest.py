@@ -1,8 +1,19 @@
 """``<RUNID>/manifest.json``: what a run copied, kept in S3 next to the objects and updated as
-files land.
+files land. ``verify`` and ``ls`` read it; a re-run with the same run id resumes from it.
 
-One writer (a lock serialises flushes); writes are debounced (``min_interval_s``); a failed write
-is logged and retried at the next flush, never crashing the run; ``close`` always writes."""
+``ManifestStore`` is the one writer of a run's manifest:
+
+* ``record`` / ``add_gap`` change it in memory and mark it dirty; ``flush`` writes it when dirty
+  and ``min_interval_s`` has passed since the last write (``force`` skips that wait);
+  ``close`` always writes (and stamps ``finished_at`` when the run finished).
+* Flushes are serialised by a lock, and the JSON is rendered before the write starts, so two
+  flushes never interleave and a change made during a write is written by the next flush.
+* A failed (or cancelled) write marks the manifest dirty again: it is logged and retried by the
+  next flush, never raised into the run.
+
+Schema: ``schema`` holds ``SCHEMA_VERSION``; readers ignore fields they do not know, so a newer
+writer can add fields without breaking older readers.
+"""
 
 from __future__ import annotations
 
@@ -21,10 +32,17 @@ from rdsrecorder.errors import RdsRecorderError
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+CLOSE_ATTEMPTS = 3
+CLOSE_RETRY_DELAY_S = 1.0
 
 
 def manifest_key(run_id: str) -> str:
     return f"{run_id}/manifest.json"
+
+
+def _known_fields(cls: type[Any], data: dict[str, Any]) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in data.items() if k in names}
 
 
 @dataclass
@@ -32,7 +50,7 @@ class FileEntry:
     key: str
     source: str
     instance: str
-    span_start: str  # ISO-8601 UTC
+    span_start: str  # ISO-8601 UTC: the timestamp in the file's name
     span_end: str | None  # None: the file had not rotated when copied
     size: int
     sha256: str
@@ -46,8 +64,7 @@ class FileEntry:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FileEntry:
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        return cls(**_known_fields(cls, data))
 
 
 @dataclass
@@ -62,11 +79,11 @@ class Manifest:
     started_at: str
     updated_at: str
     finished_at: str | None
-    files: dict[str, FileEntry] = field(default_factory=dict)
-    gaps: list[dict[str, str]] = field(default_factory=list)
+    files: dict[str, FileEntry] = field(default_factory=dict)  # by object key
+    gaps: list[dict[str, str]] = field(default_factory=list)  # instance, start, end, reason
     instances: list[str] = field(default_factory=list)
     summary: dict[str, int] = field(default_factory=dict)
-    notes: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, Any] = field(default_factory=dict)  # e.g. the snapshot of the run
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
@@ -75,17 +92,37 @@ class Manifest:
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Manifest:
+        """Raises ``ValueError`` when ``text`` is not a manifest."""
         data = json.loads(text)
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in names}
-        kwargs["files"] = {k: FileEntry.from_dict(v) for k, v in data.get("files", {}).items()}
-        return cls(**kwargs)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        schema = data.get("schema", SCHEMA_VERSION)
+        if isinstance(schema, int) and schema > SCHEMA_VERSION:
+            log.warning(
+                "manifest schema %d is newer than this version (%d): unknown fields are ignored",
+                schema,
+                SCHEMA_VERSION,
+            )
+        kwargs = _known_fields(cls, data)
+        try:
+            kwargs["files"] = {
+                key: FileEntry.from_dict(entry) for key, entry in data.get("files", {}).items()
+            }
+            return cls(**kwargs)
+        except (TypeError, AttributeError) as exc:
+            raise ValueError(f"missing or malformed fields: {exc}") from exc
 
 
 class ManifestStorage(Protocol):
+    """What the store needs of ``S3Sink``."""
+
     async def put_bytes(self, key: str, data: bytes, content_type: str) -> None: ...
 
     async def get_bytes(self, key: str) -> bytes | None: ...
+
+
+def _iso(ts_s: float) -> str:
+    return pendulum.from_timestamp(ts_s, tz="UTC").to_iso8601_string()
 
 
 class ManifestStore:
@@ -94,27 +131,34 @@ class ManifestStore:
     ) -> None:
         self._sink = sink
         self._run_id = run_id
+        self._key = manifest_key(run_id)
         self._clock = clock
         self._min_interval_s = min_interval_s
         self._manifest: Manifest | None = None
         self._dirty = False
         self._last_write_s = float("-inf")
         self._lock = asyncio.Lock()
+        self.writes = 0  # successful writes, for logs and tests
+        self.failed_writes = 0
 
     @property
     def manifest(self) -> Manifest | None:
         return self._manifest
 
+    @property
+    def dirty(self) -> bool:
+        return self._dirty
+
     async def load(self) -> Manifest | None:
-        data = await self._sink.get_bytes(manifest_key(self._run_id))
+        """The manifest this run id already has in S3 (resume), or None."""
+        data = await self._sink.get_bytes(self._key)
         if data is None:
             return None
         try:
             return Manifest.from_json(data)
-        except (ValueError, TypeError) as exc:
+        except ValueError as exc:
             raise RdsRecorderError(
-                f"{manifest_key(self._run_id)} is not a valid manifest ({exc}); choose another "
-                "--run-id"
+                f"{self._key} is not a valid manifest ({exc}); choose another --run-id"
             ) from exc
 
     def start(self, manifest: Manifest) -> None:
@@ -129,8 +173,8 @@ class ManifestStore:
     def record(self, entry: FileEntry) -> None:
         m = self._require()
         old = m.files.get(entry.key)
-        # A skip on resume keeps what the earlier run knew about the copy.
         if entry.status == "skipped" and old is not None and old.status in ("copied", "partial"):
+            # A skip on resume keeps what the earlier run knew of the copy (method, truncations).
             old.copied_at = old.copied_at or entry.copied_at
         else:
             m.files[entry.key] = entry
@@ -151,37 +195,53 @@ class ManifestStore:
         self._require().summary = dict(summary)
         self._dirty = True
 
-    async def flush(self, force: bool = False) -> None:
+    def _due(self, force: bool) -> bool:
         if self._manifest is None or not self._dirty:
-            return
-        if not force and self._clock.now() - self._last_write_s < self._min_interval_s:
+            return False
+        return force or self._clock.now() - self._last_write_s >= self._min_interval_s
+
+    async def flush(self, force: bool = False) -> None:
+        """Writes the manifest if it changed and the last write is ``min_interval_s`` old."""
+        if not self._due(force):
             return
         async with self._lock:
-            if not self._dirty:
+            # Checked again: the flush that held the lock may have written our changes already.
+            if not self._due(force):
                 return
-            m = self._manifest
-            m.updated_at = pendulum.from_timestamp(self._clock.now(), tz="UTC").to_iso8601_string()
+            m = self._require()
+            m.updated_at = _iso(self._clock.now())
+            body = m.to_json().encode()
             self._dirty = False
             try:
-                await self._sink.put_bytes(
-                    manifest_key(self._run_id), m.to_json().encode(), "application/json"
-                )
-                self._last_write_s = self._clock.now()
-            except RdsRecorderError as exc:
+                await self._sink.put_bytes(self._key, body, "application/json")
+            except asyncio.CancelledError:
                 self._dirty = True
-                log.warning(
-                    "writing %s failed (%s); retrying later", manifest_key(self._run_id), exc
-                )
+                raise
+            except Exception as exc:
+                self._dirty = True
+                self.failed_writes += 1
+                log.warning("writing %s failed (%s); retrying at the next flush", self._key, exc)
+                return
+            self._last_write_s = self._clock.now()
+            self.writes += 1
 
     async def close(self, finished: bool) -> None:
+        """The final write, whatever the interval; retried a few times."""
         if self._manifest is None:
             return
         if finished:
-            self._manifest.finished_at = pendulum.from_timestamp(
-                self._clock.now(), tz="UTC"
-            ).to_iso8601_string()
+            self._manifest.finished_at = _iso(self._clock.now())
         self._dirty = True
-        await self.flush(force=True)
-        if self._dirty:
-            await asyncio.sleep(1)
+        for attempt in range(1, CLOSE_ATTEMPTS + 1):
             await self.flush(force=True)
+            if not self._dirty:
+                return
+            if attempt < CLOSE_ATTEMPTS:
+                await self._clock.sleep(CLOSE_RETRY_DELAY_S * attempt)
+        log.error(
+            "could not write %s after %d attempts: verify and resume of run %s will not see "
+            "the last changes",
+            self._key,
+            CLOSE_ATTEMPTS,
+            self._run_id,
+        )

@@ -1,34 +1,67 @@
 """The S3 sink: streams byte chunks into S3, one object per log file.
 
-* A file smaller than one part goes in a single PutObject.
-* Otherwise: CreateMultipartUpload, and from that moment any failure or cancellation aborts the
-  upload (shielded from cancellation), so no orphaned parts are left to cost money.
-* Overlapped pipeline: while part k uploads, part k+1 fills from the download. At most one part
-  upload is in flight per file, so a file holds at most two part buffers:
+Upload (``S3Sink.upload``), with tasks named after the S3 calls they make:
 
-      peak memory ~= base (~50 MiB) + concurrency x 2 x part size (+ one download chunk per file)
+* The chunk stream is cut into parts of exactly the part size (the last part is shorter). If the
+  stream ends before the first part is full, the object goes in one ``PutObject``.
+* Otherwise ``CreateMultipartUpload``, and from that moment any failure or cancellation runs
+  ``AbortMultipartUpload`` (shielded from cancellation, bounded by ``ABORT_TIMEOUT_S``), so no
+  orphaned parts are left to cost money. A cancellation that arrives while the create request is
+  in flight waits for its answer and aborts the upload it created.
+* Overlapped pipeline: while part k uploads (one ``UploadPart`` task), part k+1 fills from the
+  download. At most one part upload is in flight per file, and part k+1 is joined into one
+  ``bytes`` only after part k has finished, so a file holds at most two parts in memory:
 
-* The sha256 of the bytes is computed while streaming. A multipart upload's metadata is fixed at
-  CreateMultipartUpload, before the hash is known, so after CompleteMultipartUpload an in-place
-  CopyObject (MetadataDirective=REPLACE) adds it. An object without ``sha256`` metadata is an
-  unfinished copy: resume copies it again. Objects over 5 GiB keep the hash in the manifest only.
-* Part size: at least the configured one (>= 5 MiB), grown so that the listed size plus growth
-  headroom fits in 10,000 parts; if a file still outgrows that, later parts grow on the fly.
+      peak memory ~= base (~70 MiB of Python + botocore) + concurrency x 2 x part size
+                     (+ one download chunk per file)
+
+  Measured: a 200 MB stream with 8 MiB parts raises the peak RSS by ~21-23 MiB (two parts plus
+  HTTP buffers). Chunks are kept in a list and joined once per part; a ``bytes`` body reaches
+  aiohttp as a ``BytesIO`` that is sent piece by piece. Reusing two ``bytearray`` buffers was
+  measured too and cost ~35 MiB: the transport copies a whole ``bytearray`` body into its write
+  buffer.
+* ``CompleteMultipartUpload`` at the end; the object appears atomically.
+
+sha256: computed while streaming. A multipart upload's metadata is fixed at
+``CreateMultipartUpload``, before the hash is known, so after ``CompleteMultipartUpload`` an
+in-place ``CopyObject`` (``MetadataDirective=REPLACE``, same metadata, content type, SSE and
+expected owner) adds ``sha256``. **An object without ``sha256`` metadata is an unfinished copy**:
+resume logic copies it again. Objects over 5 GiB (the ``CopyObject`` limit) keep their hash in the
+manifest only.
+
+Part size (``part_size_for`` and ``grown_part_size``): S3 allows parts of 5 MiB to 5 GiB (the last
+may be smaller) and at most 10,000 parts. The part size is the configured one (at least 5 MiB),
+grown so that the listed size plus 25 % headroom (the current file keeps growing) fits in 10,000
+parts. A file that outgrows its estimate (or whose size is unknown) is handled on the fly: before
+each part, the part size becomes at least ``bytes so far / parts left``, i.e. the data could still
+double within the remaining part budget. That never bites before part 5,000 and then grows the
+part size gradually (memory grows only for such huge files); a stream that still needs a
+10,001st part fails with a clear ``UploadError``.
+
+Errors: a failing S3 call becomes ``UploadError`` (one line naming the object); a chunk stream that
+raises an ``RdsRecorderError`` (``LogFileGoneError``, ``DownloadError`` ...) has it re-raised
+unchanged, so the caller can tell "the source file is gone" from "S3 failed"; any other exception
+of the stream becomes ``UploadError``. Each time, the multipart upload is aborted first.
+
+SSE (``ServerSideEncryption``, ``SSEKMSKeyId``) goes on every call that writes object data
+(PutObject, CreateMultipartUpload, CopyObject); ``ExpectedBucketOwner`` on every call (and
+``ExpectedSourceBucketOwner`` on CopyObject).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
+
+import aiohttp
 
 from rdsrecorder.aws import Aws
 from rdsrecorder.errors import AwsError, BucketError, RdsRecorderError, UploadError
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.models import META_SHA256, ObjectInfo, UploadResult
+from rdsrecorder.models import META_SHA256, META_SOURCE, ObjectInfo, UploadResult
 
 log = logging.getLogger(__name__)
 
@@ -36,24 +69,117 @@ MIB = 1024 * 1024
 MIN_PART_BYTES = 5 * MIB
 MAX_PART_BYTES = 5 * 1024 * MIB
 MAX_PARTS = 10_000
-MAX_COPY_BYTES = 5 * 1024 * MIB  # single CopyObject limit
+MAX_COPY_BYTES = 5 * 1024 * MIB  # the largest object a single CopyObject accepts
 GROWTH_HEADROOM = 1.25  # the current file keeps growing after it was listed
+ABORT_TIMEOUT_S = 60.0  # a stop (SIGTERM) waits at most this long for an abort
+READ_CHUNK_BYTES = MIB  # GetObject streaming: memory per object being read
+_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
+_DENIED = frozenset({"403", "AccessDenied", "Forbidden", "AllAccessDisabled"})
+
+
+def _round_up_mib(n: int) -> int:
+    return -(-n // MIB) * MIB
 
 
 def part_size_for(size_hint_bytes: int | None, min_part_size_bytes: int) -> int:
+    """Part size for a file of ``size_hint_bytes`` (None or 0: unknown): the configured size (at
+    least 5 MiB), grown to whole MiB so that the hint plus 25 % fits in 10,000 parts, at most
+    5 GiB."""
     part = max(MIN_PART_BYTES, min_part_size_bytes)
     if size_hint_bytes:
         needed = -(-int(size_hint_bytes * GROWTH_HEADROOM) // MAX_PARTS)
-        part = max(part, needed)
+        part = max(part, _round_up_mib(needed))
     return min(part, MAX_PART_BYTES)
 
 
 def grown_part_size(part_bytes: int, parts_done: int, bytes_done: int) -> int:
-    """Past half the part budget with data still coming: double the part size (capped), so an
-    unexpectedly large file never hits the 10,000-part limit."""
-    if parts_done >= MAX_PARTS // 2 and part_bytes < MAX_PART_BYTES:
-        return min(MAX_PART_BYTES, max(part_bytes * 2, bytes_done // parts_done * 2))
-    return part_bytes
+    """Part size for part ``parts_done + 1``: large enough that the bytes seen so far could come
+    again within the parts left (whole MiB, at most 5 GiB)."""
+    parts_left = MAX_PARTS - parts_done
+    if parts_left <= 0:
+        return MAX_PART_BYTES
+    needed = _round_up_mib(-(-bytes_done // parts_left))
+    return min(MAX_PART_BYTES, max(part_bytes, needed))
+
+
+class _PartCutter:
+    """Cuts a chunk stream into parts of exactly ``part_bytes`` (the last one shorter) and hashes
+    the bytes as they pass. Errors of the stream are turned into what ``upload`` promises."""
+
+    def __init__(self, chunks: AsyncIterator[bytes], target: str) -> None:
+        self._chunks = aiter(chunks)
+        self._target = target
+        self._carry = b""  # the tail of a chunk that straddled a part boundary
+        self.sha256 = hashlib.sha256()
+        self.total_bytes = 0
+        self.exhausted = False
+
+    async def read(self, part_bytes: int) -> list[bytes]:
+        """The pieces of the next part, to be joined once memory allows (see the module doc)."""
+        pieces: list[bytes] = []
+        size = 0
+        while size < part_bytes and not (self.exhausted and not self._carry):
+            if self._carry:
+                chunk, self._carry = self._carry, b""
+            else:
+                chunk = await self._next_chunk()
+                if self.exhausted:
+                    break
+                self.sha256.update(chunk)
+                self.total_bytes += len(chunk)
+            room = part_bytes - size
+            if len(chunk) > room:
+                chunk, self._carry = chunk[:room], chunk[room:]
+            if chunk:
+                pieces.append(chunk)
+                size += len(chunk)
+        if not self._carry and not self.exhausted and size == part_bytes:
+            # Look one chunk ahead so that a stream ending exactly on a part boundary is known
+            # to be over before the caller decides between PutObject and a multipart upload.
+            chunk = await self._next_chunk()
+            if not self.exhausted:
+                self.sha256.update(chunk)
+                self.total_bytes += len(chunk)
+                self._carry = chunk
+        return pieces
+
+    async def _next_chunk(self) -> bytes:
+        try:
+            return bytes(await anext(self._chunks))
+        except StopAsyncIteration:
+            self.exhausted = True
+            return b""
+        except RdsRecorderError:
+            raise
+        except Exception as exc:
+            raise UploadError(
+                f"upload of {self._target} failed: reading the source: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def close(self) -> None:
+        # Releases the download (its HTTP connection) at once instead of at garbage collection.
+        aclose = getattr(self._chunks, "aclose", None)
+        if aclose is not None:
+            try:
+                await aclose()
+            except Exception as exc:
+                log.debug("closing the source of %s: %s", self._target, exc)
+
+
+async def _to_completion(step: Awaitable[None]) -> None:
+    """Runs ``step`` to its end even if the caller is cancelled meanwhile (then re-raises the
+    cancellation): cleanup that saves money must not be cut short by a shutdown."""
+    task = asyncio.ensure_future(step)
+    cancelled: asyncio.CancelledError | None = None
+    while not task.done():
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError as exc:
+            cancelled = exc
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("cleanup failed: %s", task.exception())
+    if cancelled is not None:
+        raise cancelled
 
 
 class S3Sink:
@@ -71,8 +197,8 @@ class S3Sink:
         self._aws = aws
         self.bucket = bucket
         self._hooks = hooks
-        self._part_size_bytes = max(MIN_PART_BYTES, part_size_bytes)
-        self._owner = (
+        self.part_size_bytes = min(MAX_PART_BYTES, max(MIN_PART_BYTES, part_size_bytes))
+        self._owner: dict[str, str] = (
             {"ExpectedBucketOwner": expected_bucket_owner} if expected_bucket_owner else {}
         )
         self._sse: dict[str, str] = {}
@@ -81,16 +207,27 @@ class S3Sink:
             if sse_kms_key_id:
                 self._sse["SSEKMSKeyId"] = sse_kms_key_id
 
+    def _url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
     async def _call(self, method: str, **params: Any) -> dict[str, Any]:
         return await self._aws.call("s3", method, Bucket=self.bucket, **self._owner, **params)
 
+    async def _write(self, key: str, method: str, **params: Any) -> dict[str, Any]:
+        """An S3 call of an upload: a failure becomes one ``UploadError`` line."""
+        try:
+            return await self._call(method, Key=key, **params)
+        except AwsError as exc:
+            raise UploadError(f"upload of {self._url(key)} failed: {exc}") from exc
+
+    # -- reading and listing ---------------------------------------------------------------------
     async def check_bucket(self) -> None:
         try:
             await self._call("head_bucket")
         except AwsError as exc:
-            if exc.code in ("404", "NoSuchBucket", "NotFound"):
+            if exc.code in _NOT_FOUND:
                 raise BucketError(f"bucket {self.bucket!r} does not exist") from exc
-            if exc.code in ("403", "AccessDenied", "Forbidden"):
+            if exc.code in _DENIED:
                 raise BucketError(
                     f"access denied to bucket {self.bucket!r} (or it belongs to another account)"
                 ) from exc
@@ -100,40 +237,53 @@ class S3Sink:
         try:
             resp = await self._call("head_object", Key=key)
         except AwsError as exc:
-            if exc.code in ("404", "NoSuchKey", "NotFound"):
+            if exc.code in _NOT_FOUND:
                 return None
             raise
         return ObjectInfo(key, int(resp.get("ContentLength", 0)), dict(resp.get("Metadata", {})))
 
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        await self._call("put_object", Key=key, Body=data, ContentType=content_type, **self._sse)
-
     async def get_bytes(self, key: str) -> bytes | None:
+        """The whole object (for small ones: the manifest); None if it does not exist."""
         try:
             resp = await self._call("get_object", Key=key)
         except AwsError as exc:
-            if exc.code in ("404", "NoSuchKey", "NotFound"):
+            if exc.code in _NOT_FOUND:
                 return None
             raise
-        async with resp["Body"] as body:
-            data: bytes = await body.read()
+        try:
+            async with resp["Body"] as body:
+                data: bytes = await body.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AwsError(
+                f"s3 GetObject of {self._url(key)} broke off: {type(exc).__name__}: {exc}",
+                code="ReadError",
+                operation="GetObject",
+            ) from exc
         return data
 
     async def iter_object(self, key: str) -> AsyncIterator[bytes]:
+        """The object's bytes, streamed in chunks of at most ``READ_CHUNK_BYTES``."""
         resp = await self._call("get_object", Key=key)
         body = resp["Body"]
         try:
-            async for chunk in body.iter_chunks(1 << 20):
+            async for chunk in body.iter_chunks(READ_CHUNK_BYTES):
                 yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AwsError(
+                f"s3 GetObject of {self._url(key)} broke off: {type(exc).__name__}: {exc}",
+                code="ReadError",
+                operation="GetObject",
+            ) from exc
         finally:
             body.close()
 
     async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        """Every object under ``prefix`` (ListObjectsV2 pages); ``metadata`` is empty."""
         params: dict[str, Any] = {"Prefix": prefix}
         while True:
             resp = await self._call("list_objects_v2", **params)
             for item in resp.get("Contents", []):
-                yield ObjectInfo(item["Key"], int(item.get("Size", 0)), {})
+                yield ObjectInfo(str(item["Key"]), int(item.get("Size", 0)), {})
             token = resp.get("NextContinuationToken")
             if not resp.get("IsTruncated") or not token:
                 return
@@ -144,17 +294,31 @@ class S3Sink:
         params: dict[str, Any] = {"Prefix": prefix, "Delimiter": delimiter}
         while True:
             resp = await self._call("list_objects_v2", **params)
-            out.extend(p["Prefix"] for p in resp.get("CommonPrefixes", []))
+            out.extend(str(p["Prefix"]) for p in resp.get("CommonPrefixes", []))
             token = resp.get("NextContinuationToken")
             if not resp.get("IsTruncated") or not token:
                 return out
             params["ContinuationToken"] = token
 
     async def list_multipart_uploads(self, prefix: str = "") -> list[dict[str, str]]:
-        resp = await self._call("list_multipart_uploads", Prefix=prefix)
-        return [{"Key": u["Key"], "UploadId": u["UploadId"]} for u in resp.get("Uploads", [])]
+        """Multipart uploads in progress under ``prefix``: ``[{"Key": ..., "UploadId": ...}]``."""
+        out: list[dict[str, str]] = []
+        params: dict[str, Any] = {"Prefix": prefix}
+        while True:
+            resp = await self._call("list_multipart_uploads", **params)
+            out.extend(
+                {"Key": str(u["Key"]), "UploadId": str(u["UploadId"])}
+                for u in resp.get("Uploads", [])
+            )
+            if not resp.get("IsTruncated"):
+                return out
+            params["KeyMarker"] = resp.get("NextKeyMarker", "")
+            params["UploadIdMarker"] = resp.get("NextUploadIdMarker", "")
 
-    # -- upload ------------------------------------------------------------------------------------
+    # -- writing ---------------------------------------------------------------------------------
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        await self._call("put_object", Key=key, Body=data, ContentType=content_type, **self._sse)
+
     async def upload(
         self,
         key: str,
@@ -164,168 +328,186 @@ class S3Sink:
         instance: str,
         size_hint_bytes: int | None = None,
     ) -> UploadResult:
-        part_bytes = part_size_for(size_hint_bytes, self._part_size_bytes)
-        sha = hashlib.sha256()
-        buf: list[bytes] = []
-        buffered = 0
-        iterator = aiter(chunks)
+        """Streams ``chunks`` into ``key`` (see the module docstring for the whole contract)."""
+        part_bytes = part_size_for(size_hint_bytes, self.part_size_bytes)
+        cutter = _PartCutter(chunks, self._url(key))
         try:
-            async for chunk in iterator:
-                sha.update(chunk)
-                buf.append(chunk)
-                buffered += len(chunk)
-                if buffered >= part_bytes:
-                    break
-            else:
-                data = b"".join(buf)
-                return await self._put_small(key, data, sha.hexdigest(), metadata, instance)
-        except RdsRecorderError:
-            raise
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            raise UploadError(f"s3://{self.bucket}/{key}: {type(exc).__name__}: {exc}") from exc
-        return await self._multipart(key, iterator, sha, buf, part_bytes, metadata, instance)
+            first = await cutter.read(part_bytes)
+            if cutter.exhausted:
+                data = b"".join(first)
+                first.clear()
+                return await self._put_object(key, data, cutter, metadata, instance)
+            # ``_multipart`` empties ``first`` once it is joined: nothing here keeps the chunks.
+            return await self._multipart(key, cutter, first, part_bytes, metadata, instance)
+        finally:
+            await cutter.close()
 
-    def _content_type(self, metadata: dict[str, str]) -> str:
-        source = next((v for k, v in metadata.items() if k == "source-file"), "")
+    def _content_type(self, key: str, metadata: dict[str, str]) -> str:
+        source = metadata.get(META_SOURCE) or key
         return "text/csv" if source.endswith(".csv") else "text/plain"
 
-    async def _put_small(
-        self, key: str, data: bytes, sha_hex: str, metadata: dict[str, str], instance: str
+    async def _put_object(
+        self,
+        key: str,
+        data: bytes,
+        cutter: _PartCutter,
+        metadata: dict[str, str],
+        instance: str,
     ) -> UploadResult:
-        try:
-            resp = await self._call(
-                "put_object",
-                Key=key,
-                Body=data,
-                Metadata={**metadata, META_SHA256: sha_hex},
-                ContentType=self._content_type(metadata),
-                **self._sse,
-            )
-        except AwsError as exc:
-            raise UploadError(f"s3://{self.bucket}/{key}: {exc}") from exc
-        self._hooks.bytes_uploaded(instance, len(data))
-        return UploadResult(key, len(data), sha_hex, str(resp.get("ETag", "")), 0)
-
-    async def _upload_part(
-        self, key: str, upload_id: str, number: int, data: bytes, instance: str
-    ) -> dict[str, Any]:
-        resp = await self._call(
-            "upload_part", Key=key, UploadId=upload_id, PartNumber=number, Body=data
+        sha_hex = cutter.sha256.hexdigest()
+        resp = await self._write(
+            key,
+            "put_object",
+            Body=data,
+            Metadata={**metadata, META_SHA256: sha_hex},
+            ContentType=self._content_type(key, metadata),
+            **self._sse,
         )
         self._hooks.bytes_uploaded(instance, len(data))
-        return {"PartNumber": number, "ETag": resp["ETag"]}
+        return UploadResult(key, len(data), sha_hex, str(resp.get("ETag", "")), 0)
 
     async def _multipart(
         self,
         key: str,
-        iterator: AsyncIterator[bytes],
-        sha: Any,
+        cutter: _PartCutter,
         first: list[bytes],
         part_bytes: int,
         metadata: dict[str, str],
         instance: str,
     ) -> UploadResult:
-        try:
-            created = await self._call(
-                "create_multipart_upload",
-                Key=key,
-                Metadata=metadata,
-                ContentType=self._content_type(metadata),
-                **self._sse,
-            )
-        except AwsError as exc:
-            raise UploadError(f"s3://{self.bucket}/{key}: {exc}") from exc
-        upload_id = str(created["UploadId"])
-        parts: list[dict[str, Any]] = []
+        upload_id = await self._create_multipart_upload(key, metadata)
         in_flight: asyncio.Task[dict[str, Any]] | None = None
-        total = 0
         try:
-            pending = first
-            pending_bytes = sum(len(c) for c in pending)
-            number = 0
-
-            async def send(buf: list[bytes]) -> None:
-                nonlocal in_flight, number, total
-                data = b"".join(buf)
-                buf.clear()
+            parts: list[dict[str, Any]] = []
+            pieces = first
+            sent_bytes = 0
+            while pieces:
                 if in_flight is not None:
                     parts.append(await in_flight)
-                number += 1
-                total += len(data)
-                in_flight = asyncio.ensure_future(
-                    self._upload_part(key, upload_id, number, data, instance)
+                number = len(parts) + 1
+                if number > MAX_PARTS:
+                    raise UploadError(
+                        f"upload of {self._url(key)} failed: more than {MAX_PARTS} parts needed "
+                        f"({sent_bytes} bytes so far); raise the part size"
+                    )
+                data = b"".join(pieces)
+                pieces.clear()  # the chunks go now (the caller's list too): only ``data`` stays
+                sent_bytes += len(data)
+                in_flight = asyncio.create_task(
+                    self._upload_part(key, upload_id, number, data, instance),
+                    name=f"UploadPart {key} #{number}",
                 )
-
-            await send(pending)
-            pending_bytes = 0
-            async for chunk in iterator:
-                sha.update(chunk)
-                pending.append(chunk)
-                pending_bytes += len(chunk)
-                if pending_bytes >= part_bytes:
-                    await send(pending)
-                    pending_bytes = 0
-                    part_bytes = grown_part_size(part_bytes, number, total)
-            if pending:
-                await send(pending)
+                del data
+                part_bytes = grown_part_size(part_bytes, number, sent_bytes)
+                pieces = await cutter.read(part_bytes)
             if in_flight is not None:
                 parts.append(await in_flight)
                 in_flight = None
-            resp = await self._call(
+            resp = await self._write(
+                key,
                 "complete_multipart_upload",
-                Key=key,
                 UploadId=upload_id,
                 MultipartUpload={"Parts": parts},
             )
         except BaseException as exc:
-            if in_flight is not None and not in_flight.done():
-                in_flight.cancel()
-                with contextlib.suppress(BaseException):
-                    await in_flight
-            await asyncio.shield(self._abort(key, upload_id))
-            if isinstance(exc, asyncio.CancelledError | RdsRecorderError):
-                raise
-            if isinstance(exc, Exception):
-                raise UploadError(f"s3://{self.bucket}/{key}: {type(exc).__name__}: {exc}") from exc
+            why = "cancelled" if isinstance(exc, asyncio.CancelledError) else str(exc)
+            await _to_completion(self._abort(key, upload_id, in_flight, why))
+            if isinstance(exc, Exception) and not isinstance(exc, RdsRecorderError):
+                raise UploadError(
+                    f"upload of {self._url(key)} failed: {type(exc).__name__}: {exc}"
+                ) from exc
             raise
-        sha_hex = sha.hexdigest()
-        await self._add_sha256(key, sha_hex, metadata, total)
-        return UploadResult(key, total, sha_hex, str(resp.get("ETag", "")), len(parts))
+        sha_hex = cutter.sha256.hexdigest()
+        await self._add_sha256(key, sha_hex, metadata, sent_bytes)
+        return UploadResult(key, sent_bytes, sha_hex, str(resp.get("ETag", "")), len(parts))
 
-    async def _abort(self, key: str, upload_id: str) -> None:
-        try:
-            await self._call("abort_multipart_upload", Key=key, UploadId=upload_id)
-            log.info("aborted multipart upload of s3://%s/%s", self.bucket, key)
-        except AwsError as exc:
-            log.warning(
-                "could not abort the multipart upload of s3://%s/%s (%s): allow "
-                "s3:AbortMultipartUpload, or add an AbortIncompleteMultipartUpload lifecycle rule",
-                self.bucket,
+    async def _create_multipart_upload(self, key: str, metadata: dict[str, str]) -> str:
+        create = asyncio.ensure_future(
+            self._write(
                 key,
-                exc.code or exc,
+                "create_multipart_upload",
+                Metadata=metadata,
+                ContentType=self._content_type(key, metadata),
+                **self._sse,
             )
+        )
+        try:
+            created = await asyncio.shield(create)
+        except asyncio.CancelledError:
+            # The request may already have reached S3: wait for its answer and abort what it made.
+            await _to_completion(self._abort_created(key, create))
+            raise
+        return str(created["UploadId"])
+
+    async def _abort_created(self, key: str, create: asyncio.Future[dict[str, Any]]) -> None:
+        try:
+            async with asyncio.timeout(ABORT_TIMEOUT_S):
+                created = await create
+        except (Exception, asyncio.CancelledError) as exc:
+            log.debug("CreateMultipartUpload of %s did not finish: %s", self._url(key), exc)
+            return
+        await self._abort(key, str(created["UploadId"]), None, "cancelled while it was created")
+
+    async def _upload_part(
+        self, key: str, upload_id: str, number: int, data: bytes, instance: str
+    ) -> dict[str, Any]:
+        resp = await self._write(
+            key, "upload_part", UploadId=upload_id, PartNumber=number, Body=data
+        )
+        self._hooks.bytes_uploaded(instance, len(data))
+        return {"PartNumber": number, "ETag": resp["ETag"]}
+
+    async def _abort(
+        self,
+        key: str,
+        upload_id: str,
+        in_flight: asyncio.Task[dict[str, Any]] | None,
+        why: str,
+    ) -> None:
+        # A part still uploading while the abort runs may survive it: stop that part first.
+        if in_flight is not None and not in_flight.done():
+            in_flight.cancel()
+        if in_flight is not None:
+            await asyncio.wait([in_flight])
+            if not in_flight.cancelled():
+                in_flight.exception()  # retrieved: the caller reports the failure
+        try:
+            async with asyncio.timeout(ABORT_TIMEOUT_S):
+                await self._call("abort_multipart_upload", Key=key, UploadId=upload_id)
+        except (AwsError, TimeoutError) as exc:
+            log.error(
+                "could not abort the multipart upload of %s (%s): its parts stay billed until "
+                "aborted; allow s3:AbortMultipartUpload or add an AbortIncompleteMultipartUpload "
+                "lifecycle rule",
+                self._url(key),
+                getattr(exc, "code", "") or type(exc).__name__,
+            )
+            return
+        log.info("aborted the multipart upload of %s (%s)", self._url(key), why)
 
     async def _add_sha256(
         self, key: str, sha_hex: str, metadata: dict[str, str], size: int
     ) -> None:
         if size > MAX_COPY_BYTES:
             log.info(
-                "s3://%s/%s is over 5 GiB: its sha256 is kept in the manifest", self.bucket, key
+                "%s is over 5 GiB, too large for an in-place CopyObject: its sha256 is kept in "
+                "the manifest only",
+                self._url(key),
             )
             return
+        copy_owner = (
+            {"ExpectedSourceBucketOwner": self._owner["ExpectedBucketOwner"]} if self._owner else {}
+        )
         try:
-            await self._call(
+            await self._write(
+                key,
                 "copy_object",
-                Key=key,
                 CopySource={"Bucket": self.bucket, "Key": key},
                 MetadataDirective="REPLACE",
                 Metadata={**metadata, META_SHA256: sha_hex},
-                ContentType=self._content_type(metadata),
+                ContentType=self._content_type(key, metadata),
+                **copy_owner,
                 **self._sse,
             )
-        except AwsError as exc:
-            raise UploadError(
-                f"s3://{self.bucket}/{key}: adding the sha256 metadata: {exc}"
-            ) from exc
+        except UploadError as exc:
+            raise UploadError(f"{exc} (while adding the sha256 metadata)") from exc

