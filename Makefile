@@ -21,8 +21,8 @@ demo: $(STAMP)
 	$(BIN)/rdsrecorder lab demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check rdsrecorder tests benchmarks
-	$(BIN)/ruff format --check rdsrecorder tests benchmarks
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict rdsrecorder
 
 test: $(STAMP)

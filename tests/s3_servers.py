@@ -1,5 +1,5 @@
-"""Real S3 servers for the sink, manifest and verify tests (a pytest plugin: test modules load it
-with ``pytest_plugins``).
+"""Real S3 servers for the sink, manifest and verify tests. A test module uses a fixture by
+naming it at module level (``moto = s3_servers.moto``).
 
 * ``moto_server`` — moto's ``ThreadedMotoServer`` on 127.0.0.1 (one per session).
 * ``seaweed_server`` — SeaweedFS ``weed mini`` with its own credentials (one per session);

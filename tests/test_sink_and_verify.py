@@ -105,10 +105,10 @@ def test_part_sizes() -> None:
     part = part_size_for(big, 5 * MIB)
     assert part * 10_000 >= big * 1.25
     assert part_size_for(10**15, 5 * MIB) == MAX_PART_BYTES
-    # unknown size growing past half the part budget: the part size doubles
-    assert grown_part_size(5 * MIB, 4_999, 4_999 * 5 * MIB) == 5 * MIB
-    assert grown_part_size(5 * MIB, 5_000, 5_000 * 5 * MIB) == 10 * MIB
-    assert grown_part_size(MAX_PART_BYTES, 9_000, 1) == MAX_PART_BYTES
+    # unknown size: once the bytes seen could not come again in the parts left, parts grow
+    assert grown_part_size(5 * MIB, 10, 10 * 5 * MIB) == 5 * MIB
+    assert grown_part_size(5 * MIB, 9_000, 9_000 * 5 * MIB) > 5 * MIB
+    assert grown_part_size(MAX_PART_BYTES, 9_999, 10**13) == MAX_PART_BYTES
 
 
 @pytest.mark.parametrize("size", [0, 1000, 5 * MIB - 1, 23 * MIB + 17])

@@ -1,0 +1,465 @@
+"""The S3 sink against real S3 servers: moto's server and SeaweedFS (``weed mini``), plus a
+gateway in front of moto for what only AWS enforces (expected bucket owner) and for faults."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rdsrecorder import s3 as s3_module
+from rdsrecorder.aws import Aws
+from rdsrecorder.errors import BucketError, LogFileGoneError, UploadError
+from rdsrecorder.hooks import Hooks
+from rdsrecorder.models import META_SHA256, META_SOURCE
+from rdsrecorder.s3 import (
+    MAX_PART_BYTES,
+    MAX_PARTS,
+    MIN_PART_BYTES,
+    S3Sink,
+    grown_part_size,
+    part_size_for,
+)
+from rdsrecorder.settings import AwsSettings
+from tests import s3_servers
+from tests.s3_servers import MIB, MOTO_ACCOUNT, Fault, S3Gateway, S3Server, blob, chunked
+
+moto_server = s3_servers.moto_server
+seaweed_server = s3_servers.seaweed_server
+s3 = s3_servers.s3
+moto = s3_servers.moto
+gateway = s3_servers.gateway
+
+GIB = 1024 * MIB
+
+
+class RecordingHooks(Hooks):
+    def __init__(self) -> None:
+        self.uploaded: list[tuple[str, int]] = []
+        self.retries: list[tuple[str, str]] = []
+        self.part_done = asyncio.Event()
+
+    def bytes_uploaded(self, instance: str, count: int) -> None:
+        self.uploaded.append((instance, count))
+        self.part_done.set()
+
+    def retry(self, service: str, operation: str, reason: str) -> None:
+        self.retries.append((operation, reason))
+
+
+def aws(hooks: Hooks | None = None, max_attempts: int = 3) -> Aws:
+    return Aws(AwsSettings(region="us-east-1", max_attempts=max_attempts), hooks or Hooks())
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- part sizes ------------------------------------------------------------------------------------
+def test_part_size_for_edges() -> None:
+    # tiny files and a configured size below the S3 minimum: 5 MiB
+    assert part_size_for(1, 1) == MIN_PART_BYTES
+    assert part_size_for(1, 8 * MIB) == 8 * MIB
+    assert part_size_for(5 * MIB, 5 * MIB) == 5 * MIB
+    # unknown size: the configured size
+    assert part_size_for(None, 8 * MIB) == 8 * MIB
+    assert part_size_for(0, 8 * MIB) == 8 * MIB
+    # the 10,000-part boundary: hint x 1.25 == 10,000 x 5 MiB still fits 5 MiB parts ...
+    at_limit = 40_000 * MIB
+    assert part_size_for(at_limit, 5 * MIB) == 5 * MIB
+    # ... one byte more needs the next whole MiB
+    assert part_size_for(at_limit + 1, 5 * MIB) == 6 * MIB
+    for hint in (at_limit + 1, 100 * GIB, 3 * 1024 * GIB, 7 * 1024 * GIB):
+        part = part_size_for(hint, 5 * MIB)
+        assert part % MIB == 0
+        assert part * MAX_PARTS >= hint * 1.25
+        assert (part - MIB) * MAX_PARTS < hint * 1.25  # no larger than needed
+    # the 5 GiB cap, for huge hints and for a configured size above it
+    assert part_size_for(10**15, 5 * MIB) == MAX_PART_BYTES
+    assert part_size_for(None, 6 * GIB) == MAX_PART_BYTES
+
+
+def simulate_unknown_size(total_bytes: int, part_bytes: int) -> list[int]:
+    """The part sizes ``upload`` would use for a stream of unknown size."""
+    sizes: list[int] = []
+    sent = 0
+    while sent < total_bytes:
+        this = min(part_bytes, total_bytes - sent)
+        sizes.append(this)
+        sent += this
+        part_bytes = grown_part_size(part_bytes, len(sizes), sent)
+    return sizes
+
+
+def test_unknown_size_grows_the_part_size_past_part_5000_and_fits_10000_parts() -> None:
+    assert grown_part_size(5 * MIB, 4_999, 4_999 * 5 * MIB) == 5 * MIB
+    assert grown_part_size(5 * MIB, 5_000, 5_000 * 5 * MIB) == 5 * MIB
+    assert grown_part_size(5 * MIB, 5_001, 5_001 * 5 * MIB) == 6 * MIB
+    assert grown_part_size(MAX_PART_BYTES, 9_999, 10**14) == MAX_PART_BYTES
+    assert grown_part_size(5 * MIB, MAX_PARTS, 1) == MAX_PART_BYTES
+    for total in (30 * GIB, 100 * GIB, 1024 * GIB, 5 * 1024 * GIB):
+        sizes = simulate_unknown_size(total, 5 * MIB)
+        assert len(sizes) <= MAX_PARTS and sum(sizes) == total
+        assert set(sizes[:5_000]) == {5 * MIB}
+        assert max(sizes) <= MAX_PART_BYTES
+        # grows gradually: memory rises only as far as the file needs
+        assert all(b <= a * 2 for a, b in itertools.pairwise(sizes))
+
+
+async def test_upload_grows_parts_on_the_fly_and_refuses_a_part_past_the_limit(
+    moto: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 4-part budget makes the 10,000-part rule testable with megabytes.
+    monkeypatch.setattr(s3_module, "MAX_PARTS", 4)
+    bucket = moto.new_bucket("grow")
+    hooks = RecordingHooks()
+    fits = blob(30 * MIB)  # 5 + 5 + 5 MiB, then the last part must hold 15 MiB
+    async with aws(hooks) as client:
+        sink = S3Sink(client, bucket, hooks, part_size_bytes=5 * MIB)
+        result = await sink.upload("fits", chunked(fits, MIB), metadata={}, instance="db")
+        assert result.parts == 4
+        assert [n for _, n in hooks.uploaded] == [5 * MIB, 5 * MIB, 5 * MIB, 15 * MIB]
+        with pytest.raises(UploadError, match="more than 4 parts needed"):
+            await sink.upload("too-big", chunked(blob(31 * MIB), MIB), metadata={}, instance="db")
+        assert await sink.list_multipart_uploads() == []
+    c = moto.client()
+    assert c.get_object(Bucket=bucket, Key="fits")["Body"].read() == fits
+    assert "Contents" not in c.list_objects_v2(Bucket=bucket, Prefix="too-big")
+
+
+# -- uploads on both servers -----------------------------------------------------------------------
+@pytest.mark.parametrize("size", [0, 1000, 5 * MIB - 1, 5 * MIB])
+async def test_small_file_is_one_put_object_with_sha256(s3: S3Server, size: int) -> None:
+    bucket = s3.new_bucket("small")
+    data = blob(size)
+    hooks = RecordingHooks()
+    async with aws(hooks) as client:
+        sink = S3Sink(client, bucket, hooks, part_size_bytes=5 * MIB)
+        result = await sink.upload(
+            "run/small",
+            chunked(data),
+            metadata={META_SOURCE: "error/postgresql.log.2024-03-04-19.csv", "run-id": "run"},
+            instance="db-1",
+            size_hint_bytes=size,
+        )
+    assert (result.size, result.sha256, result.parts) == (size, sha(data), 0)
+    assert hooks.uploaded == [("db-1", size)]
+    c = s3.client()
+    got = c.get_object(Bucket=bucket, Key="run/small")
+    assert got["Body"].read() == data
+    assert got["ContentType"] == "text/csv"
+    assert got["Metadata"] == {
+        META_SHA256: sha(data),
+        META_SOURCE: "error/postgresql.log.2024-03-04-19.csv",
+        "run-id": "run",
+    }
+
+
+@pytest.mark.parametrize("chunk_bytes", [300_000, 7 * MIB])
+async def test_multipart_upload_is_byte_exact_with_sha256_metadata(
+    s3: S3Server, chunk_bytes: int
+) -> None:
+    bucket = s3.new_bucket("multi")
+    data = blob(23 * MIB + 17)
+    hooks = RecordingHooks()
+    async with aws(hooks) as client:
+        sink = S3Sink(client, bucket, hooks, part_size_bytes=5 * MIB)
+        result = await sink.upload(
+            "run/multi",
+            chunked(data, chunk_bytes),
+            metadata={META_SOURCE: "error/postgresql.log.2024-03-04-19.csv"},
+            instance="db-1",
+            size_hint_bytes=len(data),
+        )
+        assert await sink.list_multipart_uploads() == []
+    assert (result.size, result.sha256, result.parts) == (len(data), sha(data), 5)
+    # parts of exactly the part size, whatever the chunk size, and one hook call per part
+    assert hooks.uploaded == [("db-1", 5 * MIB)] * 4 + [("db-1", 3 * MIB + 17)]
+    c = s3.client()
+    got = c.get_object(Bucket=bucket, Key="run/multi")
+    assert sha(got["Body"].read()) == sha(data)
+    assert got["ContentType"] == "text/csv"
+    assert got["Metadata"][META_SHA256] == sha(data)
+    assert got["Metadata"][META_SOURCE] == "error/postgresql.log.2024-03-04-19.csv"
+
+
+async def test_failing_source_aborts_and_raises_one_upload_error(s3: S3Server) -> None:
+    bucket = s3.new_bucket("broken")
+    async with aws() as client:
+        sink = S3Sink(client, bucket, Hooks(), part_size_bytes=5 * MIB)
+        with pytest.raises(UploadError) as caught:
+            await sink.upload(
+                "run/broken", chunked(blob(17 * MIB), fail_at=12 * MIB), metadata={}, instance="db"
+            )
+        message = str(caught.value)
+        assert "\n" not in message
+        assert f"s3://{bucket}/run/broken" in message
+        assert "reading the source: ConnectionResetError: source broke" in message
+        # the source's own errors pass unchanged: the caller tells "file gone" from "S3 failed"
+        gone = LogFileGoneError("the log file expired", code="DBLogFileNotFoundFault")
+        with pytest.raises(LogFileGoneError):
+            await sink.upload(
+                "run/gone",
+                chunked(blob(12 * MIB), fail_at=11 * MIB, error=gone),
+                metadata={},
+                instance="db",
+            )
+        assert await sink.list_multipart_uploads() == []
+        assert await sink.head("run/broken") is None
+        assert await sink.head("run/gone") is None
+
+
+async def test_cancelled_upload_is_aborted(s3: S3Server) -> None:
+    bucket = s3.new_bucket("cancel")
+    hooks = RecordingHooks()
+    async with aws(hooks) as client:
+        sink = S3Sink(client, bucket, hooks, part_size_bytes=5 * MIB)
+        task = asyncio.create_task(
+            sink.upload(
+                "run/cancelled",
+                chunked(blob(40 * MIB), 256 * 1024, delay_s=0.002),
+                metadata={},
+                instance="db",
+            )
+        )
+        await asyncio.wait_for(hooks.part_done.wait(), 10)  # a part has landed
+        assert [u["Key"] for u in await sink.list_multipart_uploads()] == ["run/cancelled"]
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await sink.list_multipart_uploads() == []
+        assert await sink.head("run/cancelled") is None
+
+
+async def test_missing_bucket_is_a_clear_error(s3: S3Server) -> None:
+    async with aws() as client:
+        sink = S3Sink(client, "no-such-bucket-here", Hooks(), part_size_bytes=5 * MIB)
+        with pytest.raises(BucketError, match=r"^bucket 'no-such-bucket-here' does not exist$"):
+            await sink.check_bucket()
+
+
+async def test_reads_and_lists(s3: S3Server) -> None:
+    bucket = s3.new_bucket("reads")
+    data = blob(3 * MIB + 5)
+    async with aws() as client:
+        sink = S3Sink(client, bucket, Hooks(), part_size_bytes=5 * MIB)
+        await sink.check_bucket()
+        await sink.put_bytes("r1/manifest.json", b'{"a": 1}', "application/json")
+        await sink.upload("r1/obj", chunked(data), metadata={}, instance="db")
+        await sink.upload("r2/obj", chunked(b"x"), metadata={}, instance="db")
+        assert await sink.get_bytes("r1/manifest.json") == b'{"a": 1}'
+        assert await sink.get_bytes("r1/nothing") is None
+        assert await sink.head("r1/nothing") is None
+        info = await sink.head("r1/obj")
+        assert info is not None and info.size == len(data)
+        assert info.metadata[META_SHA256] == sha(data)
+        pieces = [chunk async for chunk in sink.iter_object("r1/obj")]
+        assert b"".join(pieces) == data and max(map(len, pieces)) <= MIB
+        assert sorted(o.key async for o in sink.list_objects("r1/")) == [
+            "r1/manifest.json",
+            "r1/obj",
+        ]
+        assert await sink.list_prefixes() == ["r1/", "r2/"]
+
+
+# -- behaviour only AWS has: through the gateway ---------------------------------------------------
+async def test_expected_owner_and_sse_go_on_every_call(
+    gateway: S3Gateway, moto_server: S3Server
+) -> None:
+    bucket = moto_server.new_bucket("owner")
+    data = blob(11 * MIB)
+    async with aws() as client:
+        sink = S3Sink(
+            client,
+            bucket,
+            Hooks(),
+            part_size_bytes=5 * MIB,
+            expected_bucket_owner=MOTO_ACCOUNT,
+            sse="aws:kms",
+            sse_kms_key_id="alias/logs",
+        )
+        await sink.check_bucket()
+        await sink.upload("o/big", chunked(data), metadata={}, instance="db")
+        await sink.upload("o/small", chunked(b"tiny"), metadata={}, instance="db")
+        await sink.put_bytes("o/manifest.json", b"{}", "application/json")
+        assert await sink.get_bytes("o/manifest.json") == b"{}"
+        assert [o.key async for o in sink.list_objects("o/")]
+        assert b"".join([c async for c in sink.iter_object("o/big")]) == data
+        assert await sink.head("o/small") is not None
+        assert await sink.list_prefixes() == ["o/"]
+        assert await sink.list_multipart_uploads() == []
+    ops = set(gateway.operations())
+    assert {"HeadBucket", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"} <= ops
+    assert {"CopyObject", "PutObject", "GetObject", "HeadObject", "ListObjectsV2"} <= ops
+    for seen in gateway.seen:
+        assert seen.headers.get("x-amz-expected-bucket-owner") == MOTO_ACCOUNT, seen.operation
+        writes_data = seen.operation in ("PutObject", "CreateMultipartUpload", "CopyObject")
+        sse = seen.headers.get("x-amz-server-side-encryption")
+        kms_key = seen.headers.get("x-amz-server-side-encryption-aws-kms-key-id")
+        assert (sse, kms_key) == (("aws:kms", "alias/logs") if writes_data else (None, None))
+        if seen.operation == "CopyObject":
+            assert seen.headers["x-amz-source-expected-bucket-owner"] == MOTO_ACCOUNT
+            assert seen.headers["x-amz-metadata-directive"] == "REPLACE"
+
+
+async def test_wrong_expected_owner_is_refused(gateway: S3Gateway, moto_server: S3Server) -> None:
+    bucket = moto_server.new_bucket("theirs")
+    async with aws() as client:
+        sink = S3Sink(
+            client, bucket, Hooks(), part_size_bytes=5 * MIB, expected_bucket_owner="999999999999"
+        )
+        with pytest.raises(BucketError, match=r"access denied to bucket .* another account"):
+            await sink.check_bucket()
+        with pytest.raises(UploadError, match="AccessDenied"):
+            await sink.upload("k", chunked(blob(6 * MIB)), metadata={}, instance="db")
+        with pytest.raises(UploadError, match="AccessDenied"):
+            await sink.upload("k", chunked(b"small"), metadata={}, instance="db")
+    assert "Contents" not in moto_server.client().list_objects_v2(Bucket=bucket)
+
+
+async def test_sse_aes256_reaches_the_server(moto: S3Server) -> None:
+    bucket = moto.new_bucket("sse")
+    async with aws() as client:
+        sink = S3Sink(client, bucket, Hooks(), part_size_bytes=5 * MIB, sse="AES256")
+        await sink.upload("single", chunked(blob(1000)), metadata={}, instance="db")
+        await sink.upload("multi", chunked(blob(6 * MIB)), metadata={}, instance="db")
+    c = moto.client()
+    for key in ("single", "multi"):
+        head = c.head_object(Bucket=bucket, Key=key)
+        assert head["ServerSideEncryption"] == "AES256", key  # kept through the sha256 copy
+        assert META_SHA256 in head["Metadata"]
+
+
+async def test_s3_errors_are_retried_then_reported_and_aborted(
+    gateway: S3Gateway, moto_server: S3Server
+) -> None:
+    bucket = moto_server.new_bucket("faults")
+    data = blob(16 * MIB)
+    hooks = RecordingHooks()
+    async with aws(hooks, max_attempts=2) as client:
+        sink = S3Sink(client, bucket, hooks, part_size_bytes=5 * MIB)
+        gateway.fail("UploadPart", status=503, code="SlowDown", times=1)
+        result = await sink.upload("flaky", chunked(data), metadata={}, instance="db")
+        assert result.sha256 == sha(data)
+        assert ("UploadPart", "SlowDown") in hooks.retries
+        # part 3 fails on both attempts
+        fault = gateway.faults["UploadPart"] = Fault(500, "InternalError", times=2, after=2)
+        with pytest.raises(UploadError) as caught:
+            await sink.upload("broken", chunked(data), metadata={}, instance="db")
+        assert fault.times == 0
+        assert str(caught.value).startswith(f"upload of s3://{bucket}/broken failed: s3 UploadPart")
+        assert await sink.list_multipart_uploads() == []
+        assert gateway.operations().count("AbortMultipartUpload") == 1
+    c = moto_server.client()
+    assert c.get_object(Bucket=bucket, Key="flaky")["Body"].read() == data
+    assert "Contents" not in c.list_objects_v2(Bucket=bucket, Prefix="broken")
+
+
+async def test_cancel_while_create_multipart_upload_is_in_flight(
+    gateway: S3Gateway, moto_server: S3Server
+) -> None:
+    bucket = moto_server.new_bucket("early-cancel")
+    gateway.delays_s["CreateMultipartUpload"] = 0.5  # S3 has created it; the answer is late
+    async with aws() as client:
+        sink = S3Sink(client, bucket, Hooks(), part_size_bytes=5 * MIB)
+        task = asyncio.create_task(
+            sink.upload("early", chunked(blob(6 * MIB)), metadata={}, instance="db")
+        )
+        while "CreateMultipartUpload" not in gateway.operations():
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert gateway.operations()[-1] == "AbortMultipartUpload"
+    assert moto_server.client().list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+
+
+async def test_listings_follow_every_page(gateway: S3Gateway, moto_server: S3Server) -> None:
+    bucket = moto_server.new_bucket("pages")
+    c = moto_server.client()
+    for run in ("a", "b", "c"):
+        for i in range(3):
+            c.put_object(Bucket=bucket, Key=f"{run}/obj{i}", Body=b"x")
+    ids = [c.create_multipart_upload(Bucket=bucket, Key=f"u{i}")["UploadId"] for i in range(3)]
+    gateway.page_size = 2
+    async with aws() as client:
+        sink = S3Sink(client, bucket, Hooks(), part_size_bytes=5 * MIB)
+        assert [o.key async for o in sink.list_objects("a/")] == ["a/obj0", "a/obj1", "a/obj2"]
+        assert await sink.list_prefixes() == ["a/", "b/", "c/"]
+        uploads = await sink.list_multipart_uploads()
+    assert sorted(u["UploadId"] for u in uploads) == sorted(ids)
+    assert gateway.operations().count("ListMultipartUploads") == 2
+    for i, upload_id in enumerate(ids):
+        c.abort_multipart_upload(Bucket=bucket, Key=f"u{i}", UploadId=upload_id)
+
+
+# -- memory ----------------------------------------------------------------------------------------
+MEMORY_PROBE = r"""
+import asyncio, json, os, re, sys
+from rdsrecorder.aws import Aws
+from rdsrecorder.hooks import Hooks
+from rdsrecorder.s3 import S3Sink
+from rdsrecorder.settings import AwsSettings
+
+MIB = 1 << 20
+
+def mib(field):
+    status = open("/proc/self/status").read()
+    return int(re.search(field + r":\s+(\d+)", status).group(1)) / 1024
+
+async def source(total, chunk):
+    block = os.urandom(chunk)
+    for offset in range(0, total, chunk):
+        yield offset.to_bytes(8, "big") + block[8:]  # a new object per chunk, like a download
+
+async def main(bucket, total, part, chunk):
+    async with Aws(AwsSettings(region="us-east-1"), Hooks()) as aws:
+        sink = S3Sink(aws, bucket, Hooks(), part_size_bytes=part)
+        await sink.upload("warm-up", source(2 * part, chunk), metadata={}, instance="db")
+        base = mib("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS
+        result = await sink.upload("big", source(total, chunk), metadata={}, instance="db")
+        print(json.dumps({"base": base, "peak": mib("VmHWM"), "size": result.size}))
+
+asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])))
+"""
+
+
+@pytest.mark.parametrize("chunk_bytes", [64 * 1024, MIB])
+def test_upload_memory_stays_about_two_parts(seaweed_server: S3Server, chunk_bytes: int) -> None:
+    """200 MB through 8 MiB parts: the peak RSS rises by about two parts, not by the file."""
+    bucket = seaweed_server.new_bucket("memory")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ENDPOINT_URL_S3=seaweed_server.url,
+        AWS_ACCESS_KEY_ID=seaweed_server.key_id,
+        AWS_SECRET_ACCESS_KEY=seaweed_server.secret,
+        AWS_DEFAULT_REGION="us-east-1",
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+    )
+    total, part = 200 * 10**6, 8 * MIB
+    run = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, bucket, str(total), str(part), str(chunk_bytes)],
+        env=env,
+        cwd=Path(__file__).resolve().parent.parent,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    measured = json.loads(run.stdout.strip().splitlines()[-1])
+    extra_mib = measured["peak"] - measured["base"]
+    print(f"\npeak RSS +{extra_mib:.1f} MiB over {measured['base']:.0f} MiB uploading 200 MB")
+    assert measured["size"] == total
+    # two parts (16 MiB) plus HTTP buffers; holding the file would be +190 MiB
+    assert extra_mib < 2 * part / MIB + 12
