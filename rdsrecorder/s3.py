@@ -31,12 +31,12 @@ manifest only.
 
 Part size (``part_size_for`` and ``grown_part_size``): S3 allows parts of 5 MiB to 5 GiB (the last
 may be smaller) and at most 10,000 parts. The part size is the configured one (at least 5 MiB),
-grown so that the listed size plus 25 % headroom (the current file keeps growing) fits in 10,000
-parts. A file that outgrows its estimate (or whose size is unknown) is handled on the fly: before
-each part, the part size becomes at least ``bytes so far / parts left``, i.e. the data could still
-double within the remaining part budget. That never bites before part 5,000 and then grows the
-part size gradually (memory grows only for such huge files); a stream that still needs a
-10,001st part fails with a clear ``UploadError``.
+grown to whole MiB so that the listed size plus 25 % headroom (the current file keeps growing)
+fits in 10,000 parts. A file that outgrows that estimate, or whose size is unknown, is handled on
+the fly: **past part 4,000 the part size doubles every 500 parts, up to 5 GiB**. Even from 5 MiB
+parts, 10,000 parts then hold over 9 TiB, more than the 5 TiB S3 stores in one object, while the
+memory per file grows only for files past ~20 GiB. A stream that would still need a 10,001st part
+fails with a clear ``UploadError``.
 
 Errors: a failing S3 call becomes ``UploadError`` (one line naming the object); a chunk stream that
 raises an ``RdsRecorderError`` (``LogFileGoneError``, ``DownloadError`` ...) has it re-raised
@@ -71,6 +71,8 @@ MAX_PART_BYTES = 5 * 1024 * MIB
 MAX_PARTS = 10_000
 MAX_COPY_BYTES = 5 * 1024 * MIB  # the largest object a single CopyObject accepts
 GROWTH_HEADROOM = 1.25  # the current file keeps growing after it was listed
+GROW_AFTER_PARTS = 4_000  # a file past this many parts outgrew its estimate ...
+GROW_EVERY_PARTS = 500  # ... and from then on its part size doubles this often
 ABORT_TIMEOUT_S = 60.0  # a stop (SIGTERM) waits at most this long for an abort
 READ_CHUNK_BYTES = MIB  # GetObject streaming: memory per object being read
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
@@ -92,14 +94,13 @@ def part_size_for(size_hint_bytes: int | None, min_part_size_bytes: int) -> int:
     return min(part, MAX_PART_BYTES)
 
 
-def grown_part_size(part_bytes: int, parts_done: int, bytes_done: int) -> int:
-    """Part size for part ``parts_done + 1``: large enough that the bytes seen so far could come
-    again within the parts left (whole MiB, at most 5 GiB)."""
-    parts_left = MAX_PARTS - parts_done
-    if parts_left <= 0:
-        return MAX_PART_BYTES
-    needed = _round_up_mib(-(-bytes_done // parts_left))
-    return min(MAX_PART_BYTES, max(part_bytes, needed))
+def grown_part_size(part_bytes: int, parts_done: int) -> int:
+    """Part size for part ``parts_done + 1``, given the size of part ``parts_done``: doubled after
+    part 4,000, 4,500, 5,000 ... (at most 5 GiB)."""
+    since = parts_done - GROW_AFTER_PARTS
+    if since >= 0 and since % GROW_EVERY_PARTS == 0:
+        return min(MAX_PART_BYTES, part_bytes * 2)
+    return part_bytes
 
 
 class _PartCutter:
@@ -398,7 +399,7 @@ class S3Sink:
                     name=f"UploadPart {key} #{number}",
                 )
                 del data
-                part_bytes = grown_part_size(part_bytes, number, sent_bytes)
+                part_bytes = grown_part_size(part_bytes, number)
                 pieces = await cutter.read(part_bytes)
             if in_flight is not None:
                 parts.append(await in_flight)

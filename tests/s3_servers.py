@@ -13,6 +13,7 @@ naming it at module level (``moto = s3_servers.moto``).
 from __future__ import annotations
 
 import asyncio
+import io
 import random
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -257,7 +258,7 @@ class S3Gateway:
             request.method,
             yarl.URL(target, encoded=True),
             headers=forward_headers,
-            data=await request.read(),
+            data=io.BytesIO(await request.read()),
             allow_redirects=False,
         ) as upstream:
             body = await upstream.read()

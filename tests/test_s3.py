@@ -94,40 +94,46 @@ def simulate_unknown_size(total_bytes: int, part_bytes: int) -> list[int]:
         this = min(part_bytes, total_bytes - sent)
         sizes.append(this)
         sent += this
-        part_bytes = grown_part_size(part_bytes, len(sizes), sent)
+        part_bytes = grown_part_size(part_bytes, len(sizes))
     return sizes
 
 
-def test_unknown_size_grows_the_part_size_past_part_5000_and_fits_10000_parts() -> None:
-    assert grown_part_size(5 * MIB, 4_999, 4_999 * 5 * MIB) == 5 * MIB
-    assert grown_part_size(5 * MIB, 5_000, 5_000 * 5 * MIB) == 5 * MIB
-    assert grown_part_size(5 * MIB, 5_001, 5_001 * 5 * MIB) == 6 * MIB
-    assert grown_part_size(MAX_PART_BYTES, 9_999, 10**14) == MAX_PART_BYTES
-    assert grown_part_size(5 * MIB, MAX_PARTS, 1) == MAX_PART_BYTES
-    for total in (30 * GIB, 100 * GIB, 1024 * GIB, 5 * 1024 * GIB):
-        sizes = simulate_unknown_size(total, 5 * MIB)
-        assert len(sizes) <= MAX_PARTS and sum(sizes) == total
-        assert set(sizes[:5_000]) == {5 * MIB}
-        assert max(sizes) <= MAX_PART_BYTES
-        # grows gradually: memory rises only as far as the file needs
-        assert all(b <= a * 2 for a, b in itertools.pairwise(sizes))
+def test_unknown_size_grows_the_part_size_past_part_4000_and_fits_10000_parts() -> None:
+    assert grown_part_size(5 * MIB, 3_999) == 5 * MIB
+    assert grown_part_size(5 * MIB, 4_000) == 10 * MIB
+    assert grown_part_size(10 * MIB, 4_001) == 10 * MIB
+    assert grown_part_size(10 * MIB, 4_500) == 20 * MIB
+    assert grown_part_size(MAX_PART_BYTES, 9_000) == MAX_PART_BYTES
+    s3_max_object = 5 * 1024 * GIB
+    for start in (5 * MIB, 8 * MIB, 100 * MIB):
+        for total in (19 * GIB, 30 * GIB, 1024 * GIB, s3_max_object):
+            sizes = simulate_unknown_size(total, start)
+            assert len(sizes) <= MAX_PARTS and sum(sizes) == total
+            assert set(sizes[: min(4_000, len(sizes) - 1)]) == {start}
+            assert max(sizes) <= MAX_PART_BYTES
+            # gradual: memory rises only as far as the file needs
+            assert all(b <= a * 2 for a, b in itertools.pairwise(sizes[:-1]))
+    assert simulate_unknown_size(19 * GIB, 5 * MIB) == [5 * MIB] * 3_891 + [1 * MIB]
 
 
 async def test_upload_grows_parts_on_the_fly_and_refuses_a_part_past_the_limit(
     moto: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A 4-part budget makes the 10,000-part rule testable with megabytes.
+    # A 4-part budget that doubles the part size after part 2, 3 ...: the 10,000-part rule,
+    # testable with megabytes. 4 parts then hold 5 + 5 + 10 + 20 MiB.
     monkeypatch.setattr(s3_module, "MAX_PARTS", 4)
+    monkeypatch.setattr(s3_module, "GROW_AFTER_PARTS", 2)
+    monkeypatch.setattr(s3_module, "GROW_EVERY_PARTS", 1)
     bucket = moto.new_bucket("grow")
     hooks = RecordingHooks()
-    fits = blob(30 * MIB)  # 5 + 5 + 5 MiB, then the last part must hold 15 MiB
+    fits = blob(38 * MIB)
     async with aws(hooks) as client:
         sink = S3Sink(client, bucket, hooks, part_size_bytes=5 * MIB)
         result = await sink.upload("fits", chunked(fits, MIB), metadata={}, instance="db")
         assert result.parts == 4
-        assert [n for _, n in hooks.uploaded] == [5 * MIB, 5 * MIB, 5 * MIB, 15 * MIB]
+        assert [n for _, n in hooks.uploaded] == [5 * MIB, 5 * MIB, 10 * MIB, 18 * MIB]
         with pytest.raises(UploadError, match="more than 4 parts needed"):
-            await sink.upload("too-big", chunked(blob(31 * MIB), MIB), metadata={}, instance="db")
+            await sink.upload("too-big", chunked(blob(41 * MIB), MIB), metadata={}, instance="db")
         assert await sink.list_multipart_uploads() == []
     c = moto.client()
     assert c.get_object(Bucket=bucket, Key="fits")["Body"].read() == fits
@@ -262,7 +268,7 @@ async def test_reads_and_lists(s3: S3Server) -> None:
         assert info.metadata[META_SHA256] == sha(data)
         pieces = [chunk async for chunk in sink.iter_object("r1/obj")]
         assert b"".join(pieces) == data and max(map(len, pieces)) <= MIB
-        assert sorted(o.key async for o in sink.list_objects("r1/")) == [
+        assert sorted([o.key async for o in sink.list_objects("r1/")]) == [
             "r1/manifest.json",
             "r1/obj",
         ]
@@ -417,12 +423,14 @@ def mib(field):
 async def source(total, chunk):
     block = os.urandom(chunk)
     for offset in range(0, total, chunk):
-        yield offset.to_bytes(8, "big") + block[8:]  # a new object per chunk, like a download
+        # a new object per chunk, like a download
+        yield (offset.to_bytes(8, "big") + block[8:])[: total - offset]
 
 async def main(bucket, total, part, chunk):
     async with Aws(AwsSettings(region="us-east-1"), Hooks()) as aws:
         sink = S3Sink(aws, bucket, Hooks(), part_size_bytes=part)
-        await sink.upload("warm-up", source(2 * part, chunk), metadata={}, instance="db")
+        # loads botocore's models and opens the connection; a small object holds no part buffer
+        await sink.upload("warm-up", source(1000, chunk), metadata={}, instance="db")
         base = mib("VmRSS")
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM to the current RSS

@@ -1,0 +1,349 @@
+"""rdsrecorder benchmark (`make bench`): prints a markdown table; not a test.
+
+Against the lab (emulated RDS log API with a per-call latency) and a real S3 server (SeaweedFS;
+moto when SeaweedFS is missing), in one run:
+
+* a naive sequential baseline — what most scripts do: boto3, DownloadDBLogFilePortion paging with
+  10,000 lines a call, the whole file in memory, one put_object per file;
+* rdsrecorder (a real `rdsrecorder sync` subprocess) at several concurrencies, for both download
+  methods: throughput, speed-up, peak RSS of the process (VmHWM via wait4's ru_maxrss, which is
+  the child's own peak), portion calls per MB (from the lab's stats), byte-exactness (sha256);
+* the tailer's lag: minute-named files are rotated by this script while `rdsrecorder sync`
+  follows them; lag = object visible in S3 - successor file created.
+
+    python benchmarks/run.py            # 8 x 24 MB, concurrency 1 2 4 8 16, 40 ms latency
+    python benchmarks/run.py --quick    # smaller, for a smoke run
+    python benchmarks/run.py --big      # also 8 x 200 MB files (memory independent of size)
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from rdsrecorder.lab import LabThread, generate
+from rdsrecorder.lab.s3local import find_weed
+
+MB = 1_000_000
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return (
+        f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM, Python {platform.python_version()}, "
+        f"{dt.datetime.now(dt.UTC):%Y-%m-%d}"
+    )
+
+
+def clients(env: dict[str, str]) -> tuple[Any, Any]:
+    cfg = Config(retries={"max_attempts": 10, "mode": "standard"}, s3={"addressing_style": "path"})
+    kw = dict(
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        region_name="us-east-1",
+        config=cfg,
+    )
+    return (
+        boto3.client("rds", endpoint_url=env["AWS_ENDPOINT_URL_RDS"], **kw),
+        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], **kw),
+    )
+
+
+def baseline(env: dict[str, str], instance: str, names: list[str], bucket: str) -> float:
+    """The naive script: sequential, whole file in memory, 10,000-line portions, put_object."""
+    rds, s3 = clients(env)
+    t0 = time.monotonic()
+    for name in names:
+        marker, parts = "0", []
+        while True:
+            resp = rds.download_db_log_file_portion(
+                DBInstanceIdentifier=instance, LogFileName=name, Marker=marker, NumberOfLines=10000
+            )
+            parts.append(resp.get("LogFileData", ""))
+            marker = resp.get("Marker", marker)
+            if not resp.get("AdditionalDataPending"):
+                break
+        body = "".join(parts).encode()
+        s3.put_object(Bucket=bucket, Key=f"baseline/{name}", Body=body)
+    return time.monotonic() - t0
+
+
+def run_sync(env: dict[str, str], args: list[str]) -> tuple[float, float, int, str]:
+    """Run `rdsrecorder sync`; returns (seconds, peak RSS MiB, exit code, stderr tail)."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rdsrecorder",
+            "sync",
+            *args,
+            "--metrics-port",
+            "0",
+            "--no-progress",
+        ],
+        env={**os.environ, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    stderr_lines: list[str] = []
+    reader = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr or []), daemon=True)
+    reader.start()
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.monotonic() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    reader.join(5)
+    return elapsed, usage.ru_maxrss / 1024, proc.returncode, "".join(stderr_lines[-5:])
+
+
+def check_exact(s3: Any, bucket: str, prefix: str, files: list[Any]) -> bool:
+    want = sorted(f.sha256 for f in files)
+    got = []
+    for page in s3.get_paginator("list_objects_v2").paginate(
+        Bucket=bucket, Prefix=prefix + "/rds_log_"
+    ):
+        for obj in page.get("Contents", []):
+            body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+            got.append(hashlib.sha256(body).hexdigest())
+    return sorted(got) == want
+
+
+def throughput_table(args: argparse.Namespace, out: list[str]) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="rdsbench-") as tmp:
+        root = Path(tmp)
+        end = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+        files = generate(
+            root,
+            "bench-db",
+            files=args.files + 1,
+            end=end,
+            size_mb=(args.size_mb, args.size_mb),
+            seed=5,
+        )
+        files = files[: args.files]  # the newest file is "current": outside the window
+        total_mb = sum(f.size for f in files) / MB
+        s3_kind = "seaweed" if find_weed() else "moto"
+        with LabThread(root, s3=s3_kind) as lab:
+            env = dict(lab.env)
+            lab.set_faults(latency_ms=args.latency_ms)
+            _, s3 = clients(env)
+            start = dt.datetime.fromtimestamp(files[0].start_s, dt.UTC).isoformat()
+            finish = dt.datetime.fromtimestamp(files[-1].end_s, dt.UTC).isoformat()
+            lab.reset_stats()
+            base_s = baseline(env, "bench-db", [f.name for f in files], lab.bucket)
+            base_calls = lab.stats()["calls"].get("DownloadDBLogFilePortion", 0)
+            out.append(
+                f"Lab latency {args.latency_ms:.0f} ms per call, {args.files} files x "
+                f"{args.size_mb:g} MB = {total_mb:.0f} MB, S3 server: {s3_kind}.\n"
+            )
+            out.append(
+                "| run | method | concurrency | seconds | MB/s | speed-up | peak RSS MiB | portion calls/MB | byte-exact |"
+            )
+            out.append("|---|---|---|---|---|---|---|---|---|")
+            out.append(
+                f"| naive script (boto3, sequential) | portion | 1 | {base_s:.1f} | {total_mb / base_s:.1f} "
+                f"| 1.0x | - | {base_calls / total_mb:.2f} | - |"
+            )
+            results["baseline_s"] = base_s
+            for method in args.methods:
+                for conc in args.concurrency:
+                    run_id = f"bench-{method}-{conc}-{int(time.time())}"
+                    lab.reset_stats()
+                    secs, rss, rc, tail = run_sync(
+                        env,
+                        [
+                            "--db-identifier",
+                            "bench-db",
+                            "--start",
+                            start,
+                            "--finish",
+                            finish,
+                            "--run-id",
+                            run_id,
+                            "--concurrency",
+                            str(conc),
+                            "--download-method",
+                            method,
+                            "--max-api-rps",
+                            "1000",
+                        ],
+                    )
+                    calls = lab.stats()["calls"].get("DownloadDBLogFilePortion", 0)
+                    exact = rc == 0 and check_exact(s3, lab.bucket, run_id, files)
+                    results[(method, conc)] = (secs, rss, calls / total_mb, exact)
+                    out.append(
+                        f"| rdsrecorder | {method} | {conc} | {secs:.1f} | {total_mb / secs:.1f} | "
+                        f"{base_s / secs:.1f}x | {rss:.0f} | {calls / total_mb:.2f} | "
+                        f"{'yes' if exact else 'NO (exit ' + str(rc) + ') ' + tail.strip()[-200:]} |"
+                    )
+                    print(out[-1], file=sys.stderr, flush=True)
+    return results
+
+
+def tail_lag(args: argparse.Namespace, out: list[str]) -> list[float]:
+    """Rotate minute-named files by hand every `rotate_s`; measure rotation -> object in S3."""
+    poll_s = args.poll_s
+    lags: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="rdsbench-tail-") as tmp:
+        root = Path(tmp)
+        errdir = root / "tail-db" / "error"
+        errdir.mkdir(parents=True)
+        with LabThread(root, s3="seaweed" if find_weed() else "moto") as lab:
+            env = dict(lab.env)
+            _, s3 = clients(env)
+            now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+            # Names are a minute apart (the name's timestamps), written every rotate_s seconds.
+            names = [now + dt.timedelta(minutes=i) for i in range(args.tail_files + 1)]
+            block = (
+                b'2024-01-01 00:00:00.000 UTC,u,d,1,,x,1,,,,0,LOG,00000,"tail line",,,,,,,,,,,0\n'
+            ) * 20000
+
+            def write(i: int) -> Path:
+                p = errdir / f"postgresql.log.{names[i]:%Y-%m-%d-%H%M}.csv"
+                p.write_bytes(block)
+                return p
+
+            write(0)
+            run_id = f"tail-{int(time.time())}"
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "rdsrecorder",
+                    "sync",
+                    "--db-identifier",
+                    "tail-db",
+                    "--start",
+                    now.isoformat(),
+                    "--run-id",
+                    run_id,
+                    "--poll-interval",
+                    str(poll_s),
+                    "--metrics-port",
+                    "0",
+                    "--no-progress",
+                ],
+                env={**os.environ, **env},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            try:
+                for i in range(1, args.tail_files + 1):
+                    time.sleep(args.rotate_s)
+                    write(i)
+                    rotated_at = time.monotonic()
+                    key = f"{run_id}/rds_log_{run_id}_{int(names[i - 1].timestamp())}"
+                    deadline = rotated_at + 4 * poll_s + 60
+                    while time.monotonic() < deadline:
+                        try:
+                            meta = s3.head_object(Bucket=lab.bucket, Key=key)["Metadata"]
+                            if meta.get("sha256"):
+                                lags.append(time.monotonic() - rotated_at)
+                                break
+                        except s3.exceptions.ClientError:
+                            pass
+                        time.sleep(0.1)
+            finally:
+                proc.terminate()
+                proc.wait(30)
+    if lags:
+        out.append(
+            f"\nTail lag (rotation -> object in S3), poll interval {poll_s:.0f} s, {len(lags)} files of "
+            f"{len(block) / MB:.1f} MB: median {statistics.median(lags):.1f} s, max {max(lags):.1f} s "
+            f"(target: <= poll interval + transfer time)."
+        )
+    return lags
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--big", action="store_true", help="also 8 x 200 MB files")
+    parser.add_argument("--latency-ms", type=float, default=40.0)
+    parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--size-mb", type=float, default=24.0)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
+    parser.add_argument("--methods", nargs="+", default=["complete", "portion"])
+    parser.add_argument("--poll-s", type=float, default=5.0)
+    parser.add_argument("--rotate-s", type=float, default=8.0)
+    parser.add_argument("--tail-files", type=int, default=4)
+    args = parser.parse_args()
+    if args.quick:
+        args.size_mb, args.concurrency, args.tail_files = 4.0, [1, 8], 2
+    out = [f"## rdsrecorder benchmark\n\nMachine: {machine()}.\n"]
+    res = throughput_table(args, out)
+    big: dict[str, Any] = {}
+    if args.big:
+        big_args = argparse.Namespace(**{**vars(args), "size_mb": 200.0, "concurrency": [8]})
+        out.append("\nMemory with 8 x 200 MB files:\n")
+        big = throughput_table(big_args, out)
+    lags = tail_lag(args, out)
+    # targets
+    base = res["baseline_s"]
+    out.append("\n| target | result | |")
+    out.append("|---|---|---|")
+    if ("portion", 8) in res or ("complete", 8) in res:
+        best = min(res[(m, 8)][0] for m in args.methods if (m, 8) in res)
+        out.append(
+            f"| concurrency 8 >= 6x baseline | {base / best:.1f}x | {'PASS' if base / best >= 6 else 'MISS'} |"
+        )
+    rss = [v[1] for k, v in {**res, **big}.items() if isinstance(k, tuple)]
+    if rss:
+        out.append(
+            f"| peak RSS <= 120 MB | max {max(rss):.0f} MiB | {'PASS' if max(rss) <= 120 else 'MISS'} |"
+        )
+    calls = [v[2] for k, v in res.items() if isinstance(k, tuple) and k[0] == "portion"]
+    if calls:
+        out.append(
+            f"| <= 1.05 portion calls per MB | {max(calls):.2f} | {'PASS' if max(calls) <= 1.05 else 'MISS'} |"
+        )
+    if lags:
+        out.append(
+            f"| tail lag <= poll interval + transfer | max {max(lags):.1f} s vs {args.poll_s:.0f} s + transfer "
+            f"| {'PASS' if max(lags) <= args.poll_s + 5 else 'MISS'} |"
+        )
+    exact = all(v[3] for k, v in {**res, **big}.items() if isinstance(k, tuple))
+    out.append(
+        f"| every copy byte-exact | {'yes' if exact else 'NO'} | {'PASS' if exact else 'FAIL'} |"
+    )
+    text = "\n".join(out) + "\n"
+    print(text)
+    results_dir = Path(__file__).parent / "results"
+    results_dir.mkdir(exist_ok=True)
+    (results_dir / "latest.md").write_text(text)
+    return 0 if exact else 1
+
+
+if __name__ == "__main__":
+    resource.setrlimit(resource.RLIMIT_NOFILE, (4096, 4096)) if resource.getrlimit(
+        resource.RLIMIT_NOFILE
+    )[0] < 4096 else None
+    sys.exit(main())
