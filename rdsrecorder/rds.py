@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 TRUNCATION_NOTICE = "[Your log message was truncated]"
 BINARY_DATA_TEXT = "contains binary data"
 MAX_LINES = 10_000
-PORTION_TARGET_BYTES = 960_000  # just under the 1 MB cap: fewest calls, rare cuts
+PORTION_TARGET_BYTES = 970_000  # just under the 1 MB cap: fewest calls, rare cuts
 FIRST_PORTION_LINES = 2_000
 COMPLETE_PATH = "v19/downloadCompleteLogFile"
 COMPLETE_ATTEMPTS = 5
@@ -112,6 +112,9 @@ class RdsSource:
         self._chunk_target_bytes = chunk_target_bytes
         self._max_connections = max_connections
         self._portion_only: set[str] = set()  # instances where the complete endpoint is denied
+        # Bytes per line seen on each instance: a file's first portion is sized from it, so only
+        # the first file of an instance pays for a small probing call.
+        self._bytes_per_line: dict[str, float] = {}
         self._http: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> RdsSource:
@@ -308,7 +311,12 @@ class RdsSource:
     async def _download_portions(self, f: LogFile, stats: DownloadStats) -> AsyncIterator[bytes]:
         stats.method = "portion"
         marker = "0"
-        lines = FIRST_PORTION_LINES
+        known = self._bytes_per_line.get(f.instance)
+        lines = (
+            max(1, min(MAX_LINES, int(PORTION_TARGET_BYTES / known)))
+            if known
+            else FIRST_PORTION_LINES
+        )
         recovering = False
         max_calls = max_calls_for(max(f.size, 1))
         coalescer = _Coalescer(self._chunk_target_bytes)
@@ -348,6 +356,8 @@ class RdsSource:
                 if chunk is not None:
                     yield chunk
                 lines = self._next_lines(text, lines)
+                if not recovering and text.count("\n") >= 100:
+                    self._bytes_per_line[f.instance] = len(data) / text.count("\n")
             if not pending:
                 break
             if not next_marker or next_marker == marker:
