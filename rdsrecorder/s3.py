@@ -15,11 +15,16 @@ Upload (``S3Sink.upload``), with tasks named after the S3 calls they make:
       peak memory ~= base (~70 MiB of Python + botocore) + concurrency x 2 x part size
                      (+ one download chunk per file)
 
-  Measured: a 200 MB stream with 8 MiB parts raises the peak RSS by ~21-23 MiB (two parts plus
-  HTTP buffers). Chunks are kept in a list and joined once per part; a ``bytes`` body reaches
-  aiohttp as a ``BytesIO`` that is sent piece by piece. Reusing two ``bytearray`` buffers was
-  measured too and cost ~35 MiB: the transport copies a whole ``bytearray`` body into its write
-  buffer.
+  Measured (tests/test_s3.py, a 200 MB stream in 8 MiB parts): the peak RSS rises by ~19 MiB,
+  two parts plus HTTP buffers. How the bytes are held decides this:
+  - chunks are kept in a list and joined once per part (one copy per byte);
+  - the part goes to botocore as a ``BytesIO`` that is the *only* owner of the joined bytes:
+    aiohttp's ``BytesIOPayload`` calls ``getbuffer()``, which copies a ``BytesIO`` whose bytes
+    are referenced elsewhere. A plain ``bytes`` body (which ``Aws.call`` keeps for its retries)
+    measured +26..32 MiB. botocore reads a file-like body from where it stands, so every attempt
+    rewinds it first (``_rewind_part_body``);
+  - two reused ``bytearray`` buffers measured +34..36 MiB: the transport copies a whole
+    ``bytearray`` body into its write buffer.
 * ``CompleteMultipartUpload`` at the end; the object appears atomically.
 
 sha256: computed while streaming. A multipart upload's metadata is fixed at
@@ -52,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
@@ -103,6 +109,28 @@ def grown_part_size(part_bytes: int, parts_done: int) -> int:
     return part_bytes
 
 
+class _PartBody(io.BytesIO):
+    """One part (or a small object), owning its bytes alone: see the module docstring."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.size = len(data)
+
+
+def _rewind_part_body(params: dict[str, Any], **_: Any) -> None:
+    # botocore handler, before each attempt (Aws.call retries reuse the same params).
+    body = params.get("Body")
+    if isinstance(body, _PartBody):
+        body.seek(0)
+
+
+def _part_body(pieces: list[bytes]) -> _PartBody:
+    """Joins ``pieces`` (emptying the list) into a body that no one else references."""
+    body = _PartBody(b"".join(pieces))
+    pieces.clear()
+    return body
+
+
 class _PartCutter:
     """Cuts a chunk stream into parts of exactly ``part_bytes`` (the last one shorter) and hashes
     the bytes as they pass. Errors of the stream are turned into what ``upload`` promises."""
@@ -112,7 +140,6 @@ class _PartCutter:
         self._target = target
         self._carry = b""  # the tail of a chunk that straddled a part boundary
         self.sha256 = hashlib.sha256()
-        self.total_bytes = 0
         self.exhausted = False
 
     async def read(self, part_bytes: int) -> list[bytes]:
@@ -127,7 +154,6 @@ class _PartCutter:
                 if self.exhausted:
                     break
                 self.sha256.update(chunk)
-                self.total_bytes += len(chunk)
             room = part_bytes - size
             if len(chunk) > room:
                 chunk, self._carry = chunk[:room], chunk[room:]
@@ -140,7 +166,6 @@ class _PartCutter:
             chunk = await self._next_chunk()
             if not self.exhausted:
                 self.sha256.update(chunk)
-                self.total_bytes += len(chunk)
                 self._carry = chunk
         return pieces
 
@@ -210,6 +235,15 @@ class S3Sink:
 
     def _url(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
+
+    def _register_rewind(self) -> None:
+        events = self._aws.s3.meta.events
+        for operation in ("PutObject", "UploadPart"):
+            events.register(
+                f"before-parameter-build.s3.{operation}",
+                _rewind_part_body,
+                unique_id=f"rdsrecorder-rewind-{operation}",
+            )
 
     async def _call(self, method: str, **params: Any) -> dict[str, Any]:
         return await self._aws.call("s3", method, Bucket=self.bucket, **self._owner, **params)
@@ -301,10 +335,12 @@ class S3Sink:
                 return out
             params["ContinuationToken"] = token
 
-    async def list_multipart_uploads(self, prefix: str = "") -> list[dict[str, str]]:
+    async def list_multipart_uploads(
+        self, prefix: str = "", *, page_size: int = 1000
+    ) -> list[dict[str, str]]:
         """Multipart uploads in progress under ``prefix``: ``[{"Key": ..., "UploadId": ...}]``."""
         out: list[dict[str, str]] = []
-        params: dict[str, Any] = {"Prefix": prefix}
+        params: dict[str, Any] = {"Prefix": prefix, "MaxUploads": page_size}
         while True:
             resp = await self._call("list_multipart_uploads", **params)
             out.extend(
@@ -332,12 +368,11 @@ class S3Sink:
         """Streams ``chunks`` into ``key`` (see the module docstring for the whole contract)."""
         part_bytes = part_size_for(size_hint_bytes, self.part_size_bytes)
         cutter = _PartCutter(chunks, self._url(key))
+        self._register_rewind()
         try:
             first = await cutter.read(part_bytes)
             if cutter.exhausted:
-                data = b"".join(first)
-                first.clear()
-                return await self._put_object(key, data, cutter, metadata, instance)
+                return await self._put_object(key, _part_body(first), cutter, metadata, instance)
             # ``_multipart`` empties ``first`` once it is joined: nothing here keeps the chunks.
             return await self._multipart(key, cutter, first, part_bytes, metadata, instance)
         finally:
@@ -350,22 +385,24 @@ class S3Sink:
     async def _put_object(
         self,
         key: str,
-        data: bytes,
+        body: _PartBody,
         cutter: _PartCutter,
         metadata: dict[str, str],
         instance: str,
     ) -> UploadResult:
         sha_hex = cutter.sha256.hexdigest()
+        size = body.size
         resp = await self._write(
             key,
             "put_object",
-            Body=data,
+            Body=body,
+            ContentLength=size,
             Metadata={**metadata, META_SHA256: sha_hex},
             ContentType=self._content_type(key, metadata),
             **self._sse,
         )
-        self._hooks.bytes_uploaded(instance, len(data))
-        return UploadResult(key, len(data), sha_hex, str(resp.get("ETag", "")), 0)
+        self._hooks.bytes_uploaded(instance, size)
+        return UploadResult(key, size, sha_hex, str(resp.get("ETag", "")), 0)
 
     async def _multipart(
         self,
@@ -391,14 +428,14 @@ class S3Sink:
                         f"upload of {self._url(key)} failed: more than {MAX_PARTS} parts needed "
                         f"({sent_bytes} bytes so far); raise the part size"
                     )
-                data = b"".join(pieces)
-                pieces.clear()  # the chunks go now (the caller's list too): only ``data`` stays
-                sent_bytes += len(data)
+                # Empties ``pieces`` (the caller's ``first`` list too): only the body holds them.
+                body = _part_body(pieces)
+                sent_bytes += body.size
                 in_flight = asyncio.create_task(
-                    self._upload_part(key, upload_id, number, data, instance),
+                    self._upload_part(key, upload_id, number, body, instance),
                     name=f"UploadPart {key} #{number}",
                 )
-                del data
+                del body
                 part_bytes = grown_part_size(part_bytes, number)
                 pieces = await cutter.read(part_bytes)
             if in_flight is not None:
@@ -450,12 +487,18 @@ class S3Sink:
         await self._abort(key, str(created["UploadId"]), None, "cancelled while it was created")
 
     async def _upload_part(
-        self, key: str, upload_id: str, number: int, data: bytes, instance: str
+        self, key: str, upload_id: str, number: int, body: _PartBody, instance: str
     ) -> dict[str, Any]:
+        size = body.size
         resp = await self._write(
-            key, "upload_part", UploadId=upload_id, PartNumber=number, Body=data
+            key,
+            "upload_part",
+            UploadId=upload_id,
+            PartNumber=number,
+            Body=body,
+            ContentLength=size,
         )
-        self._hooks.bytes_uploaded(instance, len(data))
+        self._hooks.bytes_uploaded(instance, size)
         return {"PartNumber": number, "ETag": resp["ETag"]}
 
     async def _abort(
@@ -475,16 +518,26 @@ class S3Sink:
         try:
             async with asyncio.timeout(ABORT_TIMEOUT_S):
                 await self._call("abort_multipart_upload", Key=key, UploadId=upload_id)
-        except (AwsError, TimeoutError) as exc:
-            log.error(
-                "could not abort the multipart upload of %s (%s): its parts stay billed until "
-                "aborted; allow s3:AbortMultipartUpload or add an AbortIncompleteMultipartUpload "
-                "lifecycle rule",
-                self._url(key),
-                getattr(exc, "code", "") or type(exc).__name__,
-            )
+        except AwsError as exc:
+            if exc.code in ("NoSuchUpload", "404"):
+                # Already gone: completed after all, or aborted by an earlier attempt.
+                log.info("multipart upload of %s no longer exists (%s)", self._url(key), why)
+                return
+            self._log_abort_failed(key, exc.code or "AwsError")
+            return
+        except TimeoutError:
+            self._log_abort_failed(key, f"no answer in {ABORT_TIMEOUT_S:.0f} s")
             return
         log.info("aborted the multipart upload of %s (%s)", self._url(key), why)
+
+    def _log_abort_failed(self, key: str, reason: str) -> None:
+        log.error(
+            "could not abort the multipart upload of %s (%s): its parts stay billed until "
+            "aborted; allow s3:AbortMultipartUpload or add an AbortIncompleteMultipartUpload "
+            "lifecycle rule",
+            self._url(key),
+            reason,
+        )
 
     async def _add_sha256(
         self, key: str, sha_hex: str, metadata: dict[str, str], size: int

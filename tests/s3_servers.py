@@ -102,6 +102,12 @@ def moto(moto_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
 
 
 @pytest.fixture
+def seaweed(seaweed_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
+    seaweed_server.use(monkeypatch)
+    return seaweed_server
+
+
+@pytest.fixture
 async def gateway(
     moto_server: S3Server, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[S3Gateway]:
@@ -236,6 +242,7 @@ class S3Gateway:
                 fault.after -= 1
             else:
                 fault.times -= 1
+                await request.read()  # as S3 does: the client has sent the whole body
                 return self._error(request.method, fault.status, fault.code, "injected")
         return await self._forward(request, operation)
 
