@@ -13,7 +13,7 @@ from rdsrecorder.models import DownloadMethod
 MIB = 1024 * 1024
 
 # Memory per file in flight: one part being filled + one part being uploaded (the overlapped
-# pipeline), so peak RSS ~= base (~50 MiB of Python + botocore) + concurrency * 2 * part size.
+# pipeline), so peak RSS <= base (~80 MiB: Python + botocore models) + concurrency * 2 * part size.
 DEFAULT_PART_SIZE_BYTES = 8 * MIB
 DEFAULT_CONCURRENCY = 4
 DEFAULT_MAX_API_RPS = 8.0  # under the account's ~12 req/s refill, leaves room for other tools
