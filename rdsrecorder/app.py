@@ -328,6 +328,24 @@ def snapshot(a: SnapshotArgs) -> int:
     return _run(settings.obs.debug, main)
 
 
+@contextlib.asynccontextmanager
+async def _bucket(
+    bucket: str, region: str | None, expected_bucket_owner: str | None
+) -> AsyncIterator[Any]:
+    """An S3Sink on a checked bucket, for the read-only commands."""
+    from rdsrecorder.aws import Aws
+    from rdsrecorder.s3 import S3Sink
+
+    hooks = Hooks()
+    aws_settings = AwsSettings(region=region, expected_bucket_owner=expected_bucket_owner)
+    async with Aws(aws_settings, hooks) as aws:
+        sink = S3Sink(
+            aws, bucket, hooks, part_size_bytes=8 * MIB, expected_bucket_owner=expected_bucket_owner
+        )
+        await sink.check_bucket()
+        yield sink
+
+
 def verify(a: VerifyArgs) -> int:
     def build() -> tuple[str, str]:
         run_id = _required(a.run_id, "--run-id", "RDSRECORDER_RUN_ID")
@@ -337,23 +355,11 @@ def verify(a: VerifyArgs) -> int:
     if isinstance(built, int):
         return built
     run_id, bucket = built
-    from rdsrecorder.aws import Aws
     from rdsrecorder.progress import render_verify
-    from rdsrecorder.s3 import S3Sink
     from rdsrecorder.verify import verify_run
 
     async def main(stop: asyncio.Event) -> int:
-        hooks = Hooks()
-        aws_settings = AwsSettings(region=a.region, expected_bucket_owner=a.expected_bucket_owner)
-        async with Aws(aws_settings, hooks) as aws:
-            sink = S3Sink(
-                aws,
-                bucket,
-                hooks,
-                part_size_bytes=8 * MIB,
-                expected_bucket_owner=a.expected_bucket_owner,
-            )
-            await sink.check_bucket()
+        async with _bucket(bucket, a.region, a.expected_bucket_owner) as sink:
             report = await verify_run(sink, run_id)
         render_verify(report)
         return EXIT_OK if report.ok else EXIT_VERIFY
@@ -368,23 +374,11 @@ def ls(a: LsArgs) -> int:
     if isinstance(built, int):
         return built
     bucket = built
-    from rdsrecorder.aws import Aws
     from rdsrecorder.progress import render_runs
-    from rdsrecorder.s3 import S3Sink
     from rdsrecorder.verify import list_runs
 
     async def main(stop: asyncio.Event) -> int:
-        hooks = Hooks()
-        aws_settings = AwsSettings(region=a.region, expected_bucket_owner=a.expected_bucket_owner)
-        async with Aws(aws_settings, hooks) as aws:
-            sink = S3Sink(
-                aws,
-                bucket,
-                hooks,
-                part_size_bytes=8 * MIB,
-                expected_bucket_owner=a.expected_bucket_owner,
-            )
-            await sink.check_bucket()
+        async with _bucket(bucket, a.region, a.expected_bucket_owner) as sink:
             runs = await list_runs(sink)
         render_runs(runs)
         return EXIT_OK

@@ -121,7 +121,8 @@ class _RichHandler(logging.Handler):
 
 
 def _console() -> Console:
-    return Console(file=sys.stdout, highlight=False)
+    # Piped output (scripts, CI logs) gets a wide console: rich would squeeze tables to 80 columns.
+    return Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 def render_summary(report: SyncReport, console: Console | None = None) -> None:
