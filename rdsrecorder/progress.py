@@ -5,18 +5,17 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from types import TracebackType
 from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    DownloadColumn,
     Progress,
     TaskID,
     TextColumn,
     TimeRemainingColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Table
 
@@ -27,8 +26,16 @@ if TYPE_CHECKING:
     from rdsrecorder.verify import RunSummary, VerifyReport
 
 
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
 class ProgressHooks(Hooks):
-    """Files done / pending and bytes, with rate and ETA. enabled=None: only on a terminal."""
+    """Files done / known, bytes copied and byte rate, ETA. enabled=None: only on a terminal."""
 
     def __init__(self, enabled: bool | None = None, console: Console | None = None) -> None:
         self.console = console or Console(stderr=True)
@@ -38,6 +45,8 @@ class ProgressHooks(Hooks):
         self._done = 0
         self._pending: dict[str, int] = {}
         self._in_flight = 0
+        self._bytes = 0
+        self._started = time.monotonic()
 
     def __enter__(self) -> ProgressHooks:
         if self.enabled:
@@ -45,14 +54,14 @@ class ProgressHooks(Hooks):
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
                 TextColumn("{task.completed}/{task.total} files"),
-                DownloadColumn(),
-                TransferSpeedColumn(),
+                TextColumn("{task.fields[copied]}"),
+                TextColumn("{task.fields[rate]}"),
                 TimeRemainingColumn(),
                 console=self.console,
                 transient=False,
             )
             self._progress.start()
-            self._files = self._progress.add_task("copying", total=0)
+            self._files = self._progress.add_task("copying", total=0, copied="", rate="")
             # Logs go through rich while the bar is shown, so they do not garble it.
             self._handler = _RichHandler(self._progress.console)
             logging.getLogger().addHandler(self._handler)
@@ -65,14 +74,24 @@ class ProgressHooks(Hooks):
         tb: TracebackType | None,
     ) -> None:
         if self._progress is not None:
+            self._update()
             self._progress.stop()
             logging.getLogger().removeHandler(self._handler)
+            self._handler.close()
             self._progress = None
 
     def _update(self) -> None:
-        if self._progress is not None and self._files is not None:
-            total = self._done + self._in_flight + sum(self._pending.values())
-            self._progress.update(self._files, total=max(total, self._done), completed=self._done)
+        if self._progress is None or self._files is None:
+            return
+        total = self._done + self._in_flight + sum(self._pending.values())
+        elapsed_s = max(1e-3, time.monotonic() - self._started)
+        self._progress.update(
+            self._files,
+            total=max(total, self._done),
+            completed=self._done,
+            copied=_human_bytes(self._bytes),
+            rate=f"{_human_bytes(self._bytes / elapsed_s)}/s",
+        )
 
     def files_pending(self, instance: str, count: int) -> None:
         self._pending[instance] = count
@@ -91,10 +110,8 @@ class ProgressHooks(Hooks):
         self._update()
 
     def bytes_downloaded(self, instance: str, count: int) -> None:
-        if self._progress is not None and self._files is not None:
-            task = self._progress.tasks[0]
-            self._progress.update(self._files, completed=self._done)
-            task.fields["bytes"] = task.fields.get("bytes", 0) + count
+        self._bytes += count
+        self._update()
 
 
 class _RichHandler(logging.Handler):
