@@ -244,9 +244,19 @@ async def _metrics(obs: ObservabilitySettings, run_id: str) -> AsyncIterator[Hoo
     from rdsrecorder.metrics import MetricsServer, PrometheusHooks
 
     hooks = PrometheusHooks(run_id=run_id)
-    async with MetricsServer(hooks, obs.metrics_address, obs.metrics_port) as server:
+    server = MetricsServer(hooks, obs.metrics_address, obs.metrics_port)
+    try:
+        await server.__aenter__()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot serve metrics on {obs.metrics_address}:{obs.metrics_port} ({exc.strerror}); "
+            "choose another --metrics-port, or 0 to disable"
+        ) from exc
+    try:
         log.info("metrics on http://%s:%d/metrics", obs.metrics_address, server.port)
         yield hooks
+    finally:
+        await server.__aexit__(None, None, None)
 
 
 def _run(debug: bool, main: Callable[[asyncio.Event], Awaitable[int]]) -> int:

@@ -114,3 +114,28 @@ def test_version() -> None:
     proc = run("version")
     assert proc.returncode == 0
     assert proc.stdout.startswith("rdsrecorder ")
+
+
+def test_metrics_port_in_use_is_a_clear_error() -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = run(
+            "sync",
+            "--db-identifier",
+            "db",
+            "--bucket",
+            "b",
+            "--start",
+            "now-1h",
+            "--metrics-address",
+            "127.0.0.1",
+            "--metrics-port",
+            str(port),
+            env={"RDSRECORDER_METRICS_PORT": str(port)},
+        )
+    assert proc.returncode == 2, proc.stderr
+    assert f"error: cannot serve metrics on 127.0.0.1:{port}" in proc.stderr
