@@ -76,6 +76,7 @@ class SyncArgs:
     sse_kms_key_id: str | None
     shutdown_grace: float
     include_plain: bool
+    spool_dir: str | None
     metrics_address: str
     metrics_port: int
     log_format: Any
@@ -178,6 +179,7 @@ def build_sync_settings(a: SyncArgs, now: pendulum.DateTime) -> SyncSettings:
         part_size_bytes=a.part_size_mib * MIB,
         shutdown_grace_s=a.shutdown_grace,
         include_plain=a.include_plain,
+        spool_dir=a.spool_dir or None,
         aws=AwsSettings(
             region=a.region,
             expected_bucket_owner=a.expected_bucket_owner,

@@ -174,6 +174,14 @@ def sync(
         bool,
         typer.Option(envvar=ENV + "INCLUDE_PLAIN", help="Also copy the non-.csv (stderr) files."),
     ] = False,
+    spool_dir: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENV + "SPOOL_DIR",
+            help="Where parts wait while they fill and upload (default: the temp dir; "
+            "'memory' keeps them in RAM: + 2 x part size per file in flight).",
+        ),
+    ] = None,
     metrics_address: MetricsAddrOpt = "0.0.0.0",
     metrics_port: MetricsPortOpt = DEFAULT_METRICS_PORT,
     log_format: LogFormatOpt = LogFormat.text,

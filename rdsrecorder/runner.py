@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import tempfile
 from dataclasses import dataclass, field
 
 import pendulum
@@ -26,7 +27,7 @@ from rdsrecorder.errors import (
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.manifest import Manifest, ManifestStore
 from rdsrecorder.rds import RdsSource, Target
-from rdsrecorder.s3 import S3Sink
+from rdsrecorder.s3 import S3Sink, spool_dir_usable
 from rdsrecorder.scheduler import Recorder, RunTotals, Window, summary_line
 from rdsrecorder.settings import SnapshotSettings, SyncSettings
 from rdsrecorder.snapshots import SnapshotResult, create_snapshot, wait_available
@@ -118,6 +119,43 @@ async def _fire_snapshot(
     store.note("snapshot", {"id": result.snapshot_id, "arn": result.arn, "kind": result.kind})
 
 
+def _spool_dir(setting: str | None) -> str | None:
+    """The directory parts are spooled to, or None to keep them in memory (see s3.py)."""
+    if setting == "memory":
+        log.info("parts are kept in memory: + 2 x part size per file in flight")
+        return None
+    directory = setting or tempfile.gettempdir()
+    problem = spool_dir_usable(directory)
+    if problem is None:
+        log.debug("parts are spooled to %s", directory)
+        return directory
+    if setting:
+        raise ConfigError(f"--spool-dir is not usable: {problem}")
+    log.warning(
+        "cannot spool parts to the temp dir (%s): keeping them in memory, + 2 x part size per "
+        "file in flight (set --spool-dir to a writable directory)",
+        problem,
+    )
+    return None
+
+
+async def _preflight(aws: Aws, sink: S3Sink, rds: RdsSource, identifier: str) -> Target:
+    """Credentials, bucket and DB checked at once (one round trip each), failures reported in
+    the order a user fixes them: credentials first, then the bucket, then the DB."""
+    identity, bucket, target = await asyncio.gather(
+        aws.check_credentials(),
+        sink.check_bucket(),
+        rds.resolve(identifier),
+        return_exceptions=True,
+    )
+    for outcome in (identity, bucket, target):
+        if isinstance(outcome, BaseException):
+            raise outcome
+    assert isinstance(identity, str) and isinstance(target, Target)
+    log.debug("credentials ok: %s", identity)
+    return target
+
+
 async def run_sync(
     settings: SyncSettings,
     *,
@@ -141,9 +179,8 @@ async def run_sync(
         fmt(settings.finish) if settings.finish else "forever (no --finish)",
     )
     pool = max(10, settings.concurrency * 2 + 4)
+    spool_dir = _spool_dir(settings.spool_dir)
     async with Aws(settings.aws, hooks, max_pool_connections=pool) as aws:
-        identity = await aws.check_credentials()
-        log.debug("credentials ok: %s", identity)
         sink = S3Sink(
             aws,
             settings.bucket,
@@ -152,10 +189,10 @@ async def run_sync(
             expected_bucket_owner=settings.aws.expected_bucket_owner,
             sse=settings.aws.sse,
             sse_kms_key_id=settings.aws.sse_kms_key_id,
+            spool_dir=spool_dir,
         )
-        await sink.check_bucket()
         async with RdsSource(aws, hooks, method=settings.download_method) as rds:
-            target = await rds.resolve(settings.db_identifier)
+            target = await _preflight(aws, sink, rds, settings.db_identifier)
             log.info(
                 "%s %s: instance(s) %s",
                 target.kind,

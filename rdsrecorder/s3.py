@@ -59,6 +59,8 @@ import asyncio
 import hashlib
 import io
 import logging
+import os
+import tempfile
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
@@ -110,25 +112,86 @@ def grown_part_size(part_bytes: int, parts_done: int) -> int:
 
 
 class _PartBody(io.BytesIO):
-    """One part (or a small object), owning its bytes alone: see the module docstring."""
+    """One part (or a small object) in memory, owning its bytes alone: see the module docstring."""
 
     def __init__(self, data: bytes) -> None:
         super().__init__(data)
         self.size = len(data)
 
 
+class _SpoolBody(io.FileIO):
+    """One part (or a small object) in an anonymous temporary file (unlinked at creation, so
+    nothing is left behind on any exit). botocore and aiohttp read it like any file."""
+
+    size = 0
+
+
+PartBody = _PartBody | _SpoolBody
+
+
 def _rewind_part_body(params: dict[str, Any], **_: Any) -> None:
     # botocore handler, before each attempt (Aws.call retries reuse the same params).
     body = params.get("Body")
-    if isinstance(body, _PartBody):
+    if isinstance(body, (_PartBody, _SpoolBody)):
         body.seek(0)
 
 
-def _part_body(pieces: list[bytes]) -> _PartBody:
-    """Joins ``pieces`` (emptying the list) into a body that no one else references."""
-    body = _PartBody(b"".join(pieces))
-    pieces.clear()
-    return body
+def spool_dir_usable(spool_dir: str) -> str | None:
+    """None if anonymous part files can be made in ``spool_dir``, else why not (one line)."""
+    try:
+        with _new_spool_file(spool_dir) as probe:
+            probe.write(b"rdsrecorder")
+    except OSError as exc:
+        return f"{spool_dir}: {exc.strerror or exc}"
+    return None
+
+
+def _new_spool_file(spool_dir: str) -> _SpoolBody:
+    fd, path = tempfile.mkstemp(prefix="rdsrecorder-part-", dir=spool_dir)
+    try:
+        os.unlink(path)
+        return _SpoolBody(fd, "r+b", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class _Part:
+    """The bytes of one part while it fills. In memory: the chunks, joined once when the part is
+    sent. Spooled (``spool_dir``): written to an anonymous temporary file as they arrive, so the
+    process holds no part at all; the kernel's page cache does, and the file is gone once the
+    part is uploaded."""
+
+    def __init__(self, spool_dir: str | None) -> None:
+        self._pieces: list[bytes | memoryview] = []
+        self._file = _new_spool_file(spool_dir) if spool_dir is not None else None
+        self.size = 0
+
+    def add(self, chunk: bytes | memoryview) -> None:
+        if self._file is not None:
+            view = memoryview(chunk)
+            while view:  # a regular file takes it all at once; loop in case it does not
+                view = view[self._file.write(view) or 0 :]
+        else:
+            self._pieces.append(chunk)
+        self.size += len(chunk)
+
+    def body(self) -> PartBody:
+        """The part, ready to send; the caller owns it (and closes it) from now on."""
+        if self._file is not None:
+            body, self._file = self._file, None
+            body.size = self.size
+            body.seek(0)
+            return body
+        data = b"".join(self._pieces)
+        self._pieces.clear()
+        return _PartBody(data)
+
+    def close(self) -> None:
+        self._pieces.clear()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class _PartCutter:
@@ -138,15 +201,14 @@ class _PartCutter:
     def __init__(self, chunks: AsyncIterator[bytes], target: str) -> None:
         self._chunks = aiter(chunks)
         self._target = target
-        self._carry = b""  # the tail of a chunk that straddled a part boundary
+        self._carry: bytes | memoryview = b""  # the tail of a chunk cut at a part boundary
         self.sha256 = hashlib.sha256()
         self.exhausted = False
 
-    async def read(self, part_bytes: int) -> list[bytes]:
-        """The pieces of the next part, to be joined once memory allows (see the module doc)."""
-        pieces: list[bytes] = []
-        size = 0
-        while size < part_bytes and not (self.exhausted and not self._carry):
+    async def read(self, part_bytes: int, part: _Part) -> None:
+        """Fills ``part`` with the next ``part_bytes`` of the stream (fewer at its end)."""
+        while part.size < part_bytes and not (self.exhausted and not self._carry):
+            chunk: bytes | memoryview
             if self._carry:
                 chunk, self._carry = self._carry, b""
             else:
@@ -154,20 +216,19 @@ class _PartCutter:
                 if self.exhausted:
                     break
                 self.sha256.update(chunk)
-            room = part_bytes - size
+            room = part_bytes - part.size
             if len(chunk) > room:
-                chunk, self._carry = chunk[:room], chunk[room:]
+                view = memoryview(chunk)  # no copy of the chunk to cut it
+                chunk, self._carry = view[:room], view[room:]
             if chunk:
-                pieces.append(chunk)
-                size += len(chunk)
-        if not self._carry and not self.exhausted and size == part_bytes:
+                part.add(chunk)
+        if not self._carry and not self.exhausted and part.size == part_bytes:
             # Look one chunk ahead so that a stream ending exactly on a part boundary is known
             # to be over before the caller decides between PutObject and a multipart upload.
             chunk = await self._next_chunk()
             if not self.exhausted:
                 self.sha256.update(chunk)
                 self._carry = chunk
-        return pieces
 
     async def _next_chunk(self) -> bytes:
         try:
@@ -219,8 +280,10 @@ class S3Sink:
         expected_bucket_owner: str | None = None,
         sse: str | None = None,
         sse_kms_key_id: str | None = None,
+        spool_dir: str | None = None,
     ) -> None:
         self._aws = aws
+        self.spool_dir = spool_dir  # None: parts are held in memory
         self.bucket = bucket
         self._hooks = hooks
         self.part_size_bytes = min(MAX_PART_BYTES, max(MIN_PART_BYTES, part_size_bytes))
@@ -369,14 +432,24 @@ class S3Sink:
         part_bytes = part_size_for(size_hint_bytes, self.part_size_bytes)
         cutter = _PartCutter(chunks, self._url(key))
         self._register_rewind()
+        first = self._new_part(key)
         try:
-            first = await cutter.read(part_bytes)
+            await cutter.read(part_bytes, first)
             if cutter.exhausted:
-                return await self._put_object(key, _part_body(first), cutter, metadata, instance)
-            # ``_multipart`` empties ``first`` once it is joined: nothing here keeps the chunks.
+                return await self._put_object(key, first.body(), cutter, metadata, instance)
             return await self._multipart(key, cutter, first, part_bytes, metadata, instance)
         finally:
+            first.close()
             await cutter.close()
+
+    def _new_part(self, key: str) -> _Part:
+        try:
+            return _Part(self.spool_dir)
+        except OSError as exc:
+            raise UploadError(
+                f"upload of {self._url(key)} failed: cannot create a part file in "
+                f"{self.spool_dir}: {exc.strerror or exc}"
+            ) from exc
 
     def _content_type(self, key: str, metadata: dict[str, str]) -> str:
         source = metadata.get(META_SOURCE) or key
@@ -385,22 +458,25 @@ class S3Sink:
     async def _put_object(
         self,
         key: str,
-        body: _PartBody,
+        body: PartBody,
         cutter: _PartCutter,
         metadata: dict[str, str],
         instance: str,
     ) -> UploadResult:
         sha_hex = cutter.sha256.hexdigest()
         size = body.size
-        resp = await self._write(
-            key,
-            "put_object",
-            Body=body,
-            ContentLength=size,
-            Metadata={**metadata, META_SHA256: sha_hex},
-            ContentType=self._content_type(key, metadata),
-            **self._sse,
-        )
+        try:
+            resp = await self._write(
+                key,
+                "put_object",
+                Body=body,
+                ContentLength=size,
+                Metadata={**metadata, META_SHA256: sha_hex},
+                ContentType=self._content_type(key, metadata),
+                **self._sse,
+            )
+        finally:
+            body.close()
         self._hooks.bytes_uploaded(instance, size)
         return UploadResult(key, size, sha_hex, str(resp.get("ETag", "")), 0)
 
@@ -408,18 +484,18 @@ class S3Sink:
         self,
         key: str,
         cutter: _PartCutter,
-        first: list[bytes],
+        first: _Part,
         part_bytes: int,
         metadata: dict[str, str],
         instance: str,
     ) -> UploadResult:
         upload_id = await self._create_multipart_upload(key, metadata)
         in_flight: asyncio.Task[dict[str, Any]] | None = None
+        part = first
         try:
             parts: list[dict[str, Any]] = []
-            pieces = first
             sent_bytes = 0
-            while pieces:
+            while part.size:
                 if in_flight is not None:
                     parts.append(await in_flight)
                 number = len(parts) + 1
@@ -428,16 +504,19 @@ class S3Sink:
                         f"upload of {self._url(key)} failed: more than {MAX_PARTS} parts needed "
                         f"({sent_bytes} bytes so far); raise the part size"
                     )
-                # Empties ``pieces`` (the caller's ``first`` list too): only the body holds them.
-                body = _part_body(pieces)
+                # In memory, the part is joined only now that the previous one is sent: a file
+                # holds at most two parts. The upload task owns (and closes) the body.
+                body = part.body()
                 sent_bytes += body.size
                 in_flight = asyncio.create_task(
                     self._upload_part(key, upload_id, number, body, instance),
                     name=f"UploadPart {key} #{number}",
                 )
                 del body
+                part.close()
                 part_bytes = grown_part_size(part_bytes, number)
-                pieces = await cutter.read(part_bytes)
+                part = self._new_part(key)
+                await cutter.read(part_bytes, part)
             if in_flight is not None:
                 parts.append(await in_flight)
                 in_flight = None
@@ -455,6 +534,8 @@ class S3Sink:
                     f"upload of {self._url(key)} failed: {type(exc).__name__}: {exc}"
                 ) from exc
             raise
+        finally:
+            part.close()
         sha_hex = cutter.sha256.hexdigest()
         await self._add_sha256(key, sha_hex, metadata, sent_bytes)
         return UploadResult(key, sent_bytes, sha_hex, str(resp.get("ETag", "")), len(parts))
@@ -487,17 +568,20 @@ class S3Sink:
         await self._abort(key, str(created["UploadId"]), None, "cancelled while it was created")
 
     async def _upload_part(
-        self, key: str, upload_id: str, number: int, body: _PartBody, instance: str
+        self, key: str, upload_id: str, number: int, body: PartBody, instance: str
     ) -> dict[str, Any]:
         size = body.size
-        resp = await self._write(
-            key,
-            "upload_part",
-            UploadId=upload_id,
-            PartNumber=number,
-            Body=body,
-            ContentLength=size,
-        )
+        try:
+            resp = await self._write(
+                key,
+                "upload_part",
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=body,
+                ContentLength=size,
+            )
+        finally:
+            body.close()
         self._hooks.bytes_uploaded(instance, size)
         return {"PartNumber": number, "ETag": resp["ETag"]}
 

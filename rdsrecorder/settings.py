@@ -12,8 +12,10 @@ from rdsrecorder.models import DownloadMethod
 
 MIB = 1024 * 1024
 
-# Memory per file in flight: one part being filled + one part being uploaded (the overlapped
-# pipeline), so peak RSS <= base (~80 MiB: Python + botocore models) + concurrency * 2 * part size.
+# Memory per file in flight: with parts spooled to a temp dir (the default), one download chunk
+# (1 MiB) plus HTTP buffers; with parts in memory (--spool-dir memory), one part being filled + one
+# part being uploaded (the overlapped pipeline), so peak RSS <= base (~75 MiB: Python, aiohttp and
+# botocore's models) + concurrency * 2 * part size.
 DEFAULT_PART_SIZE_BYTES = 8 * MIB
 DEFAULT_CONCURRENCY = 4
 DEFAULT_MAX_API_RPS = 8.0  # under the account's ~12 req/s refill, leaves room for other tools
@@ -57,6 +59,9 @@ class SyncSettings:
     part_size_bytes: int = DEFAULT_PART_SIZE_BYTES
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     include_plain: bool = False  # also copy the non-.csv twins
+    # Where parts wait while they fill and upload: None = the system temp dir (in memory when it
+    # is not writable), "memory" = in memory, else a directory. See rdsrecorder/s3.py.
+    spool_dir: str | None = None
     aws: AwsSettings = AwsSettings()
     obs: ObservabilitySettings = ObservabilitySettings()
 

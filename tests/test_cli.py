@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -52,6 +53,7 @@ def test_sync_help_lists_every_option_with_env_var() -> None:
         "--shutdown-grace",
         "--metrics-port",
         "--log-format",
+        "--spool-dir",
     ):
         assert option in proc.stdout, option
     assert "RDSRECORDER_START" in proc.stdout
@@ -72,6 +74,10 @@ BASE = ["sync", "--bucket", "b", "--db-identifier", "db"]
         (["--start", "now-1h", "--part-size-mib", "1"], "--part-size-mib"),
         (["--start", "now-1h", "--run-id", "a/b"], "invalid --run-id"),
         (["--finish", "now"], "missing --start"),
+        (
+            ["--start", "now-1h", "--spool-dir", "/no/such/dir"],
+            "--spool-dir is not usable: /no/such/dir",
+        ),
     ],
 )
 def test_bad_sync_input_gives_one_line_and_exit_2(args: list[str], message: str) -> None:
@@ -139,3 +145,23 @@ def test_metrics_port_in_use_is_a_clear_error() -> None:
         )
     assert proc.returncode == 2, proc.stderr
     assert f"error: cannot serve metrics on 127.0.0.1:{port}" in proc.stderr
+
+
+def test_spool_dir_defaults_to_the_temp_dir_and_falls_back_to_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rdsrecorder import runner
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(runner.tempfile, "gettempdir", lambda: str(spool))
+    assert runner._spool_dir(None) == str(spool)
+    assert runner._spool_dir("memory") is None
+    assert runner._spool_dir(str(spool)) == str(spool)
+    not_a_dir = spool / "file"
+    not_a_dir.write_text("x")
+    monkeypatch.setattr(runner.tempfile, "gettempdir", lambda: str(not_a_dir))
+    with caplog.at_level("WARNING"):
+        assert runner._spool_dir(None) is None
+    assert "keeping them in memory" in caplog.text
+    assert list(spool.iterdir()) == [not_a_dir]  # the probes left nothing behind
