@@ -6,8 +6,10 @@ moto when SeaweedFS is missing), in one run:
 * a naive sequential baseline — what most scripts do: boto3, DownloadDBLogFilePortion paging with
   10,000 lines a call, the whole file in memory, one put_object per file;
 * rdsrecorder (a real `rdsrecorder sync` subprocess) at several concurrencies, for both download
-  methods: throughput, speed-up, peak RSS of the process (VmHWM via wait4's ru_maxrss, which is
-  the child's own peak), portion calls per MB (from the lab's stats), byte-exactness (sha256);
+  methods, plus one run with parts kept in memory (`--spool-dir memory`): throughput, speed-up,
+  peak RSS of the process (its VmHWM, polled), portion calls per MB (from the lab's stats),
+  byte-exactness (sha256), and where the CPU went: rdsrecorder (wait4 rusage), the lab (this
+  process's threads but the main one) and SeaweedFS (/proc/<pid>/stat) share the machine;
 * the tailer's lag: minute-named files are rotated by this script while `rdsrecorder sync`
   follows them; lag = object visible in S3 - successor file created.
 
@@ -39,6 +41,37 @@ from rdsrecorder.lab import LabThread, generate
 from rdsrecorder.lab.s3local import find_weed
 
 MB = 1_000_000
+MIB = 1 << 20
+
+
+def _proc_cpu_s(pid: int | None) -> float:
+    """utime + stime of a process (0 when unknown or gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+class CpuMeter:
+    """CPU seconds spent by the lab (this process's threads other than the main one) and by the
+    S3 server process, between start() and stop()."""
+
+    def __init__(self, s3_pid: int | None) -> None:
+        self.s3_pid = s3_pid
+        self._lab0 = self._s30 = 0.0
+
+    @staticmethod
+    def _lab_now() -> float:
+        return time.process_time() - time.thread_time()
+
+    def start(self) -> None:
+        self._lab0, self._s30 = self._lab_now(), _proc_cpu_s(self.s3_pid)
+
+    def stop(self) -> tuple[float, float]:
+        return self._lab_now() - self._lab0, _proc_cpu_s(self.s3_pid) - self._s30
 
 
 def machine() -> str:
@@ -100,11 +133,12 @@ def _vm_hwm_mib(pid: int) -> float | None:
     return None
 
 
-def run_sync(env: dict[str, str], args: list[str]) -> tuple[float, float, int, str]:
-    """Run `rdsrecorder sync`; returns (seconds, peak RSS MiB, exit code, stderr tail).
+def run_sync(env: dict[str, str], args: list[str]) -> tuple[float, float, int, str, float]:
+    """Run `rdsrecorder sync`; returns (seconds, peak RSS in MB, exit code, stderr tail, CPU s).
 
     Peak RSS is the child's VmHWM, polled every 20 ms until it exits (VmHWM belongs to the
     address space created at exec; wait4's ru_maxrss would also count the forked parent's pages).
+    CPU is the child's own user + system time, from wait4.
     """
     t0 = time.monotonic()
     proc = subprocess.Popen(
@@ -127,14 +161,19 @@ def run_sync(env: dict[str, str], args: list[str]) -> tuple[float, float, int, s
     reader = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr or []), daemon=True)
     reader.start()
     peak = 0.0
-    while proc.poll() is None:
+    while True:
         hwm = _vm_hwm_mib(proc.pid)
         if hwm is not None:
             peak = max(peak, hwm)
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            break
         time.sleep(0.02)
     elapsed = time.monotonic() - t0
     reader.join(5)
-    return elapsed, peak, proc.returncode, "".join(stderr_lines[-5:])
+    cpu = usage.ru_utime + usage.ru_stime
+    return elapsed, peak * MIB / MB, proc.returncode, "".join(stderr_lines[-5:]), cpu
 
 
 def check_exact(
@@ -174,7 +213,12 @@ def throughput_table(args: argparse.Namespace, out: list[str]) -> dict[str, Any]
             start = dt.datetime.fromtimestamp(files[0].start_s, dt.UTC).isoformat()
             finish = dt.datetime.fromtimestamp(files[-1].end_s, dt.UTC).isoformat()
             lab.reset_stats()
+            meter = CpuMeter(lab.s3_pid)
+            meter.start()
+            main0 = time.thread_time()
             base_s = baseline(env, "bench-db", [f.name for f in files], lab.bucket)
+            base_cpu = time.thread_time() - main0
+            base_lab_cpu, base_s3_cpu = meter.stop()
             base_calls = lab.stats()["calls"].get("DownloadDBLogFilePortion", 0)
             base_exact = check_exact(s3, lab.bucket, "baseline", files, leaf="")
             out.append(
@@ -182,16 +226,16 @@ def throughput_table(args: argparse.Namespace, out: list[str]) -> dict[str, Any]
                 f"{args.size_mb:g} MB = {total_mb:.0f} MB, S3 server: {s3_kind}.\n"
             )
             out.append(
-                "| run | method | concurrency | seconds | MB/s | speed-up | peak RSS MiB | portion calls/MB | byte-exact |"
+                "| run | method | concurrency | seconds | MB/s | speed-up | peak RSS MB | portion calls/MB | CPU s: rdsrecorder / lab / S3 | byte-exact |"
             )
-            out.append("|---|---|---|---|---|---|---|---|---|")
+            out.append("|---|---|---|---|---|---|---|---|---|---|")
             out.append(
                 f"| naive script (boto3, sequential) | portion | 1 | {base_s:.1f} | {total_mb / base_s:.1f} "
-                f"| 1.0x | - | {base_calls / total_mb:.2f} | "
+                f"| 1.0x | - | {base_calls / total_mb:.2f} | {base_cpu:.1f} / {base_lab_cpu:.1f} / {base_s3_cpu:.1f} | "
                 f"{'yes' if base_exact else 'NO: cut 10,000-line portions lost data'} |"
             )
             results["baseline_s"] = base_s
-            empty_s, empty_rss, _, _ = run_sync(
+            empty_s, empty_rss, _, _, empty_cpu = run_sync(
                 env,
                 [
                     "--db-identifier",
@@ -205,40 +249,47 @@ def throughput_table(args: argparse.Namespace, out: list[str]) -> dict[str, Any]
                 ],
             )
             out.append(
-                f"| rdsrecorder, empty window (start-up, checks, listing) | - | 1 | {empty_s:.1f} | - | - | {empty_rss:.0f} | - | - |"
+                f"| rdsrecorder, empty window (start-up, checks, listing) | - | 1 | {empty_s:.1f} | - | - | {empty_rss:.0f} | - | {empty_cpu:.1f} / - / - | - |"
             )
-            for method in args.methods:
-                for conc in args.concurrency:
-                    run_id = f"bench-{method}-{conc}-{int(time.time())}"
-                    lab.reset_stats()
-                    secs, rss, rc, tail = run_sync(
-                        env,
-                        [
-                            "--db-identifier",
-                            "bench-db",
-                            "--start",
-                            start,
-                            "--finish",
-                            finish,
-                            "--run-id",
-                            run_id,
-                            "--concurrency",
-                            str(conc),
-                            "--download-method",
-                            method,
-                            "--max-api-rps",
-                            "1000",
-                        ],
-                    )
-                    calls = lab.stats()["calls"].get("DownloadDBLogFilePortion", 0)
-                    exact = rc == 0 and check_exact(s3, lab.bucket, run_id, files)
-                    results[(method, conc)] = (secs, rss, calls / total_mb, exact)
-                    out.append(
-                        f"| rdsrecorder | {method} | {conc} | {secs:.1f} | {total_mb / secs:.1f} | "
-                        f"{base_s / secs:.1f}x | {rss:.0f} | {calls / total_mb:.2f} | "
-                        f"{'yes' if exact else 'NO (exit ' + str(rc) + ') ' + tail.strip()[-200:]} |"
-                    )
-                    print(out[-1], file=sys.stderr, flush=True)
+            runs = [(m, c, "") for m in args.methods for c in args.concurrency]
+            if args.memory_row and "complete" in args.methods:
+                runs.append(("complete", 8, "memory"))
+            for method, conc, spool in runs:
+                run_id = f"bench-{method}-{conc}-{spool or 'disk'}-{int(time.time())}"
+                lab.reset_stats()
+                meter.start()
+                secs, rss, rc, tail, cpu = run_sync(
+                    env,
+                    [
+                        "--db-identifier",
+                        "bench-db",
+                        "--start",
+                        start,
+                        "--finish",
+                        finish,
+                        "--run-id",
+                        run_id,
+                        "--concurrency",
+                        str(conc),
+                        "--download-method",
+                        method,
+                        "--max-api-rps",
+                        "1000",
+                        *(["--spool-dir", spool] if spool else []),
+                    ],
+                )
+                lab_cpu, s3_cpu = meter.stop()
+                calls = lab.stats()["calls"].get("DownloadDBLogFilePortion", 0)
+                exact = rc == 0 and check_exact(s3, lab.bucket, run_id, files)
+                results[(method, conc, spool)] = (secs, rss, calls / total_mb, exact)
+                label = "rdsrecorder, parts in memory" if spool else "rdsrecorder"
+                out.append(
+                    f"| {label} | {method} | {conc} | {secs:.1f} | {total_mb / secs:.1f} | "
+                    f"{base_s / secs:.1f}x | {rss:.0f} | {calls / total_mb:.2f} | "
+                    f"{cpu:.1f} / {lab_cpu:.1f} / {s3_cpu:.1f} | "
+                    f"{'yes' if exact else 'NO (exit ' + str(rc) + ') ' + tail.strip()[-200:]} |"
+                )
+                print(out[-1], file=sys.stderr, flush=True)
     return results
 
 
@@ -331,6 +382,12 @@ def main() -> int:
     parser.add_argument("--poll-s", type=float, default=5.0)
     parser.add_argument("--rotate-s", type=float, default=8.0)
     parser.add_argument("--tail-files", type=int, default=4)
+    parser.add_argument(
+        "--no-memory-row",
+        dest="memory_row",
+        action="store_false",
+        help="skip the run with parts kept in memory (--spool-dir memory)",
+    )
     args = parser.parse_args()
     if args.quick:
         args.size_mb, args.concurrency, args.tail_files = 4.0, [1, 8], 2
@@ -346,15 +403,24 @@ def main() -> int:
     base = res["baseline_s"]
     out.append("\n| target | result | |")
     out.append("|---|---|---|")
-    if ("portion", 8) in res or ("complete", 8) in res:
-        best = min(res[(m, 8)][0] for m in args.methods if (m, 8) in res)
+    at8 = [res[(m, 8, "")][0] for m in args.methods if (m, 8, "") in res]
+    if at8:
+        best = min(at8)
         out.append(
             f"| concurrency 8 >= 6x baseline | {base / best:.1f}x | {'PASS' if base / best >= 6 else 'MISS'} |"
         )
-    rss = [v[1] for k, v in {**res, **big}.items() if isinstance(k, tuple)]
+    runs = {**res, **{("big", *k): v for k, v in big.items() if isinstance(k, tuple)}}
+    rss = [v[1] for k, v in runs.items() if isinstance(k, tuple) and k[-1] == ""]
     if rss:
         out.append(
-            f"| peak RSS <= 120 MB | max {max(rss):.0f} MiB | {'PASS' if max(rss) <= 120 else 'MISS'} |"
+            f"| peak RSS <= 120 MB (default settings, every run{', 8 x 200 MB too' if big else ''}) "
+            f"| max {max(rss):.0f} MB | {'PASS' if max(rss) <= 120 else 'MISS'} |"
+        )
+    in_memory = [v[1] for k, v in runs.items() if isinstance(k, tuple) and k[-1] == "memory"]
+    if in_memory:
+        out.append(
+            f"| (for comparison) peak RSS with --spool-dir memory, concurrency 8 | max {max(in_memory):.0f} MB "
+            f"| {'PASS' if max(in_memory) <= 120 else 'MISS'} |"
         )
     calls = [v[2] for k, v in res.items() if isinstance(k, tuple) and k[0] == "portion"]
     if calls:
@@ -366,7 +432,7 @@ def main() -> int:
             f"| tail lag <= poll interval + transfer | max {max(lags):.1f} s vs {args.poll_s:.0f} s + transfer "
             f"| {'PASS' if max(lags) <= args.poll_s + 5 else 'MISS'} |"
         )
-    exact = all(v[3] for k, v in {**res, **big}.items() if isinstance(k, tuple))
+    exact = all(v[3] for k, v in runs.items() if isinstance(k, tuple))
     out.append(
         f"| every copy byte-exact | {'yes' if exact else 'NO'} | {'PASS' if exact else 'FAIL'} |"
     )

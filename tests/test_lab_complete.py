@@ -74,6 +74,13 @@ async def test_gzip_when_accepted(lab: Lab, http: aiohttp.ClientSession, data: L
     assert response_headers["Content-Encoding"] == "gzip"
     assert len(body) < len(data.bytes(WIDE)) / 5
     assert gzip.decompress(body) == data.bytes(WIDE)
+    # the level is a knob (1, the fast level, by default): a higher one compresses smaller
+    lab.set_faults(gzip_level=9)
+    _, _, smaller = await fetch(http, url, {**signed_headers(url), "Accept-Encoding": "gzip"})
+    assert len(smaller) < len(body)
+    assert gzip.decompress(smaller) == data.bytes(WIDE)
+    with pytest.raises(ValueError, match="gzip_level"):
+        lab.set_faults(gzip_level=0)
 
 
 async def test_old_v13_path_and_presigned_urls(

@@ -584,7 +584,7 @@ class RdsEmulator:
             response.headers["Content-Encoding"] = "gzip"
         response.enable_chunked_encoding()
         await response.prepare(request)
-        compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
+        compressor = zlib.compressobj(faults.gzip_level, zlib.DEFLATED, 31) if gzip else None
         while chunk := handle.read(COMPLETE_CHUNK_BYTES):
             await self._pacer.take(len(chunk), faults.bandwidth_mbps)
             self._stats.complete_bytes_by_file[key] += len(chunk)

@@ -22,6 +22,10 @@ complete_endpoint   False: the complete-file endpoint answers 403 ``AccessDenied
                     IAM policy lacks ``rds:DownloadCompleteDBLogFile``. [complete-file requests]
 bandwidth_mbps      Cap on log-data throughput in megabits per second, shared by all connections
                     (None: no cap). [portion and complete-file bodies]
+gzip_level          zlib level of the complete-file endpoint's gzip (1-9; 1 by default, the fast
+                    level servers use to compress on the fly). The real server compresses on AWS's
+                    machines; the lab does it on yours, so a higher level mostly measures the lab.
+                    [complete-file responses, when the client accepts gzip]
 seed                Seed of the RNG behind error_rate and reset_rate. The RNG and the throttle
                     counter restart whenever the faults are set, so a run is reproducible from
                     that point.
@@ -49,6 +53,7 @@ class Faults:
     binary_files: tuple[str, ...] = ()
     complete_endpoint: bool = True
     bandwidth_mbps: float | None = None
+    gzip_level: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -71,6 +76,12 @@ class Faults:
             not _finite(self.bandwidth_mbps) or self.bandwidth_mbps <= 0
         ):
             raise ValueError("bandwidth_mbps must be a number > 0 (or null for no cap)")
+        if (
+            isinstance(self.gzip_level, bool)
+            or not isinstance(self.gzip_level, int)
+            or not 1 <= self.gzip_level <= 9
+        ):
+            raise ValueError("gzip_level must be an integer from 1 to 9")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError("seed must be an integer")
 

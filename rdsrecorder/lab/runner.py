@@ -152,6 +152,12 @@ class Lab:
         return self._s3_url
 
     @property
+    def s3_pid(self) -> int | None:
+        """The local S3 server's process when it runs in its own (SeaweedFS), else None."""
+        pid = getattr(self._s3, "pid", None)
+        return pid if isinstance(pid, int) else None
+
+    @property
     def env(self) -> dict[str, str]:
         """Environment that points an AWS SDK (and rdsrecorder) at the lab."""
         env = {
@@ -281,6 +287,10 @@ class LabThread:
     @property
     def env(self) -> dict[str, str]:
         return self.lab.env
+
+    @property
+    def s3_pid(self) -> int | None:
+        return self.lab.s3_pid
 
     @property
     def faults(self) -> Faults:

@@ -177,6 +177,11 @@ class SeaweedS3:
             return (self._dir / "weed.log").read_text(errors="replace")[-2000:]
         return ""
 
+    @property
+    def pid(self) -> int | None:
+        """The ``weed mini`` process (the benchmark reads its CPU time)."""
+        return self._proc.pid if self._proc is not None else None
+
     def stop(self) -> None:
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
