@@ -18,11 +18,12 @@ Two download paths:
   The calls left are planned from the listed size, ceil(R / 0.975 MB) of them, and each asks for
   the lines that should carry R / calls left bytes (at most 0.975 MB: 2.5 % of margin, over twice
   the spread of the sum of thousands of csvlog lines, so cuts are rare; each costs a call and a
-  10 % smaller retry). The last call asks for a few more lines than needed so that the file's
-  end comes in it. A file that outgrew its listed size (the current one) goes on with 0.96 MB
-  portions. Bytes per line are learnt per instance from every portion: only the first file of an
-  instance starts with a small probing call, and files starting at the same time wait for that
-  probe instead of each probing.
+  10 % smaller retry). A file's first call is sized from other files' lines, so it aims 7 % lower;
+  the calls after it make up for that within the same plan. The last call asks for a few more
+  lines than needed so that the file's end comes in it. A file that outgrew its listed size (the
+  current one) goes on with 0.96 MB portions. Bytes per line are learnt per instance from every
+  portion: only the first file of an instance starts with a small probing call, and files
+  starting at the same time wait for that probe instead of each probing.
 
 Guards against the known infinite loops: the marker must advance, and a file gets at most
 ``max_calls_for(size)`` calls."""
@@ -62,6 +63,7 @@ PORTION_PLAN_BYTES = 975_000  # the most a planned portion aims at (see the modu
 PORTION_TARGET_BYTES = 960_000  # past the listed size (a file still being written)
 FIRST_PORTION_LINES = 2_000  # the probe, when nothing is known of an instance's lines yet
 PORTION_SMALL_BYTES = 256 * 1024  # portions under this are gathered before they are passed on
+FIRST_CALL_FACTOR = 0.93  # a file's first call, sized from other files' lines: 7 % of margin
 CUT_RETRY_FACTOR = 0.9  # first retry after a cut: most cuts overshoot the cap by a few %
 COMPLETE_PATH = "v19/downloadCompleteLogFile"
 COMPLETE_ATTEMPTS = 5
@@ -70,15 +72,18 @@ INSTANCE_NOT_FOUND = frozenset({"DBInstanceNotFound", "DBInstanceNotFoundFault"}
 CLUSTER_NOT_FOUND = frozenset({"DBClusterNotFoundFault", "DBClusterNotFound"})
 
 
-def portion_lines(bytes_per_line: float, remaining: int) -> int:
+def portion_lines(bytes_per_line: float, remaining: int, *, first: bool = False) -> int:
     """NumberOfLines for the next DownloadDBLogFilePortion call of a file with ``remaining`` bytes
-    left by its listed size (see the module doc)."""
+    left by its listed size (see the module doc). ``first``: the file's first call, sized from
+    lines of other files, so with a wider margin."""
     if remaining <= 0:
         target = float(PORTION_TARGET_BYTES)
     else:
         calls_left = -(-remaining // PORTION_PLAN_BYTES)
         target = remaining / calls_left
-        if calls_left == 1:
+        if first and calls_left > 1:
+            target *= FIRST_CALL_FACTOR
+        elif calls_left == 1:
             # The last call: enough lines to reach the end even if they run long, never more
             # than could still fit in one call.
             target = min(remaining * 1.25 + 10 * bytes_per_line, PORTION_MAX_BYTES * 0.995)
@@ -352,7 +357,7 @@ class RdsSource:
                 pass
         known = self._bytes_per_line.get(instance)
         if known:
-            return portion_lines(known, remaining), None
+            return portion_lines(known, remaining, first=True), None
         probe = asyncio.Event()
         self._probing[instance] = probe
         return FIRST_PORTION_LINES, probe
@@ -393,6 +398,17 @@ class RdsSource:
                     # A first cut usually overshot by a little: 10 % fewer. Cut again: a long
                     # line is in the way, shrink fast towards it.
                     shrunk = int(lines * CUT_RETRY_FACTOR) if not recovering else lines // 4
+                    log.debug(
+                        "%s %s: portion of %d lines cut at marker %s (%d of %d bytes read); "
+                        "asking again for %d",
+                        f.instance,
+                        f.name,
+                        lines,
+                        marker,
+                        stats.bytes,
+                        f.size,
+                        max(1, min(lines - 1, shrunk)),
+                    )
                     lines = max(1, min(lines - 1, shrunk))
                     recovering = True
                     continue  # ask again from the same marker, for fewer lines

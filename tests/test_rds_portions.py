@@ -16,7 +16,7 @@ from rdsrecorder.aws import Aws
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.lab import GeneratedFile, LabThread, generate
 from rdsrecorder.models import DownloadMethod, DownloadStats, LogFile
-from rdsrecorder.rds import PORTION_PLAN_BYTES, RdsSource
+from rdsrecorder.rds import PORTION_PLAN_BYTES, RdsSource, portion_lines
 from rdsrecorder.settings import AwsSettings
 
 INSTANCE = "portion-db"
@@ -71,3 +71,20 @@ async def test_concurrent_files_share_one_probe_and_stay_near_one_call_per_mb(
     print(f"\n{calls} calls, {cuts} cuts, {planned} planned, {len(files)} files")
     assert calls - cuts <= planned + 1, (calls, cuts, planned)
     assert cuts <= 1, (cuts, calls)
+
+
+def test_portion_lines_plans_the_calls_left_from_the_listed_size() -> None:
+    # 24.07 MB left at 131 bytes a line: 25 calls of ~0.963 MB each
+    assert portion_lines(131.0, 24_072_082) == int(24_072_082 / 25 / 131.0)
+    # a file's first call, sized from other files' lines, aims 7 % lower
+    assert portion_lines(131.0, 24_072_082, first=True) == int(24_072_082 / 25 * 0.93 / 131.0)
+    # the last call asks for more lines than needed so that the end comes in it, never for
+    # more than one call can carry
+    assert portion_lines(131.0, 500_000) == int((500_000 * 1.25 + 1310) / 131.0)
+    assert portion_lines(131.0, 900_000) == int(995_000 / 131.0)
+    assert portion_lines(131.0, 900_000, first=True) == int(995_000 / 131.0)
+    # past the listed size (a file still being written): 0.96 MB portions
+    assert portion_lines(131.0, 0) == portion_lines(131.0, -5_000) == int(960_000 / 131.0)
+    # the API's 10,000-line cap, and at least one line
+    assert portion_lines(20.0, 24_000_000) == 10_000
+    assert portion_lines(5_000_000.0, 24_000_000) == 1
