@@ -56,6 +56,7 @@ SSE (``ServerSideEncryption``, ``SSEKMSKeyId``) goes on every call that writes o
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import io
 import logging
@@ -160,21 +161,59 @@ class _Part:
     """The bytes of one part while it fills. In memory: the chunks, joined once when the part is
     sent. Spooled (``spool_dir``): written to an anonymous temporary file as they arrive, so the
     process holds no part at all; the kernel's page cache does, and the file is gone once the
-    part is uploaded."""
+    part is uploaded. A spool that fails (disk full, directory gone) does not fail the upload:
+    the part goes on in memory, with a warning."""
 
-    def __init__(self, spool_dir: str | None) -> None:
+    def __init__(self, spool_dir: str | None, target: str) -> None:
         self._pieces: list[bytes | memoryview] = []
-        self._file = _new_spool_file(spool_dir) if spool_dir is not None else None
+        self._file: _SpoolBody | None = None
+        self._target = target
         self.size = 0
+        if spool_dir is not None:
+            try:
+                self._file = _new_spool_file(spool_dir)
+            except OSError as exc:
+                self._spool_failed(exc)
 
     def add(self, chunk: bytes | memoryview) -> None:
         if self._file is not None:
-            view = memoryview(chunk)
-            while view:  # a regular file takes it all at once; loop in case it does not
-                view = view[self._file.write(view) or 0 :]
+            try:
+                view = memoryview(chunk)
+                while view:  # a regular file takes it all at once; loop in case it does not
+                    written = self._file.write(view)
+                    if not written:
+                        raise OSError(errno.EIO, "the spool file took no bytes")
+                    view = view[written:]
+            except OSError as exc:
+                self._to_memory(exc)
+                self._pieces.append(chunk)
         else:
             self._pieces.append(chunk)
         self.size += len(chunk)
+
+    def _to_memory(self, exc: OSError) -> None:
+        """Moves what the spool file holds so far into memory."""
+        spool, self._file = self._file, None
+        assert spool is not None
+        try:
+            spool.seek(0)
+            data = spool.read(self.size) if self.size else b""
+        finally:
+            spool.close()
+        if len(data) != self.size:  # the bytes written cannot be read back: give up
+            raise UploadError(
+                f"upload of {self._target} failed: the spool lost bytes ({exc.strerror or exc})"
+            ) from exc
+        if data:
+            self._pieces.append(data)
+        self._spool_failed(exc)
+
+    def _spool_failed(self, exc: OSError) -> None:
+        log.warning(
+            "cannot spool a part of %s to disk (%s): keeping it in memory",
+            self._target,
+            exc.strerror or exc,
+        )
 
     def body(self) -> PartBody:
         """The part, ready to send; the caller owns it (and closes it) from now on."""
@@ -443,13 +482,7 @@ class S3Sink:
             await cutter.close()
 
     def _new_part(self, key: str) -> _Part:
-        try:
-            return _Part(self.spool_dir)
-        except OSError as exc:
-            raise UploadError(
-                f"upload of {self._url(key)} failed: cannot create a part file in "
-                f"{self.spool_dir}: {exc.strerror or exc}"
-            ) from exc
+        return _Part(self.spool_dir, self._url(key))
 
     def _content_type(self, key: str, metadata: dict[str, str]) -> str:
         source = metadata.get(META_SOURCE) or key

@@ -277,6 +277,56 @@ async def test_cancelled_upload_is_aborted(s3: S3Server, spool_dir: str | None) 
         assert await sink.head("run/cancelled") is None
 
 
+@pytest.mark.parametrize("fail", ["create", "write"])
+async def test_a_failing_spool_keeps_the_part_in_memory(
+    moto: S3Server,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    fail: str,
+) -> None:
+    """Disk full (or the spool directory gone): the upload goes on in memory, byte-exact."""
+    real_new = s3_module._new_spool_file
+    written = {"bytes": 0}
+
+    class FullDisk(s3_module._SpoolBody):
+        def write(self, data: object) -> int:  # type: ignore[override]
+            if written["bytes"] > 7 * MIB:
+                raise OSError(28, "No space left on device")
+            n = super().write(data)  # type: ignore[arg-type]
+            written["bytes"] += n or 0
+            return n or 0
+
+    def new_spool_file(spool_dir: str) -> s3_module._SpoolBody:
+        if fail == "create" and written["bytes"] == 0:
+            written["bytes"] = 1
+            raise OSError(2, "No such file or directory")
+        body = real_new(spool_dir)
+        if fail == "create":
+            return body
+        fd = os.dup(body.fileno())
+        body.close()
+        return FullDisk(fd, "r+b", closefd=True)
+
+    monkeypatch.setattr(s3_module, "_new_spool_file", new_spool_file)
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    bucket = moto.new_bucket("spool-fails")
+    data = blob(23 * MIB + 5)
+    async with aws() as client:
+        sink = S3Sink(client, bucket, Hooks(), part_size_bytes=5 * MIB, spool_dir=str(spool))
+        with caplog.at_level(logging.WARNING, logger="rdsrecorder.s3"):
+            result = await sink.upload("run/spool", chunked(data), metadata={}, instance="db")
+    assert result.sha256 == sha(data)
+    assert sha(moto.client().get_object(Bucket=bucket, Key="run/spool")["Body"].read()) == sha(data)
+    why = "No such file or directory" if fail == "create" else "No space left on device"
+    assert (
+        f"cannot spool a part of s3://{bucket}/run/spool to disk ({why}): keeping it in memory"
+        in (caplog.text)
+    )
+    assert list(spool.iterdir()) == []
+
+
 async def test_missing_bucket_is_a_clear_error(s3: S3Server) -> None:
     async with aws() as client:
         sink = S3Sink(client, "no-such-bucket-here", Hooks(), part_size_bytes=5 * MIB)
