@@ -137,7 +137,7 @@ class RdsSource:
         aws: Aws,
         hooks: Hooks,
         method: DownloadMethod = DownloadMethod.AUTO,
-        chunk_target_bytes: int = 1 << 20,
+        chunk_target_bytes: int = STREAM_READ_BYTES,
         max_connections: int = 32,
     ) -> None:
         self._aws = aws
