@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import os
 import re
@@ -261,7 +262,29 @@ async def _metrics(obs: ObservabilitySettings, run_id: str) -> AsyncIterator[Hoo
         await server.__aexit__(None, None, None)
 
 
+MALLOC_ARENAS = 2
+
+
+def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """glibc gives each thread that allocates its own malloc arena (up to 8 per core), and an arena
+    keeps much of what it once held. aiohttp reads request bodies from files (the spooled parts)
+    and resolves host names in worker threads: their arenas measured +13 MiB of peak RSS copying
+    8 x 200 MB at concurrency 8 (114 -> 101 MiB with two arenas, same speed). One event loop
+    needs no more than two. A MALLOC_ARENA_MAX set by the user wins; other C libraries are left
+    alone. True if the limit was applied."""
+    if not sys.platform.startswith("linux") or "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    m_arena_max = -8  # from glibc's malloc.h
+    return bool(mallopt(m_arena_max, arenas))
+
+
 def _run(debug: bool, main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
+    limit_malloc_arenas()
+
     async def runner() -> int:
         stop = asyncio.Event()
         task = asyncio.current_task()

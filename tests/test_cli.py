@@ -165,3 +165,14 @@ def test_spool_dir_defaults_to_the_temp_dir_and_falls_back_to_memory(
         assert runner._spool_dir(None) is None
     assert "keeping them in memory" in caplog.text
     assert list(spool.iterdir()) == [not_a_dir]  # the probes left nothing behind
+
+
+def test_malloc_arenas_are_limited_unless_the_user_set_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from rdsrecorder import app
+
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    assert app.limit_malloc_arenas() is sys.platform.startswith("linux")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
+    assert app.limit_malloc_arenas() is False
