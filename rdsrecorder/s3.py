@@ -9,22 +9,31 @@ Upload (``S3Sink.upload``), with tasks named after the S3 calls they make:
   orphaned parts are left to cost money. A cancellation that arrives while the create request is
   in flight waits for its answer and aborts the upload it created.
 * Overlapped pipeline: while part k uploads (one ``UploadPart`` task), part k+1 fills from the
-  download. At most one part upload is in flight per file, and part k+1 is joined into one
-  ``bytes`` only after part k has finished, so a file holds at most two parts in memory:
+  download. At most one part upload is in flight per file, so a file has at most two parts.
+* Where parts wait (``spool_dir``, see ``_Part``):
+  - **spooled** (the CLI's default: the system temp dir): each part is written to an anonymous
+    temporary file (unlinked at once) as its chunks arrive, and uploaded from there. The process
+    holds no part, only the chunk in hand; the kernel's page cache holds the rest:
 
-      peak memory ~= base (~70 MiB of Python + botocore) + concurrency x 2 x part size
-                     (+ one download chunk per file)
+        peak memory ~= base (~85 MB of Python, aiohttp and botocore) + concurrency x ~2 MB
+        disk         <= concurrency x 2 x part size
 
-  Measured (tests/test_s3.py, a 200 MB stream in 8 MiB parts): the peak RSS rises by ~19 MiB,
-  two parts plus HTTP buffers. How the bytes are held decides this:
-  - chunks are kept in a list and joined once per part (one copy per byte);
-  - the part goes to botocore as a ``BytesIO`` that is the *only* owner of the joined bytes:
-    aiohttp's ``BytesIOPayload`` calls ``getbuffer()``, which copies a ``BytesIO`` whose bytes
-    are referenced elsewhere. A plain ``bytes`` body (which ``Aws.call`` keeps for its retries)
-    measured +26..32 MiB. botocore reads a file-like body from where it stands, so every attempt
-    rewinds it first (``_rewind_part_body``);
-  - two reused ``bytearray`` buffers measured +34..36 MiB: the transport copies a whole
-    ``bytearray`` body into its write buffer.
+    Measured (tests/test_s3.py, a 200 MB stream in 8 MiB parts): the peak RSS rises by ~4 MiB.
+    A spool that fails (disk full, directory gone) keeps that part in memory, with a warning.
+  - **in memory** (``spool_dir=None``; ``--spool-dir memory``): part k+1 is joined into one
+    ``bytes`` only after part k has finished, so a file holds at most two parts in memory:
+
+        peak memory ~= base + concurrency x 2 x part size (+ one download chunk per file)
+
+    Measured: +19 MiB for the same 200 MB stream, two parts plus HTTP buffers. How the bytes are
+    held decides this: chunks are kept in a list and joined once per part (one copy per byte);
+    the part goes to botocore as a ``BytesIO`` that is the *only* owner of the joined bytes
+    (aiohttp's ``BytesIOPayload`` calls ``getbuffer()``, which copies a ``BytesIO`` whose bytes
+    are referenced elsewhere; a plain ``bytes`` body, which ``Aws.call`` keeps for its retries,
+    measured +26..32 MiB); two reused ``bytearray`` buffers measured +34..36 MiB, because the
+    transport copies a whole ``bytearray`` body into its write buffer.
+  Either way botocore reads a file-like body from where it stands, so every attempt rewinds it
+  first (``_rewind_part_body``).
 * ``CompleteMultipartUpload`` at the end; the object appears atomically.
 
 sha256: computed while streaming. A multipart upload's metadata is fixed at
@@ -370,23 +379,25 @@ class S3Sink:
                 ) from exc
             raise BucketError(f"bucket {self.bucket!r} is not reachable: {exc}") from exc
 
-    async def head(self, key: str) -> ObjectInfo | None:
+    async def _call_unless_missing(self, method: str, key: str) -> dict[str, Any] | None:
         try:
-            resp = await self._call("head_object", Key=key)
+            return await self._call(method, Key=key)
         except AwsError as exc:
             if exc.code in _NOT_FOUND:
                 return None
             raise
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        resp = await self._call_unless_missing("head_object", key)
+        if resp is None:
+            return None
         return ObjectInfo(key, int(resp.get("ContentLength", 0)), dict(resp.get("Metadata", {})))
 
     async def get_bytes(self, key: str) -> bytes | None:
         """The whole object (for small ones: the manifest); None if it does not exist."""
-        try:
-            resp = await self._call("get_object", Key=key)
-        except AwsError as exc:
-            if exc.code in _NOT_FOUND:
-                return None
-            raise
+        resp = await self._call_unless_missing("get_object", key)
+        if resp is None:
+            return None
         try:
             async with resp["Body"] as body:
                 data: bytes = await body.read()

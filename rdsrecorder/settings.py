@@ -12,9 +12,9 @@ from rdsrecorder.models import DownloadMethod
 
 MIB = 1024 * 1024
 
-# Memory per file in flight: with parts spooled to a temp dir (the default), one download chunk
-# (1 MiB) plus HTTP buffers; with parts in memory (--spool-dir memory), one part being filled + one
-# part being uploaded (the overlapped pipeline), so peak RSS <= base (~75 MiB: Python, aiohttp and
+# Memory per file in flight: with parts spooled to a temp dir (the default), a download chunk
+# (256 KiB) plus HTTP buffers; with parts in memory (--spool-dir memory), one part being filled + one
+# part being uploaded (the overlapped pipeline), so peak RSS <= base (~85 MB: Python, aiohttp and
 # botocore's models) + concurrency * 2 * part size.
 DEFAULT_PART_SIZE_BYTES = 8 * MIB
 DEFAULT_CONCURRENCY = 4
