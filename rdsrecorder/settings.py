@@ -13,9 +13,9 @@ from rdsrecorder.models import DownloadMethod
 MIB = 1024 * 1024
 
 # Memory per file in flight: with parts spooled to a temp dir (the default), a download chunk
-# (256 KiB) plus HTTP buffers; with parts in memory (--spool-dir memory), one part being filled + one
-# part being uploaded (the overlapped pipeline), so peak RSS <= base (~85 MB: Python, aiohttp and
-# botocore's models) + concurrency * 2 * part size.
+# (256 KiB) plus HTTP buffers; with parts in memory (--spool-dir memory), one part being filled
+# and one being uploaded (the overlapped pipeline), so peak RSS <= base (~85 MB: Python, aiohttp
+# and botocore's models) + concurrency * 2 * part size.
 DEFAULT_PART_SIZE_BYTES = 8 * MIB
 DEFAULT_CONCURRENCY = 4
 DEFAULT_MAX_API_RPS = 8.0  # under the account's ~12 req/s refill, leaves room for other tools
