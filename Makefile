@@ -31,7 +31,7 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 bench: $(STAMP)
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py --big
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
