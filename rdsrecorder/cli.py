@@ -280,9 +280,23 @@ def lab_serve(
     latency_ms: Annotated[float, typer.Option(help="Added latency per API call.")] = 0.0,
     throttle_every: Annotated[int, typer.Option(help="Throttle every Nth RDS call (0: no).")] = 0,
     error_rate: Annotated[float, typer.Option(help="Fraction of calls answered 500.")] = 0.0,
-    no_complete_endpoint: Annotated[
-        bool, typer.Option(help="Deny downloadCompleteLogFile (403), as without the IAM action.")
-    ] = False,
+    reset_rate: Annotated[
+        float, typer.Option(help="Fraction of downloads whose connection is cut mid-body.")
+    ] = 0.0,
+    bandwidth_mbps: Annotated[
+        float | None, typer.Option(help="Cap on log-data throughput, megabits per second.")
+    ] = None,
+    gzip_level: Annotated[
+        int, typer.Option(help="gzip level of the whole-file endpoint (1-9).")
+    ] = 1,
+    complete_endpoint: Annotated[
+        bool,
+        typer.Option(
+            "--complete-endpoint/--no-complete-endpoint",
+            help="--no-complete-endpoint: deny downloadCompleteLogFile (403), as without the "
+            "IAM action.",
+        ),
+    ] = True,
 ) -> None:
     """Serve the emulated RDS log API and a local S3; prints the env vars to use it."""
     raise typer.Exit(app.lab_serve(**locals()))

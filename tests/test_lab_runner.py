@@ -164,3 +164,5 @@ def test_lab_main_refuses_bad_knobs(capsys: pytest.CaptureFixture[str]) -> None:
 
     assert lab_main(error_rate=2.0, s3="none", port=0) == 2
     assert "error_rate" in capsys.readouterr().err
+    assert lab_main(gzip_level=0, s3="none", port=0) == 2
+    assert "gzip_level must be an integer from 1 to 9" in capsys.readouterr().err

@@ -356,9 +356,10 @@ def lab_main(
     latency_ms: float = 0.0,
     throttle_every: int = 0,
     error_rate: float = 0.0,
-    no_complete_endpoint: bool = False,
+    complete_endpoint: bool = True,
     reset_rate: float = 0.0,
     bandwidth_mbps: float | None = None,
+    gzip_level: int = 1,
     size_mb: str = "0.01-30",
     seed: int = 1,
 ) -> int:
@@ -369,8 +370,9 @@ def lab_main(
             throttle_every_n=throttle_every,
             error_rate=error_rate,
             reset_rate=reset_rate,
-            complete_endpoint=not no_complete_endpoint,
+            complete_endpoint=complete_endpoint,
             bandwidth_mbps=bandwidth_mbps,
+            gzip_level=gzip_level,
             seed=seed,
         )
         sizes = parse_size_range(size_mb)
