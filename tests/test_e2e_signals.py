@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pendulum
 import pytest
@@ -32,6 +33,19 @@ def big_lab(
     files = write_hourly(root, "sig-db", first, [12 * MB] * 7 + [1000], now)
     with LabThread(root, s3="moto") as lab:
         yield lab, files[:7], first
+
+
+def spooled_files(pid: int, spool: Path) -> list[str]:
+    """The anonymous part files a process has open in ``spool`` (unlinked: "... (deleted)")."""
+    found = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(f"{spool}/"):
+            found.append(target)
+    return found
 
 
 def start_sync(env: dict[str, str], first: pendulum.DateTime, run_id: str) -> subprocess.Popen[str]:
@@ -66,17 +80,23 @@ def start_sync(env: dict[str, str], first: pendulum.DateTime, run_id: str) -> su
 
 @pytest.mark.timeout(180)
 def test_sigterm_mid_transfer_then_resume(
-    big_lab: tuple[LabThread, list[Written], pendulum.DateTime], monkeypatch: pytest.MonkeyPatch
+    big_lab: tuple[LabThread, list[Written], pendulum.DateTime],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> None:
     lab, files, first = big_lab
-    env = dict(lab.env)
+    spool = tmp_path / "tmp"  # the temp dir, where parts are spooled by default
+    spool.mkdir()
+    env = {**lab.env, "TMPDIR": str(spool)}
     bucket = env["AWS_S3_BUCKET_NAME"]
     client = s3_client(env)
     lab.set_faults(latency_ms=30)  # slow enough to be caught mid-transfer
     proc = start_sync(env, first, "sig-run")
     # wait until at least one file landed and others are in flight
     deadline = time.monotonic() + 90
+    spooled: list[str] = []
     while time.monotonic() < deadline:
+        spooled = spooled or spooled_files(proc.pid, spool)
         landed = client.list_objects_v2(Bucket=bucket, Prefix="sig-run/rds_log_").get("KeyCount", 0)
         if landed >= 1:
             break
@@ -93,6 +113,8 @@ def test_sigterm_mid_transfer_then_resume(
     assert proc.returncode == 130, stderr
     assert "SIGTERM" in stderr
     assert multipart_uploads(client, bucket) == []
+    assert spooled and all(name.endswith("(deleted)") for name in spooled), spooled
+    assert list(spool.iterdir()) == []  # part files are anonymous: nothing left by a SIGTERM
     before = {
         key: client.head_object(Bucket=bucket, Key=key)["Metadata"]
         for key in objects(client, bucket, "sig-run/rds_log_")
@@ -115,3 +137,4 @@ def test_sigterm_mid_transfer_then_resume(
     assert sorted(hashlib.sha256(v).hexdigest() for v in got.values()) == sorted(
         f.sha256 for f in files
     )
+    assert list(spool.iterdir()) == []
