@@ -398,6 +398,7 @@ class RdsSource:
                     # A first cut usually overshot by a little: 10 % fewer. Cut again: a long
                     # line is in the way, shrink fast towards it.
                     shrunk = int(lines * CUT_RETRY_FACTOR) if not recovering else lines // 4
+                    fewer = max(1, min(lines - 1, shrunk))
                     log.debug(
                         "%s %s: portion of %d lines cut at marker %s (%d of %d bytes read); "
                         "asking again for %d",
@@ -407,9 +408,9 @@ class RdsSource:
                         marker,
                         stats.bytes,
                         f.size,
-                        max(1, min(lines - 1, shrunk)),
+                        fewer,
                     )
-                    lines = max(1, min(lines - 1, shrunk))
+                    lines = fewer
                     recovering = True
                     continue  # ask again from the same marker, for fewer lines
                 stats.truncated_lines += 1

@@ -549,7 +549,8 @@ class S3Sink:
                         f"({sent_bytes} bytes so far); raise the part size"
                     )
                 # In memory, the part is joined only now that the previous one is sent: a file
-                # holds at most two parts. The upload task owns (and closes) the body.
+                # holds at most two parts. body() hands the part over: the upload task owns (and
+                # closes) it, and ``part`` holds nothing more.
                 body = part.body()
                 sent_bytes += body.size
                 in_flight = asyncio.create_task(
@@ -557,7 +558,6 @@ class S3Sink:
                     name=f"UploadPart {key} #{number}",
                 )
                 del body
-                part.close()
                 part_bytes = grown_part_size(part_bytes, number)
                 part = self._new_part(key)
                 await cutter.read(part_bytes, part)
