@@ -1,9 +1,9 @@
 """AWS clients for one run: one aioboto3 session, the rds / s3 / sts clients, retries, the shared
 RDS rate limiter and error translation.
 
-Every call goes through ``Aws.call``: rate-limited (RDS only: the account's RDS API budget is
-shared with other tools), retried with exponential backoff and full jitter on throttling, 5xx,
-resets and timeouts (botocore's own retries are off so that each retry is seen and counted), and
+Every request goes through ``Aws.run`` (SDK calls through ``Aws.call``): rate-limited (RDS only:
+the account's RDS API budget is shared with other tools), retried by the one policy of
+``rdsrecorder.retry`` (botocore's own retries are off so that each retry is seen and counted), and
 translated once into ``rdsrecorder.errors``. Endpoint overrides (``AWS_ENDPOINT_URL_RDS`` ...) are
 honoured by botocore itself."""
 
@@ -12,59 +12,43 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import aioboto3
-import aiohttp
 from aiobotocore.config import AioConfig
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
     NoCredentialsError,
     PartialCredentialsError,
-    ReadTimeoutError,
 )
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
+from tenacity import RetryCallState
 
-from rdsrecorder.errors import AwsError, CredentialsError, LogFileGoneError, ThrottledError
+from rdsrecorder.clock import Clock
+from rdsrecorder.config import AwsSettings
+from rdsrecorder.errors import (
+    AwsError,
+    CredentialsError,
+    LogFileGoneError,
+    ThrottledError,
+    one_line,
+)
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.settings import AwsSettings
+from rdsrecorder.retry import (
+    NETWORK_ERRORS,
+    THROTTLING_CODES,
+    TransientHttpError,
+    error_code,
+    is_throttling,
+    retrying,
+)
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
-THROTTLING_CODES = frozenset(
-    {
-        "Throttling",
-        "ThrottlingException",
-        "RequestLimitExceeded",
-        "TooManyRequestsException",
-        "SlowDown",
-        "RequestThrottled",
-        "RequestThrottledException",
-        "ProvisionedThroughputExceededException",
-    }
-)
-TRANSIENT_CODES = frozenset(
-    {
-        "RequestTimeout",
-        "RequestTimeoutException",
-        "InternalError",
-        "InternalFailure",
-        "ServiceUnavailable",
-        "InternalServerError",
-    }
-)
 GONE_CODES = frozenset({"DBLogFileNotFoundFault", "DBLogFileNotFound"})
 CREDENTIAL_CODES = frozenset(
     {
@@ -77,16 +61,6 @@ CREDENTIAL_CODES = frozenset(
         "AuthFailure",
     }
 )
-_NETWORK_ERRORS = (
-    EndpointConnectionError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    ReadTimeoutError,
-    aiohttp.ClientError,
-    asyncio.TimeoutError,
-    ConnectionError,
-)
-BACKOFF_MAX_S = 20.0
 
 
 class RateLimiter:
@@ -128,29 +102,6 @@ class RateLimiter:
                 await self._sleep((1 - self._tokens) / self.rate_per_s)
 
 
-def error_code(exc: BaseException) -> str:
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code") or "ClientError")
-    return type(exc).__name__
-
-
-def _status(exc: BaseException) -> int:
-    if isinstance(exc, ClientError):
-        return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
-    return 0
-
-
-def is_throttling(exc: BaseException) -> bool:
-    return isinstance(exc, ClientError) and error_code(exc) in THROTTLING_CODES
-
-
-def is_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, ClientError):
-        code = error_code(exc)
-        return code in THROTTLING_CODES or code in TRANSIENT_CODES or _status(exc) >= 500
-    return isinstance(exc, _NETWORK_ERRORS)
-
-
 def _message(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
@@ -160,7 +111,7 @@ def _message(exc: BaseException) -> str:
 
 def translate(exc: BaseException, service: str, operation: str) -> AwsError:
     code = error_code(exc)
-    text = f"{service} {operation} failed: {_message(exc)}"
+    text = one_line(f"{service} {operation} failed: {_message(exc)}")
     if code in GONE_CODES:
         return LogFileGoneError(text, code=code, operation=operation)
     if code in THROTTLING_CODES:
@@ -173,9 +124,16 @@ def translate(exc: BaseException, service: str, operation: str) -> AwsError:
 class Aws:
     """Owns the aioboto3 session and the clients of one run (rds, s3, sts)."""
 
-    def __init__(self, settings: AwsSettings, hooks: Hooks, max_pool_connections: int = 10) -> None:
+    def __init__(
+        self,
+        settings: AwsSettings,
+        hooks: Hooks,
+        max_pool_connections: int = 10,
+        clock: Clock | None = None,
+    ) -> None:
         self.settings = settings
         self.hooks = hooks
+        self.clock = clock or Clock()
         self.session = (
             aioboto3.Session(region_name=settings.region) if settings.region else aioboto3.Session()
         )
@@ -199,8 +157,6 @@ class Aws:
         self.sts: Any = None
 
     async def __aenter__(self) -> Aws:
-        from contextlib import AsyncExitStack
-
         self._stack = AsyncExitStack()
         await self._stack.__aenter__()
         try:
@@ -236,17 +192,27 @@ class Aws:
         return mapping.get(method, method)
 
     async def call(self, service: str, method: str, **params: Any) -> dict[str, Any]:
-        """``client.<method>(**params)`` with rate limit, retries, hooks and error translation."""
+        """``client.<method>(**params)`` through ``run``."""
         client = self._client(service)
-        operation = self.operation_name(client, method)
+
+        async def once() -> dict[str, Any]:
+            result: dict[str, Any] = await getattr(client, method)(**params)
+            return result
+
+        return await self.run(service, self.operation_name(client, method), once)
+
+    async def run(self, service: str, operation: str, once: Callable[[], Awaitable[T]]) -> T:
+        """One AWS request under the retry policy (``rdsrecorder.retry``): rate-limited (RDS
+        only: the account's RDS API budget is shared with other tools), attempted again on
+        transient errors, counted through the hooks, and translated once into
+        ``rdsrecorder.errors``. ``once`` may raise ``RdsRecorderError`` itself: it passes as is."""
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             if exc is None:
                 return
             reason = error_code(exc)
-            throttled = is_throttling(exc)
-            self.hooks.aws_call(service, operation, "throttled" if throttled else "retry")
+            self.hooks.aws_call(service, operation, "throttled" if is_throttling(exc) else "retry")
             self.hooks.retry(service, operation, reason)
             log.debug(
                 "%s %s: %s; retry %d in %.2f s",
@@ -257,27 +223,27 @@ class Aws:
                 state.next_action.sleep if state.next_action else 0.0,
             )
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(max(1, self.settings.max_attempts)),
-            wait=wait_random_exponential(multiplier=0.5, max=BACKOFF_MAX_S),
-            retry=retry_if_exception(is_retryable),
-            before_sleep=before_sleep,
-            reraise=True,
-        )
         try:
-            async for attempt in retrying:
+            async for attempt in retrying(
+                max_attempts=self.settings.max_attempts,
+                sleep=self.clock.sleep,
+                before_sleep=before_sleep,
+            ):
                 with attempt:
                     if service == "rds":
                         await self.rate_limiter.acquire()
-                    result: dict[str, Any] = await getattr(client, method)(**params)
+                    result = await once()
         except (NoCredentialsError, PartialCredentialsError) as exc:
             self.hooks.aws_call(service, operation, "error")
             raise CredentialsError(
                 "no AWS credentials found (env AWS_ACCESS_KEY_ID / AWS_PROFILE / instance role)"
             ) from exc
-        except (ClientError, BotoCoreError, *_NETWORK_ERRORS) as exc:
+        except (ClientError, BotoCoreError, TransientHttpError, *NETWORK_ERRORS) as exc:
             self.hooks.aws_call(service, operation, "throttled" if is_throttling(exc) else "error")
             raise translate(exc, service, operation) from exc
+        except AwsError:
+            self.hooks.aws_call(service, operation, "error")
+            raise
         self.hooks.aws_call(service, operation, "ok")
         return result
 

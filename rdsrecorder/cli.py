@@ -1,23 +1,33 @@
-"""The command line. Thin: it parses flags (each also an RDSRECORDER_* env var), builds one frozen
-settings object and hands it to ``rdsrecorder.app``. No logic here."""
+"""The command line, declared with typer: each command's options (each also an ``RDSRECORDER_*``
+env var) handed to its builder in ``rdsrecorder.config`` and run by ``rdsrecorder.runtime``.
+Nothing else happens here."""
 
 from __future__ import annotations
 
-from enum import StrEnum
+import sys
 from pathlib import Path
 from typing import Annotated
 
+import click
 import typer
 
-from rdsrecorder import __version__, app
-from rdsrecorder.models import DownloadMethod
-from rdsrecorder.settings import (
+from rdsrecorder import __version__, config, runtime
+from rdsrecorder.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_MAX_API_RPS,
     DEFAULT_METRICS_PORT,
+    DEFAULT_PART_SIZE_MIB,
     DEFAULT_POLL_INTERVAL_S,
     DEFAULT_SHUTDOWN_GRACE_S,
+    MAX_CONCURRENCY,
+    MAX_PART_SIZE_MIB,
+    MIN_PART_SIZE_MIB,
+    LogFormat,
+    Sse,
 )
+from rdsrecorder.errors import EXIT_CONFIG, EXIT_INTERRUPTED
+from rdsrecorder.logsetup import setup_logging
+from rdsrecorder.models import DownloadMethod
 
 cli = typer.Typer(
     name="rdsrecorder",
@@ -38,44 +48,23 @@ cli.add_typer(lab_cli, name="lab")
 
 ENV = "RDSRECORDER_"
 
-
-class LogFormat(StrEnum):
-    text = "text"
-    json = "json"
-
-
-class Sse(StrEnum):
-    AES256 = "AES256"
-    kms = "aws:kms"
-
-
 # -- options shared by several commands ----------------------------------------------------------
-DbOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--db-identifier",
-        "-d",
-        envvar=ENV + "DB_IDENTIFIER",
-        help="DB instance id, or an Aurora cluster id (then every member's logs are copied).",
-    ),
-]
 BucketOpt = Annotated[
     str | None,
     typer.Option(
         envvar=[ENV + "BUCKET", "AWS_S3_BUCKET_NAME"],
-        help="Destination S3 bucket (env RDSRECORDER_BUCKET or AWS_S3_BUCKET_NAME).",
-    ),
-]
-RunIdOpt = Annotated[
-    str | None,
-    typer.Option(
-        envvar=ENV + "RUN_ID",
-        help="Run id: the S3 prefix. Default: a new one, printed at start. Give the same id to "
-        "resume a run (a restarted container should always get the same id).",
+        help="Required. The S3 bucket (env RDSRECORDER_BUCKET or AWS_S3_BUCKET_NAME).",
     ),
 ]
 RegionOpt = Annotated[
     str | None, typer.Option(envvar=[ENV + "REGION"], help="AWS region (default: AWS config).")
+]
+OwnerOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=ENV + "EXPECTED_BUCKET_OWNER",
+        help="12-digit account id that must own the bucket; S3 refuses the call otherwise.",
+    ),
 ]
 DebugOpt = Annotated[
     bool, typer.Option("--debug", envvar=ENV + "DEBUG", help="Debug logs and tracebacks.")
@@ -86,17 +75,6 @@ LogFormatOpt = Annotated[
 MetricsAddrOpt = Annotated[
     str, typer.Option(envvar=ENV + "METRICS_ADDRESS", help="Address of the /metrics server.")
 ]
-MetricsPortOpt = Annotated[
-    int,
-    typer.Option(envvar=ENV + "METRICS_PORT", help="Port of the /metrics server (0: disabled)."),
-]
-MaxRpsOpt = Annotated[
-    float,
-    typer.Option(
-        envvar=ENV + "MAX_API_RPS",
-        help="Cap on RDS API calls per second across all tasks (the account allows ~12/s).",
-    ),
-]
 
 
 @cli.command()
@@ -105,7 +83,8 @@ def sync(
         str | None,
         typer.Option(
             envvar=ENV + "START",
-            help="Window start: '2024-02-04 13:00:00.000 UTC', ISO-8601, 'now' or 'now-2h'.",
+            help="Required. Window start: '2024-02-04 13:00:00.000 UTC', ISO-8601, 'now', "
+            "'now-2h', or 'earliest' (whatever RDS still keeps).",
         ),
     ] = None,
     finish: Annotated[
@@ -116,15 +95,38 @@ def sync(
         ),
     ] = None,
     bucket: BucketOpt = None,
-    db_identifier: DbOpt = None,
+    db_identifier: Annotated[
+        str | None,
+        typer.Option(
+            "--db-identifier",
+            "-d",
+            envvar=ENV + "DB_IDENTIFIER",
+            help="Required. DB instance id, or an Aurora cluster id (then every member's logs "
+            "are copied).",
+        ),
+    ] = None,
     concurrency: Annotated[
-        int, typer.Option(envvar=ENV + "CONCURRENCY", help="Files copied at the same time.")
+        int,
+        typer.Option(
+            envvar=ENV + "CONCURRENCY",
+            help=f"Files copied at the same time (1-{MAX_CONCURRENCY}).",
+        ),
     ] = DEFAULT_CONCURRENCY,
-    run_id: RunIdOpt = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENV + "RUN_ID",
+            help="Run id: the S3 prefix. Default: a new one, printed at start. Give the same id "
+            "to resume a run (a restarted container should always get the same id).",
+        ),
+    ] = None,
     region: RegionOpt = None,
     poll_interval: Annotated[
         float,
-        typer.Option(envvar=ENV + "POLL_INTERVAL", help="Seconds between listings when following."),
+        typer.Option(
+            envvar=ENV + "POLL_INTERVAL",
+            help="Seconds between listings when following (at least 1).",
+        ),
     ] = DEFAULT_POLL_INTERVAL_S,
     finish_grace: Annotated[
         float | None,
@@ -150,15 +152,22 @@ def sync(
         ),
     ] = DownloadMethod.AUTO,
     part_size_mib: Annotated[
-        int, typer.Option(envvar=ENV + "PART_SIZE_MIB", help="S3 multipart part size (>= 5).")
-    ] = 8,
-    max_api_rps: MaxRpsOpt = DEFAULT_MAX_API_RPS,
-    expected_bucket_owner: Annotated[
-        str | None,
-        typer.Option(envvar=ENV + "EXPECTED_BUCKET_OWNER", help="Account id owning the bucket."),
-    ] = None,
+        int,
+        typer.Option(
+            envvar=ENV + "PART_SIZE_MIB",
+            help=f"S3 multipart part size in MiB ({MIN_PART_SIZE_MIB}-{MAX_PART_SIZE_MIB}).",
+        ),
+    ] = DEFAULT_PART_SIZE_MIB,
+    max_api_rps: Annotated[
+        float,
+        typer.Option(
+            envvar=ENV + "MAX_API_RPS",
+            help="Cap on RDS API calls per second across all tasks (the account allows ~12/s).",
+        ),
+    ] = DEFAULT_MAX_API_RPS,
+    expected_bucket_owner: OwnerOpt = None,
     sse: Annotated[
-        Sse | None, typer.Option(envvar=ENV + "SSE", help="Server-side encryption.")
+        Sse | None, typer.Option(envvar=ENV + "SSE", help="Server-side encryption of objects.")
     ] = None,
     sse_kms_key_id: Annotated[
         str | None, typer.Option(envvar=ENV + "SSE_KMS_KEY_ID", help="KMS key for aws:kms.")
@@ -179,12 +188,17 @@ def sync(
         typer.Option(
             envvar=ENV + "SPOOL_DIR",
             help="Where parts wait while they fill and upload (default: the temp dir; "
-            "'memory' keeps them in RAM: + 2 x part size per file in flight).",
+            "'memory' keeps them in RAM).",
         ),
     ] = None,
     metrics_address: MetricsAddrOpt = "0.0.0.0",
-    metrics_port: MetricsPortOpt = DEFAULT_METRICS_PORT,
-    log_format: LogFormatOpt = LogFormat.text,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            envvar=ENV + "METRICS_PORT", help="Port of the /metrics server (0: disabled)."
+        ),
+    ] = DEFAULT_METRICS_PORT,
+    log_format: LogFormatOpt = LogFormat.TEXT,
     progress: Annotated[
         bool | None,
         typer.Option(
@@ -197,57 +211,153 @@ def sync(
 ) -> None:
     """Copy the csvlog files whose span overlaps [start, finish) into S3, then (if finish is in
     the future) follow new files until finish."""
-    raise typer.Exit(app.sync(app.SyncArgs(**locals())))
+    raise typer.Exit(
+        runtime.sync(
+            debug,
+            log_format,
+            lambda: config.build_sync(
+                now=runtime.now(),
+                start=start,
+                finish=finish,
+                bucket=bucket,
+                db_identifier=db_identifier,
+                concurrency=concurrency,
+                run_id=run_id,
+                region=region,
+                poll_interval_s=poll_interval,
+                finish_grace_s=finish_grace,
+                snapshot=snapshot,
+                download_method=download_method,
+                part_size_mib=part_size_mib,
+                max_api_rps=max_api_rps,
+                expected_bucket_owner=expected_bucket_owner,
+                sse=sse,
+                sse_kms_key_id=sse_kms_key_id,
+                shutdown_grace_s=shutdown_grace,
+                include_plain=include_plain,
+                spool_dir=spool_dir,
+                metrics_address=metrics_address,
+                metrics_port=metrics_port,
+                log_format=log_format,
+                progress=progress,
+                debug=debug,
+            ),
+        )
+    )
 
 
 @cli.command()
 def snapshot(
     start: Annotated[
         str | None,
-        typer.Option(envvar=ENV + "START", help="When to take the snapshot (future)."),
+        typer.Option(
+            envvar=ENV + "START",
+            help="Required. When to take the snapshot (in the future): a date, or 'now+10m'.",
+        ),
     ] = None,
-    db_identifier: DbOpt = None,
-    run_id: RunIdOpt = None,
+    db_identifier: Annotated[
+        str | None,
+        typer.Option(
+            "--db-identifier",
+            "-d",
+            envvar=ENV + "DB_IDENTIFIER",
+            help="Required. DB instance id (a cluster snapshot is taken when it belongs to an "
+            "Aurora cluster), or an Aurora cluster id.",
+        ),
+    ] = None,
+    run_id: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENV + "RUN_ID",
+            help="Run id tagged on the snapshot (run-id=...). Default: a new one.",
+        ),
+    ] = None,
     region: RegionOpt = None,
     wait: Annotated[
         bool, typer.Option("--wait", envvar=ENV + "WAIT", help="Wait until it is available.")
     ] = False,
     metrics_address: MetricsAddrOpt = "0.0.0.0",
-    metrics_port: MetricsPortOpt = DEFAULT_METRICS_PORT,
-    log_format: LogFormatOpt = LogFormat.text,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            envvar=ENV + "METRICS_PORT",
+            help="Serve /metrics on this port while waiting (0: none, the default).",
+        ),
+    ] = 0,
+    log_format: LogFormatOpt = LogFormat.TEXT,
     debug: DebugOpt = False,
 ) -> None:
     """Take a DB snapshot (a cluster snapshot for Aurora) at a future time."""
-    raise typer.Exit(app.snapshot(app.SnapshotArgs(**locals())))
+    raise typer.Exit(
+        runtime.snapshot(
+            debug,
+            log_format,
+            lambda: config.build_snapshot(
+                now=runtime.now(),
+                start=start,
+                db_identifier=db_identifier,
+                run_id=run_id,
+                region=region,
+                wait=wait,
+                metrics_address=metrics_address,
+                metrics_port=metrics_port,
+                log_format=log_format,
+                debug=debug,
+            ),
+        )
+    )
 
 
 @cli.command()
 def verify(
-    run_id: Annotated[str | None, typer.Option(envvar=ENV + "RUN_ID", help="Run to check.")] = None,
+    run_id: Annotated[
+        str | None, typer.Option(envvar=ENV + "RUN_ID", help="Required. The run to check.")
+    ] = None,
     bucket: BucketOpt = None,
     region: RegionOpt = None,
-    expected_bucket_owner: Annotated[
-        str | None, typer.Option(envvar=ENV + "EXPECTED_BUCKET_OWNER")
-    ] = None,
-    log_format: LogFormatOpt = LogFormat.text,
+    expected_bucket_owner: OwnerOpt = None,
+    log_format: LogFormatOpt = LogFormat.TEXT,
     debug: DebugOpt = False,
 ) -> None:
     """Re-read a run's objects: check every sha256 and that the window has no holes."""
-    raise typer.Exit(app.verify(app.VerifyArgs(**locals())))
+    raise typer.Exit(
+        runtime.verify(
+            debug,
+            log_format,
+            lambda: config.build_verify(
+                run_id=run_id,
+                bucket=bucket,
+                region=region,
+                expected_bucket_owner=expected_bucket_owner,
+                log_format=log_format,
+                debug=debug,
+            ),
+        )
+    )
 
 
 @cli.command("ls")
 def ls_(
     bucket: BucketOpt = None,
     region: RegionOpt = None,
-    expected_bucket_owner: Annotated[
-        str | None, typer.Option(envvar=ENV + "EXPECTED_BUCKET_OWNER")
-    ] = None,
-    log_format: LogFormatOpt = LogFormat.text,
+    expected_bucket_owner: OwnerOpt = None,
+    log_format: LogFormatOpt = LogFormat.TEXT,
     debug: DebugOpt = False,
 ) -> None:
     """List the runs kept in a bucket."""
-    raise typer.Exit(app.ls(app.LsArgs(**locals())))
+    raise typer.Exit(
+        runtime.ls(
+            debug,
+            log_format,
+            lambda: config.build_ls(
+                bucket=bucket,
+                region=region,
+                expected_bucket_owner=expected_bucket_owner,
+                log_format=log_format,
+                debug=debug,
+            ),
+        )
+    )
 
 
 @cli.command()
@@ -299,7 +409,10 @@ def lab_serve(
     ] = True,
 ) -> None:
     """Serve the emulated RDS log API and a local S3; prints the env vars to use it."""
-    raise typer.Exit(app.lab_serve(**locals()))
+    from rdsrecorder.lab.runner import lab_main
+
+    setup_logging(debug=False, log_format="text")
+    raise typer.Exit(int(lab_main(**locals()) or 0))
 
 
 @lab_cli.command("generate")
@@ -313,7 +426,10 @@ def lab_generate(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
 ) -> None:
     """Write realistic csvlog files for an emulated DB instance."""
-    raise typer.Exit(app.lab_generate(**locals()))
+    from rdsrecorder.lab.runner import generate_main
+
+    setup_logging(debug=False, log_format="text")
+    raise typer.Exit(int(generate_main(**locals()) or 0))
 
 
 @lab_cli.command("demo")
@@ -322,8 +438,28 @@ def lab_demo(
     hours: Annotated[int, typer.Option(help="Hours of generated logs.")] = 6,
 ) -> None:
     """Start the lab, generate logs, back them up with `rdsrecorder sync`, verify the copy."""
-    raise typer.Exit(app.lab_demo(concurrency=concurrency, hours=hours))
+    from rdsrecorder.demo import demo_main
+
+    setup_logging(debug=False, log_format="text")
+    raise typer.Exit(demo_main(concurrency=concurrency, hours=hours))
 
 
 def main() -> None:
-    cli()
+    """The console script: typer's own usage errors become the same one ``error:`` line (exit 2)
+    as every other bad input."""
+    try:
+        code = cli(standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as exc:
+        click.echo(exc.ctx.get_help() if exc.ctx else "")
+        code = 0
+    except click.UsageError as exc:
+        hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx else ""
+        print(f"error: {exc.format_message()}{hint}", file=sys.stderr)
+        code = EXIT_CONFIG
+    except click.exceptions.Abort:
+        print("aborted", file=sys.stderr)
+        code = EXIT_INTERRUPTED
+    except click.ClickException as exc:
+        print(f"error: {exc.format_message()}", file=sys.stderr)
+        code = exc.exit_code
+    sys.exit(code if isinstance(code, int) else 0)

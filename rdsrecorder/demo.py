@@ -16,16 +16,14 @@ import pendulum
 from rich.console import Console
 from rich.table import Table
 
-from rdsrecorder.aws import Aws
+from rdsrecorder.commands import SyncReport, open_bucket, run_sync
+from rdsrecorder.config import AwsSettings, ObservabilitySettings, SyncSettings
 from rdsrecorder.errors import EXIT_OK, EXIT_VERIFY
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.lab import LabThread, generate
 from rdsrecorder.logfiles import object_key
-from rdsrecorder.runner import SyncReport, run_sync
-from rdsrecorder.s3 import S3Sink
-from rdsrecorder.settings import MIB, AwsSettings, ObservabilitySettings, SyncSettings
+from rdsrecorder.times import human
 from rdsrecorder.verify import VerifyReport, verify_run
-from rdsrecorder.window import fmt
 
 INSTANCE = "lab-db"
 
@@ -36,12 +34,11 @@ async def _run(settings: SyncSettings) -> tuple[SyncReport, VerifyReport, dict[s
     progress = ProgressHooks(enabled=None)
     with progress:
         report = await run_sync(settings, hooks=progress)
-    async with Aws(settings.aws, Hooks()) as aws:
-        sink = S3Sink(aws, settings.bucket, Hooks(), part_size_bytes=8 * MIB)
-        verified = await verify_run(sink, settings.run_id)
+    async with open_bucket(settings.bucket, settings.aws, Hooks()) as bucket:
+        verified = await verify_run(bucket, settings.run_id)
         got: dict[str, bytes] = {}
-        async for info in sink.list_objects(f"{settings.run_id}/"):
-            data = await sink.get_bytes(info.key)
+        async for info in bucket.list_objects(f"{settings.run_id}/"):
+            data = await bucket.get_bytes(info.key)
             if data is not None:
                 got[info.key] = data
     return report, verified, got
@@ -66,7 +63,7 @@ def demo_main(concurrency: int = 4, hours: int = 6) -> int:
             finish = pendulum.from_timestamp(files[-1].start_s, tz="UTC")
             run_id = f"demo-{pendulum.now('UTC').format('YYYYMMDDTHHmmss')}"
             console.print(
-                f"[bold]3.[/] rdsrecorder sync --start '{fmt(start)}' --finish '{fmt(finish)}' "
+                f"[bold]3.[/] rdsrecorder sync --start '{human(start)}' --finish '{human(finish)}' "
                 f"--bucket {lab.bucket} --db-identifier {INSTANCE} --concurrency {concurrency} "
                 f"--run-id {run_id}"
             )

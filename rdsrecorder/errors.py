@@ -33,6 +33,13 @@ EXIT_INCOMPLETE = 4
 EXIT_SNAPSHOT = 5
 EXIT_VERIFY = 6
 EXIT_INTERRUPTED = 130
+MAX_MESSAGE_CHARS = 300  # an error in a log line or the manifest: one bounded line
+
+
+def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """Error text for a log line or the manifest: control characters folded, bounded."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 class RdsRecorderError(Exception):

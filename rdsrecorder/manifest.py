@@ -24,10 +24,10 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import pendulum
-
 from rdsrecorder.clock import Clock
 from rdsrecorder.errors import RdsRecorderError
+from rdsrecorder.models import FileStatus
+from rdsrecorder.times import iso
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +55,15 @@ class FileEntry:
     size: int
     sha256: str
     method: str  # "complete", "portion" or "skipped"
-    status: str  # "copied" | "skipped" | "partial" | "failed" | "lost"
+    status: FileStatus
     source_size: int
     truncated_lines: int = 0
     error: str = ""
     copied_at: str = ""
     complete: bool = True  # False: copied while the source was still being written
+
+    def __post_init__(self) -> None:
+        self.status = FileStatus(self.status)  # raises ValueError for an unknown status
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FileEntry:
@@ -109,20 +112,16 @@ class Manifest:
                 key: FileEntry.from_dict(entry) for key, entry in data.get("files", {}).items()
             }
             return cls(**kwargs)
-        except (TypeError, AttributeError) as exc:
+        except (TypeError, AttributeError, ValueError) as exc:
             raise ValueError(f"missing or malformed fields: {exc}") from exc
 
 
 class ManifestStorage(Protocol):
-    """What the store needs of ``S3Sink``."""
+    """What the store needs of ``rdsrecorder.s3.bucket.Bucket``."""
 
     async def put_bytes(self, key: str, data: bytes, content_type: str) -> None: ...
 
     async def get_bytes(self, key: str) -> bytes | None: ...
-
-
-def _iso(ts_s: float) -> str:
-    return pendulum.from_timestamp(ts_s, tz="UTC").to_iso8601_string()
 
 
 class ManifestStore:
@@ -173,7 +172,11 @@ class ManifestStore:
     def record(self, entry: FileEntry) -> None:
         m = self._require()
         old = m.files.get(entry.key)
-        if entry.status == "skipped" and old is not None and old.status in ("copied", "partial"):
+        if (
+            entry.status is FileStatus.SKIPPED
+            and old is not None
+            and old.status in (FileStatus.COPIED, FileStatus.PARTIAL)
+        ):
             # A skip on resume keeps what the earlier run knew of the copy (method, truncations).
             old.copied_at = old.copied_at or entry.copied_at
         else:
@@ -209,7 +212,7 @@ class ManifestStore:
             if not self._due(force):
                 return
             m = self._require()
-            m.updated_at = _iso(self._clock.now())
+            m.updated_at = iso(self._clock.now())
             body = m.to_json().encode()
             self._dirty = False
             try:
@@ -230,7 +233,7 @@ class ManifestStore:
         if self._manifest is None:
             return
         if finished:
-            self._manifest.finished_at = _iso(self._clock.now())
+            self._manifest.finished_at = iso(self._clock.now())
         self._dirty = True
         for attempt in range(1, CLOSE_ATTEMPTS + 1):
             await self.flush(force=True)

@@ -19,10 +19,12 @@ from aioprometheus.renderer import render
 
 from rdsrecorder import __version__
 from rdsrecorder.hooks import Hooks
+from rdsrecorder.models import FileStatus
+from rdsrecorder.window import Mode
 
-FILE_OUTCOMES = ("copied", "skipped", "failed", "lost")
+FILE_OUTCOMES = tuple(dict.fromkeys(status.outcome for status in FileStatus))
 SNAPSHOT_OUTCOMES = ("created", "available", "failed")
-MODES = ("download-interval-and-finish", "download-interval-and-sync", "wait-and-sync")
+MODES = tuple(mode.value for mode in Mode)
 DURATION_BUCKETS_S = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, float("inf"))
 
 
@@ -132,11 +134,14 @@ class PrometheusHooks(Hooks):
         self._in_flight[instance] = max(0, self._in_flight[instance] - 1)
         self.in_flight.set(db, self._in_flight[instance])
         self.files.inc({**db, "outcome": outcome})
-        if outcome == "copied":
+        if outcome == FileStatus.COPIED:
             self.downloaded_logs.inc(db)
             self.uploaded_logs.inc(db)
             self.duration.observe(db, duration_s)
-        if outcome in ("copied", "skipped") and log_timestamp_s > self._newest.get(instance, 0):
+        if outcome in (
+            FileStatus.COPIED,
+            FileStatus.SKIPPED,
+        ) and log_timestamp_s > self._newest.get(instance, 0):
             self._newest[instance] = log_timestamp_s
             self.newest.set(db, log_timestamp_s)
 

@@ -1,9 +1,31 @@
-"""Plain data shared by the source, the sink and the scheduler. No I/O here."""
+"""Plain data shared by the source, the uploader, the recorder and the readers. No I/O here."""
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+
+MIB = 1024 * 1024
+
+
+class FileStatus(enum.StrEnum):
+    """How a file of the window ended, as the manifest, verify, the summary and metrics say it."""
+
+    COPIED = "copied"  # landed complete (the file had rotated)
+    PARTIAL = "partial"  # landed while the source was still being written
+    SKIPPED = "skipped"  # a complete copy was already in S3
+    FAILED = "failed"  # could not be copied (after retries)
+    LOST = "lost"  # vanished from RDS (expired) before it could be copied
+
+    @property
+    def landed(self) -> bool:
+        """An object for the file is in S3."""
+        return self in (FileStatus.COPIED, FileStatus.PARTIAL, FileStatus.SKIPPED)
+
+    @property
+    def outcome(self) -> str:
+        """The metrics outcome: copied (partial included), skipped, failed, lost."""
+        return FileStatus.COPIED.value if self is FileStatus.PARTIAL else self.value
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,13 +1,11 @@
-"""Progress and summaries for people: a rich progress bar while a backfill runs on a terminal
-(none when stderr is not a TTY), and the final tables for sync, verify and ls."""
+"""The progress bar for people: a rich bar while a backfill runs on a terminal (none when stderr
+is not a TTY). The final tables are in ``rdsrecorder.tables``."""
 
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from types import TracebackType
-from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import (
@@ -17,16 +15,11 @@ from rich.progress import (
     TextColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
 from rdsrecorder.hooks import Hooks
 
-if TYPE_CHECKING:
-    from rdsrecorder.runner import SyncReport
-    from rdsrecorder.verify import RunSummary, VerifyReport
 
-
-def _human_bytes(n: float) -> str:
+def human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -89,8 +82,8 @@ class ProgressHooks(Hooks):
             self._files,
             total=max(total, self._done),
             completed=self._done,
-            copied=_human_bytes(self._bytes),
-            rate=f"{_human_bytes(self._bytes / elapsed_s)}/s",
+            copied=human_bytes(self._bytes),
+            rate=f"{human_bytes(self._bytes / elapsed_s)}/s",
         )
 
     def files_pending(self, instance: str, count: int) -> None:
@@ -135,76 +128,3 @@ class _RichHandler(logging.Handler):
         for h in self._replaced:
             root.addHandler(h)
         super().close()
-
-
-def _console() -> Console:
-    # Piped output (scripts, CI logs) gets a wide console: rich would squeeze tables to 80 columns.
-    return Console(file=sys.stdout, highlight=False, width=None if sys.stdout.isatty() else 200)
-
-
-def render_summary(report: SyncReport, console: Console | None = None) -> None:
-    t = report.totals
-    console = console or _console()
-    table = Table(title=f"run {report.run_id} — {report.mode.label}", show_header=True)
-    table.add_column("copied", justify="right")
-    table.add_column("partial", justify="right")
-    table.add_column("already in S3", justify="right")
-    table.add_column("failed", justify="right")
-    table.add_column("lost", justify="right")
-    table.add_column("truncated lines", justify="right")
-    table.add_column("bytes", justify="right")
-    table.add_row(
-        str(t.copied),
-        str(t.partial),
-        str(t.skipped),
-        str(t.failed),
-        str(t.lost),
-        str(t.truncated_lines),
-        f"{t.bytes:,}",
-    )
-    console.print(table)
-    for entry in t.entries:
-        if entry.status in ("failed", "lost"):
-            console.print(f"  {entry.status}: {entry.instance} {entry.source}: {entry.error}")
-    if report.snapshot is not None:
-        console.print(f"snapshot: {report.snapshot.snapshot_id} {report.snapshot.arn}")
-    if report.snapshot_error:
-        console.print(f"snapshot failed: {report.snapshot_error}")
-    if report.interrupted or t.interrupted:
-        console.print(f"interrupted: re-run with --run-id {report.run_id} to resume")
-
-
-def render_verify(report: VerifyReport, console: Console | None = None) -> None:
-    console = console or _console()
-    table = Table(title=f"verify {report.run_id}")
-    for col in ("key", "source", "status", "detail"):
-        table.add_column(col)
-    for row in report.rows:
-        table.add_row(row.key, row.source, row.status, row.detail)
-    console.print(table)
-    for hole in report.holes:
-        console.print(f"hole: {hole}")
-    counts: dict[str, int] = {}
-    for row in report.rows:
-        counts[row.status] = counts.get(row.status, 0) + 1
-    summary = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    console.print(f"{'OK' if report.ok else 'PROBLEMS'}: {summary or 'no files'}")
-
-
-def render_runs(runs: list[RunSummary], console: Console | None = None) -> None:
-    console = console or _console()
-    table = Table(title="runs")
-    for col in ("run id", "db", "window", "mode", "files", "bytes", "started", "status"):
-        table.add_column(col)
-    for r in runs:
-        table.add_row(
-            r.run_id,
-            r.db_identifier,
-            f"{r.window_start} .. {r.window_finish or '∞'}",
-            r.mode,
-            str(r.files),
-            f"{r.bytes:,}",
-            r.started_at,
-            r.status,
-        )
-    console.print(table)

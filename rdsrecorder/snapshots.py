@@ -19,7 +19,7 @@ import pendulum
 from rdsrecorder.aws import Aws
 from rdsrecorder.errors import AwsError, SnapshotError
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.rds import RdsSource
+from rdsrecorder.rds.control import RdsControl
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def valid_snapshot_id(value: str, cluster: bool) -> bool:
 
 
 async def create_snapshot(
-    aws: Aws, rds: RdsSource, identifier: str, at: pendulum.DateTime, run_id: str, hooks: Hooks
+    aws: Aws, rds: RdsControl, identifier: str, at: pendulum.DateTime, run_id: str, hooks: Hooks
 ) -> SnapshotResult:
     try:
         target = await rds.resolve(identifier)

@@ -1,6 +1,10 @@
-"""Copy one log file from the RDS source to the S3 sink: skip it when a complete copy is already
-there, retry a failed attempt (a broken stream restarts the whole file, never duplicating bytes),
-and turn every ending into a manifest entry. Never raises except on cancellation."""
+"""Copy one log file from RDS to S3: skip it when a complete copy is already there, restart a
+download that broke after bytes were handed on (the whole file again, never duplicating bytes),
+and turn every ending into a manifest entry. Never raises except on cancellation.
+
+Retries: each AWS call already had its attempts (``rdsrecorder.retry``); the copier restarts a
+file only for a ``DownloadError`` (a stream that broke, a marker that stopped), so attempts never
+multiply."""
 
 from __future__ import annotations
 
@@ -9,10 +13,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-import pendulum
-
 from rdsrecorder.clock import Clock
-from rdsrecorder.errors import AwsError, LogFileGoneError, RdsRecorderError
+from rdsrecorder.errors import DownloadError, LogFileGoneError, RdsRecorderError, one_line
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.logfiles import SpannedFile
 from rdsrecorder.manifest import FileEntry
@@ -25,10 +27,12 @@ from rdsrecorder.models import (
     META_SOURCE_LAST_WRITTEN,
     META_SOURCE_SIZE,
     DownloadStats,
+    FileStatus,
     LogFile,
     ObjectInfo,
     UploadResult,
 )
+from rdsrecorder.times import iso, iso_or_none
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +41,11 @@ class Source(Protocol):
     def download(self, f: LogFile, stats: DownloadStats) -> AsyncIterator[bytes]: ...
 
 
-class Sink(Protocol):
+class Reader(Protocol):
     async def head(self, key: str) -> ObjectInfo | None: ...
 
+
+class Writer(Protocol):
     async def upload(
         self,
         key: str,
@@ -49,12 +55,6 @@ class Sink(Protocol):
         instance: str,
         size_hint_bytes: int | None = None,
     ) -> UploadResult: ...
-
-
-def iso(ts_s: float | None) -> str | None:
-    if ts_s is None:
-        return None
-    return pendulum.from_timestamp(ts_s, tz="UTC").to_iso8601_string()
 
 
 def already_copied(info: ObjectInfo, sf: SpannedFile, complete: bool) -> bool:
@@ -73,7 +73,8 @@ class Copier:
     def __init__(
         self,
         source: Source,
-        sink: Sink,
+        reader: Reader,
+        writer: Writer,
         hooks: Hooks,
         clock: Clock,
         run_id: str,
@@ -82,7 +83,8 @@ class Copier:
         retry_delay_s: float = 2.0,
     ) -> None:
         self._source = source
-        self._sink = sink
+        self._reader = reader
+        self._writer = writer
         self._hooks = hooks
         self._clock = clock
         self._run_id = run_id
@@ -94,14 +96,14 @@ class Copier:
             key=key,
             source=sf.name,
             instance=sf.instance,
-            span_start=iso(sf.timestamp_s) or "",
-            span_end=iso(sf.end_s),
+            span_start=iso(sf.timestamp_s),
+            span_end=iso_or_none(sf.end_s),
             size=0,
             sha256="",
             method="",
-            status="failed",
+            status=FileStatus.FAILED,
             source_size=sf.file.size,
-            copied_at=iso(self._clock.now()) or "",
+            copied_at=iso(self._clock.now()),
         )
         for name, value in fields.items():
             setattr(entry, name, value)
@@ -120,12 +122,10 @@ class Copier:
     async def copy(self, sf: SpannedFile, key: str, *, complete: bool) -> FileEntry:
         started = time.monotonic()
         self._hooks.file_started(sf.instance)
-        outcome = "failed"
+        outcome = FileStatus.FAILED.outcome
         try:
             entry = await self._copy(sf, key, complete)
-            outcome = {"copied": "copied", "partial": "copied", "skipped": "skipped"}.get(
-                entry.status, entry.status
-            )
+            outcome = FileStatus(entry.status).outcome
             return entry
         finally:
             self._hooks.file_finished(
@@ -134,7 +134,7 @@ class Copier:
 
     async def _copy(self, sf: SpannedFile, key: str, complete: bool) -> FileEntry:
         try:
-            existing = await self._sink.head(key)
+            existing = await self._reader.head(key)
         except RdsRecorderError as exc:
             log.warning("cannot check s3 object %s (%s); copying again", key, exc)
             existing = None
@@ -146,14 +146,14 @@ class Copier:
                 size=existing.size,
                 sha256=existing.metadata.get(META_SHA256, ""),
                 method="skipped",
-                status="skipped",
+                status=FileStatus.SKIPPED,
                 complete=existing.metadata.get(META_COMPLETE) == "true",
             )
         last_error = ""
         for attempt in range(1, self._max_attempts + 1):
             stats = DownloadStats()
             try:
-                result = await self._sink.upload(
+                result = await self._writer.upload(
                     key,
                     self._source.download(sf.file, stats),
                     metadata=self._metadata(sf, complete),
@@ -162,8 +162,11 @@ class Copier:
                 )
             except LogFileGoneError as exc:
                 log.error("lost %s %s: %s", sf.instance, sf.name, exc)
-                return self._entry(sf, key, status="lost", error=str(exc), method=stats.method)
-            except (AwsError, RdsRecorderError) as exc:
+                return self._entry(
+                    sf, key, status=FileStatus.LOST, error=str(exc), method=stats.method
+                )
+            except DownloadError as exc:
+                # Bytes were handed on before it broke: only a restart of the file can help.
                 last_error = str(exc)
                 if attempt < self._max_attempts:
                     log.warning(
@@ -177,12 +180,27 @@ class Copier:
                     await self._clock.sleep(self._retry_delay_s * attempt)
                     continue
                 log.error("failed %s %s after %d attempts: %s", sf.instance, sf.name, attempt, exc)
-                return self._entry(sf, key, status="failed", error=last_error, method=stats.method)
+                return self._failed(sf, key, last_error, stats)
+            except RdsRecorderError as exc:
+                # An AWS call that used all its attempts, or an upload that failed: final.
+                log.error("failed %s %s: %s", sf.instance, sf.name, exc)
+                return self._failed(sf, key, str(exc), stats)
             except Exception as exc:  # a bug must not take the other files down with it
                 log.exception("unexpected error copying %s %s", sf.instance, sf.name)
-                return self._entry(sf, key, status="failed", error=f"{type(exc).__name__}: {exc}")
+                return self._failed(sf, key, f"{type(exc).__name__}: {exc}", stats)
             return self._finished(sf, key, complete, stats, result)
-        return self._entry(sf, key, status="failed", error=last_error)  # pragma: no cover
+        return self._failed(sf, key, last_error, None)  # pragma: no cover
+
+    def _failed(
+        self, sf: SpannedFile, key: str, error: str, stats: DownloadStats | None
+    ) -> FileEntry:
+        return self._entry(
+            sf,
+            key,
+            status=FileStatus.FAILED,
+            error=one_line(error),
+            method=stats.method if stats else "",
+        )
 
     def _finished(
         self,
@@ -217,7 +235,7 @@ class Copier:
             size=result.size,
             sha256=result.sha256,
             method=stats.method,
-            status="copied" if complete else "partial",
+            status=FileStatus.COPIED if complete else FileStatus.PARTIAL,
             truncated_lines=stats.truncated_lines,
             complete=complete,
         )

@@ -27,12 +27,12 @@ from collections.abc import AsyncIterator, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-import pendulum
-
 from rdsrecorder.errors import AwsError, VerifyError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.manifest import FileEntry, Manifest, manifest_key
-from rdsrecorder.models import META_SHA256, META_SOURCE, ObjectInfo
+from rdsrecorder.models import META_SHA256, META_SOURCE, FileStatus, ObjectInfo
+from rdsrecorder.s3.bucket import NOT_FOUND
+from rdsrecorder.times import iso, parse_iso
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -41,11 +41,11 @@ VERIFY_CONCURRENCY = 4  # objects re-read at once (memory: one 1 MiB read chunk 
 LIST_CONCURRENCY = 8  # manifests read at once by ``list_runs``
 SPAN_SLACK_S = 1.0  # spans come from whole-second timestamps: allow rounding
 GOOD_STATUSES = frozenset({"ok", "partial"})
-LANDED = frozenset({"copied", "skipped", "partial"})  # manifest statuses with an object in S3
+NOT_LANDED = (FileStatus.FAILED, FileStatus.LOST)
 
 
 class Store(Protocol):
-    """What verify needs of ``S3Sink``."""
+    """What verify needs of ``rdsrecorder.s3.bucket.Bucket``."""
 
     async def get_bytes(self, key: str) -> bytes | None: ...
 
@@ -101,17 +101,6 @@ class RunSummary:
     gaps: int = 0
 
 
-def _ts(iso: str) -> float:
-    parsed = pendulum.parse(iso)
-    if not isinstance(parsed, pendulum.DateTime):
-        raise ValueError(f"not a date-time: {iso!r}")
-    return parsed.timestamp()
-
-
-def _fmt(ts_s: float) -> str:
-    return pendulum.from_timestamp(ts_s, tz="UTC").to_iso8601_string()
-
-
 def _check_entry(entry: FileEntry, sha_hex: str, size: int, meta: dict[str, str]) -> VerifyRow:
     def row(status: str, detail: str = "") -> VerifyRow:
         return VerifyRow(entry.key, entry.source, status, detail, entry.instance, size)
@@ -131,23 +120,25 @@ def _check_entry(entry: FileEntry, sha_hex: str, size: int, meta: dict[str, str]
         notes.append(f"{entry.truncated_lines} truncated line(s)")
     if not meta_sha:
         notes.append("no sha256 metadata")
-    if not entry.complete or entry.status == "partial":
+    if not entry.complete or entry.status is FileStatus.PARTIAL:
         return row("partial", "; ".join(["copied while still being written", *notes]))
     return row("ok", "; ".join(notes))
 
 
 def _holes(m: Manifest) -> list[str]:
-    start_s = _ts(m.window_start)
-    finish_s = _ts(m.window_finish) if m.window_finish else None
+    start_s = parse_iso(m.window_start)
+    finish_s = parse_iso(m.window_finish) if m.window_finish else None
     holes: list[str] = []
     for instance in sorted({e.instance for e in m.files.values()} | set(m.instances)):
         intervals: list[tuple[float, float]] = [
-            (_ts(e.span_start), _ts(e.span_end) if e.span_end else float("inf"))
+            (parse_iso(e.span_start), parse_iso(e.span_end) if e.span_end else float("inf"))
             for e in m.files.values()
-            if e.instance == instance and e.status in LANDED
+            if e.instance == instance and e.status.landed
         ]
         intervals += [
-            (_ts(g["start"]), _ts(g["end"])) for g in m.gaps if g.get("instance") == instance
+            (parse_iso(g["start"]), parse_iso(g["end"]))
+            for g in m.gaps
+            if g.get("instance") == instance
         ]
         intervals.sort()
         covered_s = start_s
@@ -155,10 +146,10 @@ def _holes(m: Manifest) -> list[str]:
             if finish_s is not None and begin_s >= finish_s:
                 break
             if begin_s > covered_s + SPAN_SLACK_S:
-                holes.append(f"{instance}: nothing covers {_fmt(covered_s)} .. {_fmt(begin_s)}")
+                holes.append(f"{instance}: nothing covers {iso(covered_s)} .. {iso(begin_s)}")
             covered_s = max(covered_s, end_s)
         if finish_s is not None and covered_s < finish_s - SPAN_SLACK_S:
-            tail = f"{_fmt(covered_s)} .. {_fmt(finish_s)}"
+            tail = f"{iso(covered_s)} .. {iso(finish_s)}"
             if m.finished_at:
                 holes.append(f"{instance}: nothing covers {tail}")
             else:
@@ -199,7 +190,7 @@ async def _read(store: Store, key: str, instance: str, hooks: Hooks) -> tuple[st
 async def _verify_entry(
     store: Store, entry: FileEntry, present: dict[str, int], hooks: Hooks
 ) -> VerifyRow:
-    if entry.status in ("failed", "lost"):
+    if entry.status in NOT_LANDED:
         return VerifyRow(
             entry.key, entry.source, f"{entry.status}-in-run", entry.error, entry.instance
         )
@@ -211,7 +202,7 @@ async def _verify_entry(
             return VerifyRow(entry.key, entry.source, "missing", "object not in S3", entry.instance)
         sha_hex, size = await _read(store, entry.key, entry.instance, hooks)
     except AwsError as exc:
-        if exc.code in ("404", "NoSuchKey", "NotFound"):
+        if exc.code in NOT_FOUND:
             return VerifyRow(entry.key, entry.source, "missing", "object not in S3", entry.instance)
         return VerifyRow(entry.key, entry.source, "unreadable", str(exc), entry.instance)
     return _check_entry(entry, sha_hex, size, head.metadata)
@@ -255,8 +246,8 @@ async def verify_run(
 
 
 def summarize(m: Manifest) -> RunSummary:
-    landed = [e for e in m.files.values() if e.status in LANDED]
-    failed = sum(e.status in ("failed", "lost") for e in m.files.values())
+    landed = [e for e in m.files.values() if e.status.landed]
+    failed = sum(e.status in NOT_LANDED for e in m.files.values())
     if not m.finished_at:
         status = "unfinished"
     else:

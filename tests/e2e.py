@@ -13,7 +13,7 @@ from typing import Any
 import boto3
 import pendulum
 
-from rdsrecorder.settings import AwsSettings, ObservabilitySettings, SyncSettings
+from rdsrecorder.config import AwsSettings, ObservabilitySettings, SyncSettings
 
 HOUR = 3600
 

@@ -1,5 +1,6 @@
-"""In-memory fakes of the RDS source and the S3 sink, driven by a FakeClock. They implement the
-same protocols as rds.RdsSource and s3.S3Sink, so the scheduler's time logic runs in milliseconds.
+"""In-memory fakes of the RDS source and the S3 side, driven by a FakeClock. They implement the
+protocols of the RDS downloader and lister and of the S3 bucket and uploader, so the recorder's
+time logic runs in milliseconds.
 Real-server tests live in the other test modules."""
 
 from __future__ import annotations

@@ -280,3 +280,44 @@ class S3Gateway:
         if delay_s:
             await asyncio.sleep(delay_s)
         return web.Response(status=upstream.status, headers=answer_headers, body=body or None)
+
+
+class BucketSink:
+    """Both rooms of ``rdsrecorder.s3`` on one object, for tests that write log objects and read
+    them back: reads and small documents go to the ``Bucket``, ``upload`` to the ``Uploader``."""
+
+    def __init__(
+        self,
+        aws: Any,
+        bucket: str,
+        hooks: Any,
+        *,
+        part_size_bytes: int,
+        spool_dir: str | None = None,
+        expected_bucket_owner: str | None = None,
+        sse: str | None = None,
+        sse_kms_key_id: str | None = None,
+    ) -> None:
+        from rdsrecorder.s3.bucket import Bucket
+        from rdsrecorder.s3.upload import Uploader
+
+        self.reader = Bucket(
+            aws,
+            bucket,
+            expected_bucket_owner=expected_bucket_owner,
+            sse=sse,
+            sse_kms_key_id=sse_kms_key_id,
+        )
+        self.uploader = Uploader(
+            self.reader, hooks, part_size_bytes=part_size_bytes, spool_dir=spool_dir
+        )
+        self.upload = self.uploader.upload
+        self.part_size_bytes = self.uploader.part_size_bytes
+        self.check_bucket = self.reader.check_bucket
+        self.head = self.reader.head
+        self.get_bytes = self.reader.get_bytes
+        self.put_bytes = self.reader.put_bytes
+        self.iter_object = self.reader.iter_object
+        self.list_objects = self.reader.list_objects
+        self.list_prefixes = self.reader.list_prefixes
+        self.list_multipart_uploads = self.reader.list_multipart_uploads

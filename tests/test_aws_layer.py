@@ -9,11 +9,13 @@ from pathlib import Path
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from rdsrecorder.aws import Aws, RateLimiter, error_code, is_retryable, translate
+from rdsrecorder.aws import Aws, RateLimiter, translate
+from rdsrecorder.config import AwsSettings
 from rdsrecorder.errors import AwsError, LogFileGoneError, ThrottledError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.lab import LabThread, generate
-from rdsrecorder.settings import AwsSettings
+from rdsrecorder.retry import error_code
+from rdsrecorder.retry import is_transient as is_retryable
 
 
 class Recorded(Hooks):

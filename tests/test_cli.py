@@ -59,7 +59,7 @@ def test_sync_help_lists_every_option_with_env_var() -> None:
     assert "RDSRECORDER_START" in proc.stdout
 
 
-BASE = ["sync", "--bucket", "b", "--db-identifier", "db"]
+BASE = ["sync", "--bucket", "my-bucket", "--db-identifier", "db"]
 
 
 @pytest.mark.parametrize(
@@ -134,7 +134,7 @@ def test_metrics_port_in_use_is_a_clear_error() -> None:
             "--db-identifier",
             "db",
             "--bucket",
-            "b",
+            "my-bucket",
             "--start",
             "now-1h",
             "--metrics-address",
@@ -150,19 +150,20 @@ def test_metrics_port_in_use_is_a_clear_error() -> None:
 def test_spool_dir_defaults_to_the_temp_dir_and_falls_back_to_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from rdsrecorder import runner
+    from rdsrecorder import config
+    from rdsrecorder.s3.upload import resolve_spool_dir
 
     spool = tmp_path / "spool"
     spool.mkdir()
-    monkeypatch.setattr(runner.tempfile, "gettempdir", lambda: str(spool))
-    assert runner._spool_dir(None) == str(spool)
-    assert runner._spool_dir("memory") is None
-    assert runner._spool_dir(str(spool)) == str(spool)
+    monkeypatch.setattr(config.tempfile, "gettempdir", lambda: str(spool))
+    assert resolve_spool_dir(None) == str(spool)
+    assert resolve_spool_dir("memory") is None
+    assert resolve_spool_dir(str(spool)) == str(spool)
     not_a_dir = spool / "file"
     not_a_dir.write_text("x")
-    monkeypatch.setattr(runner.tempfile, "gettempdir", lambda: str(not_a_dir))
+    monkeypatch.setattr(config.tempfile, "gettempdir", lambda: str(not_a_dir))
     with caplog.at_level("WARNING"):
-        assert runner._spool_dir(None) is None
+        assert resolve_spool_dir(None) is None
     assert "keeping them in memory" in caplog.text
     assert list(spool.iterdir()) == [not_a_dir]  # the probes left nothing behind
 
@@ -170,9 +171,9 @@ def test_spool_dir_defaults_to_the_temp_dir_and_falls_back_to_memory(
 def test_malloc_arenas_are_limited_unless_the_user_set_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from rdsrecorder import app
+    from rdsrecorder import runtime
 
     monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
-    assert app.limit_malloc_arenas() is sys.platform.startswith("linux")
+    assert runtime.limit_malloc_arenas() is sys.platform.startswith("linux")
     monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
-    assert app.limit_malloc_arenas() is False
+    assert runtime.limit_malloc_arenas() is False

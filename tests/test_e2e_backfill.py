@@ -11,10 +11,10 @@ from pathlib import Path
 import pendulum
 import pytest
 
+from rdsrecorder.commands import run_sync
 from rdsrecorder.errors import BucketError, CredentialsError, DbNotFoundError
 from rdsrecorder.lab import LabThread
 from rdsrecorder.models import META_COMPLETE, META_INSTANCE, META_SHA256, META_SOURCE
-from rdsrecorder.runner import run_sync
 from rdsrecorder.window import Mode
 from tests.e2e import Written, multipart_uploads, objects, s3_client, sync_settings, write_hourly
 

@@ -8,8 +8,8 @@ import json
 import pendulum
 import pytest
 
+from rdsrecorder.commands import run_sync
 from rdsrecorder.lab import LabThread
-from rdsrecorder.runner import run_sync
 from tests.e2e import objects, s3_client, sync_settings, write_hourly
 
 

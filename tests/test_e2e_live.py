@@ -15,10 +15,10 @@ import boto3
 import pendulum
 import pytest
 
+from rdsrecorder.commands import run_sync
 from rdsrecorder.lab import LabThread
 from rdsrecorder.logfiles import assign_spans, select
 from rdsrecorder.models import LogFile
-from rdsrecorder.runner import run_sync
 from rdsrecorder.window import Mode
 from tests.e2e import multipart_uploads, objects, s3_client, sync_settings
 

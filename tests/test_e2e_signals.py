@@ -20,6 +20,8 @@ from rdsrecorder.lab import LabThread
 from rdsrecorder.models import META_SHA256, META_SOURCE
 from tests.e2e import Written, multipart_uploads, objects, s3_client, write_hourly
 
+pytestmark = pytest.mark.realtime  # real processes, real signals, real seconds
+
 MB = 1000 * 1000
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from rdsrecorder.aws import Aws
 from rdsrecorder.clock import FakeClock
+from rdsrecorder.config import AwsSettings
 from rdsrecorder.errors import AwsError, RdsRecorderError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.manifest import (
@@ -20,10 +21,8 @@ from rdsrecorder.manifest import (
     ManifestStore,
     manifest_key,
 )
-from rdsrecorder.s3 import S3Sink
-from rdsrecorder.settings import AwsSettings
 from tests import s3_servers
-from tests.s3_servers import MIB, S3Server
+from tests.s3_servers import MIB, BucketSink, S3Server
 
 moto_server = s3_servers.moto_server
 moto = s3_servers.moto
@@ -264,7 +263,7 @@ def test_record_keeps_the_earlier_copy_when_a_resume_skips_it() -> None:
 async def test_manifest_in_real_s3(moto: S3Server) -> None:
     bucket = moto.new_bucket("manifest")
     async with Aws(AwsSettings(region="us-east-1"), Hooks()) as aws:
-        sink = S3Sink(aws, bucket, Hooks(), part_size_bytes=8 * MIB)
+        sink = BucketSink(aws, bucket, Hooks(), part_size_bytes=8 * MIB)
         store = ManifestStore(sink, "run1", FakeClock(T0))
         assert await store.load() is None
         store.start(manifest())

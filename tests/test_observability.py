@@ -175,6 +175,7 @@ def wait_for(prom: str, expr: str, timeout_s: float = 60) -> None:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.realtime
 def test_metrics_dashboard_and_alerts_with_real_prometheus(daemon: dict[str, Any]) -> None:
     port, prom, files = daemon["port"], daemon["prom"], daemon["files"]
     n = len(files)

@@ -9,10 +9,11 @@ import logging
 
 from rich.console import Console
 
-from rdsrecorder.logs import redact, setup_logging
-from rdsrecorder.progress import ProgressHooks, render_summary
-from rdsrecorder.runner import SyncReport
-from rdsrecorder.scheduler import RunTotals
+from rdsrecorder.commands import SyncReport
+from rdsrecorder.logsetup import redact, setup_logging
+from rdsrecorder.progress import ProgressHooks
+from rdsrecorder.recorder import RunTotals
+from rdsrecorder.tables import render_summary
 from rdsrecorder.window import Mode
 
 

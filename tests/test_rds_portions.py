@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from rdsrecorder.aws import Aws
+from rdsrecorder.config import AwsSettings
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.lab import GeneratedFile, LabThread, generate
 from rdsrecorder.models import DownloadMethod, DownloadStats, LogFile
-from rdsrecorder.rds import PORTION_PLAN_BYTES, RdsSource, portion_lines
-from rdsrecorder.settings import AwsSettings
+from rdsrecorder.rds.download import PORTION_PLAN_BYTES, RdsDownloader, portion_lines
 
 INSTANCE = "portion-db"
 FILES = 6
@@ -41,7 +41,7 @@ async def download_all(lab: LabThread, files: list[GeneratedFile]) -> list[bytes
     settings = AwsSettings(region="us-east-1", max_api_rps=1000)
     async with (
         Aws(settings, Hooks()) as aws,
-        RdsSource(aws, Hooks(), DownloadMethod.PORTION) as rds,
+        RdsDownloader(aws, Hooks(), DownloadMethod.PORTION) as rds,
     ):
 
         async def one(g: GeneratedFile) -> bytes:

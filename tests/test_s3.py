@@ -16,22 +16,30 @@ from pathlib import Path
 
 import pytest
 
-from rdsrecorder import s3 as s3_module
 from rdsrecorder.aws import Aws
+from rdsrecorder.config import AwsSettings
 from rdsrecorder.errors import BucketError, LogFileGoneError, UploadError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.models import META_SHA256, META_SOURCE
-from rdsrecorder.s3 import (
+from rdsrecorder.s3 import upload as s3_module
+from rdsrecorder.s3.upload import (
     MAX_PART_BYTES,
     MAX_PARTS,
     MIN_PART_BYTES,
-    S3Sink,
     grown_part_size,
     part_size_for,
 )
-from rdsrecorder.settings import AwsSettings
 from tests import s3_servers
-from tests.s3_servers import MIB, MOTO_ACCOUNT, Fault, S3Gateway, S3Server, blob, chunked
+from tests.s3_servers import (
+    MIB,
+    MOTO_ACCOUNT,
+    BucketSink,
+    Fault,
+    S3Gateway,
+    S3Server,
+    blob,
+    chunked,
+)
 
 moto_server = s3_servers.moto_server
 seaweed_server = s3_servers.seaweed_server
@@ -157,7 +165,7 @@ async def test_upload_grows_parts_on_the_fly_and_refuses_a_part_past_the_limit(
     hooks = RecordingHooks()
     fits = blob(38 * MIB)
     async with aws(hooks) as client:
-        sink = S3Sink(client, bucket, hooks, part_size_bytes=5 * MIB)
+        sink = BucketSink(client, bucket, hooks, part_size_bytes=5 * MIB)
         result = await sink.upload("fits", chunked(fits, MIB), metadata={}, instance="db")
         assert result.parts == 4
         assert [n for _, n in hooks.uploaded] == [5 * MIB, 5 * MIB, 10 * MIB, 18 * MIB]
@@ -178,7 +186,7 @@ async def test_small_file_is_one_put_object_with_sha256(
     data = blob(size)
     hooks = RecordingHooks()
     async with aws(hooks) as client:
-        sink = S3Sink(client, bucket, hooks, part_size_bytes=5 * MIB, spool_dir=spool_dir)
+        sink = BucketSink(client, bucket, hooks, part_size_bytes=5 * MIB, spool_dir=spool_dir)
         result = await sink.upload(
             "run/small",
             chunked(data),
@@ -207,7 +215,7 @@ async def test_multipart_upload_is_byte_exact_with_sha256_metadata(
     data = blob(23 * MIB + 17)
     hooks = RecordingHooks()
     async with aws(hooks) as client:
-        sink = S3Sink(client, bucket, hooks, part_size_bytes=5 * MIB, spool_dir=spool_dir)
+        sink = BucketSink(client, bucket, hooks, part_size_bytes=5 * MIB, spool_dir=spool_dir)
         result = await sink.upload(
             "run/multi",
             chunked(data, chunk_bytes),
@@ -232,7 +240,7 @@ async def test_failing_source_aborts_and_raises_one_upload_error(
 ) -> None:
     bucket = s3.new_bucket("broken")
     async with aws() as client:
-        sink = S3Sink(client, bucket, Hooks(), part_size_bytes=5 * MIB, spool_dir=spool_dir)
+        sink = BucketSink(client, bucket, Hooks(), part_size_bytes=5 * MIB, spool_dir=spool_dir)
         with pytest.raises(UploadError) as caught:
             await sink.upload(
                 "run/broken", chunked(blob(17 * MIB), fail_at=12 * MIB), metadata={}, instance="db"
@@ -259,7 +267,7 @@ async def test_cancelled_upload_is_aborted(s3: S3Server, spool_dir: str | None) 
     bucket = s3.new_bucket("cancel")
     hooks = RecordingHooks()
     async with aws(hooks) as client:
-        sink = S3Sink(client, bucket, hooks, part_size_bytes=5 * MIB, spool_dir=spool_dir)
+        sink = BucketSink(client, bucket, hooks, part_size_bytes=5 * MIB, spool_dir=spool_dir)
         task = asyncio.create_task(
             sink.upload(
                 "run/cancelled",
@@ -314,7 +322,7 @@ async def test_a_failing_spool_keeps_the_part_in_memory(
     bucket = moto.new_bucket("spool-fails")
     data = blob(23 * MIB + 5)
     async with aws() as client:
-        sink = S3Sink(client, bucket, Hooks(), part_size_bytes=5 * MIB, spool_dir=str(spool))
+        sink = BucketSink(client, bucket, Hooks(), part_size_bytes=5 * MIB, spool_dir=str(spool))
         with caplog.at_level(logging.WARNING, logger="rdsrecorder.s3"):
             result = await sink.upload("run/spool", chunked(data), metadata={}, instance="db")
     assert result.sha256 == sha(data)
@@ -329,7 +337,7 @@ async def test_a_failing_spool_keeps_the_part_in_memory(
 
 async def test_missing_bucket_is_a_clear_error(s3: S3Server) -> None:
     async with aws() as client:
-        sink = S3Sink(client, "no-such-bucket-here", Hooks(), part_size_bytes=5 * MIB)
+        sink = BucketSink(client, "no-such-bucket-here", Hooks(), part_size_bytes=5 * MIB)
         with pytest.raises(BucketError, match=r"^bucket 'no-such-bucket-here' does not exist$"):
             await sink.check_bucket()
 
@@ -338,7 +346,7 @@ async def test_reads_and_lists(s3: S3Server) -> None:
     bucket = s3.new_bucket("reads")
     data = blob(3 * MIB + 5)
     async with aws() as client:
-        sink = S3Sink(client, bucket, Hooks(), part_size_bytes=5 * MIB)
+        sink = BucketSink(client, bucket, Hooks(), part_size_bytes=5 * MIB)
         await sink.check_bucket()
         await sink.put_bytes("r1/manifest.json", b'{"a": 1}', "application/json")
         await sink.upload("r1/obj", chunked(data), metadata={}, instance="db")
@@ -365,7 +373,7 @@ async def test_expected_owner_and_sse_go_on_every_call(
     bucket = moto_server.new_bucket("owner")
     data = blob(11 * MIB)
     async with aws() as client:
-        sink = S3Sink(
+        sink = BucketSink(
             client,
             bucket,
             Hooks(),
@@ -401,7 +409,7 @@ async def test_expected_owner_and_sse_go_on_every_call(
 async def test_wrong_expected_owner_is_refused(gateway: S3Gateway, moto_server: S3Server) -> None:
     bucket = moto_server.new_bucket("theirs")
     async with aws() as client:
-        sink = S3Sink(
+        sink = BucketSink(
             client, bucket, Hooks(), part_size_bytes=5 * MIB, expected_bucket_owner="999999999999"
         )
         with pytest.raises(BucketError, match=r"access denied to bucket .* another account"):
@@ -416,7 +424,7 @@ async def test_wrong_expected_owner_is_refused(gateway: S3Gateway, moto_server: 
 async def test_sse_aes256_reaches_the_server(moto: S3Server) -> None:
     bucket = moto.new_bucket("sse")
     async with aws() as client:
-        sink = S3Sink(client, bucket, Hooks(), part_size_bytes=5 * MIB, sse="AES256")
+        sink = BucketSink(client, bucket, Hooks(), part_size_bytes=5 * MIB, sse="AES256")
         await sink.upload("single", chunked(blob(1000)), metadata={}, instance="db")
         await sink.upload("multi", chunked(blob(6 * MIB)), metadata={}, instance="db")
     c = moto.client()
@@ -433,7 +441,7 @@ async def test_s3_errors_are_retried_then_reported_and_aborted(
     data = blob(16 * MIB)
     hooks = RecordingHooks()
     async with aws(hooks, max_attempts=2) as client:
-        sink = S3Sink(client, bucket, hooks, part_size_bytes=5 * MIB, spool_dir=spool_dir)
+        sink = BucketSink(client, bucket, hooks, part_size_bytes=5 * MIB, spool_dir=spool_dir)
         gateway.fail("UploadPart", status=503, code="SlowDown", times=1)
         result = await sink.upload("flaky", chunked(data), metadata={}, instance="db")
         assert result.sha256 == sha(data)
@@ -457,7 +465,7 @@ async def test_an_abort_that_fails_is_logged_and_the_error_still_raised(
     bucket = moto_server.new_bucket("abort-denied")
     gateway.fail("AbortMultipartUpload", status=403, code="AccessDenied")
     async with aws() as client:
-        sink = S3Sink(client, bucket, Hooks(), part_size_bytes=5 * MIB)
+        sink = BucketSink(client, bucket, Hooks(), part_size_bytes=5 * MIB)
         with (
             caplog.at_level(logging.INFO, logger="rdsrecorder.s3"),
             pytest.raises(UploadError, match="source broke"),
@@ -482,7 +490,7 @@ async def test_cancel_while_create_multipart_upload_is_in_flight(
     bucket = moto_server.new_bucket("early-cancel")
     gateway.delays_s["CreateMultipartUpload"] = 0.5  # S3 has created it; the answer is late
     async with aws() as client:
-        sink = S3Sink(client, bucket, Hooks(), part_size_bytes=5 * MIB)
+        sink = BucketSink(client, bucket, Hooks(), part_size_bytes=5 * MIB)
         task = asyncio.create_task(
             sink.upload("early", chunked(blob(6 * MIB)), metadata={}, instance="db")
         )
@@ -503,7 +511,7 @@ async def test_listings_follow_every_page(gateway: S3Gateway, moto_server: S3Ser
             c.put_object(Bucket=bucket, Key=f"{run}/obj{i}", Body=b"x")
     gateway.page_size = 2
     async with aws() as client:
-        sink = S3Sink(client, bucket, Hooks(), part_size_bytes=5 * MIB)
+        sink = BucketSink(client, bucket, Hooks(), part_size_bytes=5 * MIB)
         assert [o.key async for o in sink.list_objects("a/")] == ["a/obj0", "a/obj1", "a/obj2"]
         assert gateway.operations().count("ListObjectsV2") == 2
         assert await sink.list_prefixes() == ["a/", "b/", "c/"]
@@ -518,7 +526,7 @@ async def test_multipart_upload_listing_pages(seaweed: S3Server) -> None:
     first = c.list_multipart_uploads(Bucket=bucket, MaxUploads=2)
     assert first["IsTruncated"] and len(first["Uploads"]) == 2  # the server does page
     async with aws() as client:
-        sink = S3Sink(client, bucket, Hooks(), part_size_bytes=5 * MIB)
+        sink = BucketSink(client, bucket, Hooks(), part_size_bytes=5 * MIB)
         listed = await sink.list_multipart_uploads(page_size=2)
         assert [u["Key"] for u in await sink.list_multipart_uploads("u3")] == ["u3"]
     assert sorted(u["Key"] for u in listed) == [f"u{i}" for i in range(5)]
@@ -532,8 +540,9 @@ MEMORY_PROBE = r"""
 import asyncio, json, os, re, sys
 from rdsrecorder.aws import Aws
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.s3 import S3Sink
-from rdsrecorder.settings import AwsSettings
+from rdsrecorder.config import AwsSettings
+from rdsrecorder.s3.bucket import Bucket
+from rdsrecorder.s3.upload import Uploader
 
 MIB = 1 << 20
 
@@ -549,7 +558,9 @@ async def source(total, chunk):
 
 async def main(bucket, total, part, chunk, spool_dir):
     async with Aws(AwsSettings(region="us-east-1"), Hooks()) as aws:
-        sink = S3Sink(aws, bucket, Hooks(), part_size_bytes=part, spool_dir=spool_dir or None)
+        sink = Uploader(
+            Bucket(aws, bucket), Hooks(), part_size_bytes=part, spool_dir=spool_dir or None
+        )
         # loads botocore's models and opens the connection; a small object holds no part buffer
         await sink.upload("warm-up", source(1000, chunk), metadata={}, instance="db")
         base = mib("VmRSS")

@@ -13,9 +13,9 @@ import pytest
 from rdsrecorder.clock import FakeClock
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.models import META_COMPLETE, META_SOURCE
-from rdsrecorder.scheduler import Recorder, RunTotals, Window
+from rdsrecorder.recorder import Recorder, RunTotals
 from rdsrecorder.transfer import Copier
-from rdsrecorder.window import Mode
+from rdsrecorder.window import Mode, Window
 from tests.fakes import FakeFile, FakeManifest, FakeSink, FakeSource, StaticResolver
 
 T0 = pendulum.datetime(2024, 2, 4, 10, tz="UTC").timestamp()
@@ -76,7 +76,7 @@ def make(
         per_instance_keys=False,
         lister=source,
         resolver=StaticResolver("db"),
-        copier=Copier(source, sink, Hooks(), clock, "RUN", retry_delay_s=0.01),
+        copier=Copier(source, sink, sink, Hooks(), clock, "RUN", retry_delay_s=0.01),
         manifest=manifest,
         hooks=Hooks(),
         clock=clock,
@@ -335,7 +335,7 @@ async def test_cluster_members_joining_are_followed() -> None:
         per_instance_keys=True,
         lister=source,
         resolver=resolver,
-        copier=Copier(source, sink, Hooks(), clock, "RUN"),
+        copier=Copier(source, sink, sink, Hooks(), clock, "RUN"),
         manifest=manifest,
         hooks=Hooks(),
         clock=clock,

@@ -13,9 +13,9 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from rdsrecorder.clock import FakeClock
+from rdsrecorder.commands import run_snapshot
+from rdsrecorder.config import AwsSettings, LogFormat, SnapshotSettings, build_snapshot
 from rdsrecorder.errors import ConfigError, DbNotFoundError
-from rdsrecorder.runner import run_snapshot
-from rdsrecorder.settings import AwsSettings, SnapshotSettings
 from rdsrecorder.snapshots import snapshot_id, valid_snapshot_id
 
 
@@ -114,8 +114,17 @@ async def test_second_snapshot_same_minute_gets_suffix(rds: Any) -> None:
 
 async def test_snapshot_refuses_past_and_unknown(rds: Any) -> None:
     with pytest.raises(ConfigError, match="in the past"):
-        await run_snapshot(
-            settings("plain-db", NOW.subtract(minutes=1)), clock=FakeClock(NOW.timestamp())
+        build_snapshot(
+            now=NOW,
+            start=NOW.subtract(minutes=1).to_iso8601_string(),
+            db_identifier="plain-db",
+            run_id=None,
+            region=None,
+            wait=False,
+            metrics_address="127.0.0.1",
+            metrics_port=0,
+            log_format=LogFormat.TEXT,
+            debug=False,
         )
     with pytest.raises(DbNotFoundError, match="nope"):
         await run_snapshot(settings("nope", NOW.add(minutes=1)), clock=FakeClock(NOW.timestamp()))

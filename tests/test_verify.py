@@ -13,15 +13,14 @@ import pytest
 
 from rdsrecorder.aws import Aws
 from rdsrecorder.clock import FakeClock
+from rdsrecorder.config import AwsSettings
 from rdsrecorder.errors import VerifyError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.manifest import FileEntry, Manifest, ManifestStore, manifest_key
 from rdsrecorder.models import META_SHA256, META_SOURCE, ObjectInfo, UploadResult
-from rdsrecorder.s3 import S3Sink
-from rdsrecorder.settings import AwsSettings
 from rdsrecorder.verify import list_runs, verify_run
 from tests import s3_servers
-from tests.s3_servers import MIB, S3Gateway, S3Server, blob, chunked
+from tests.s3_servers import MIB, BucketSink, S3Gateway, S3Server, blob, chunked
 
 moto_server = s3_servers.moto_server
 seaweed_server = s3_servers.seaweed_server
@@ -139,7 +138,7 @@ async def test_a_good_run_verifies(s3: S3Server) -> None:
     bucket = s3.new_bucket("verify-good")
     hooks = CountingHooks()
     async with Aws(AwsSettings(region="us-east-1"), Hooks()) as aws:
-        sink = S3Sink(aws, bucket, Hooks(), part_size_bytes=5 * MIB)
+        sink = BucketSink(aws, bucket, Hooks(), part_size_bytes=5 * MIB)
         written = await write_run(sink, "good", CHAIN)
         report = await verify_run(sink, "good", hooks)
     assert report.ok, (report.rows, report.holes)
@@ -154,7 +153,7 @@ async def test_damage_is_found(moto: S3Server) -> None:
     bucket = moto.new_bucket("verify-bad")
     c = moto.client()
     async with Aws(AwsSettings(region="us-east-1"), Hooks()) as aws:
-        sink = S3Sink(aws, bucket, Hooks(), part_size_bytes=5 * MIB)
+        sink = BucketSink(aws, bucket, Hooks(), part_size_bytes=5 * MIB)
         written = await write_run(sink, "bad", [*CHAIN, LogSpec(19, 20)], start_h=19)
         keys = sorted(written)
         # same size, other bytes, the original metadata kept: only re-reading can tell
@@ -183,7 +182,7 @@ async def test_metadata_that_disagrees_is_corrupt(moto: S3Server) -> None:
     bucket = moto.new_bucket("verify-meta")
     c = moto.client()
     async with Aws(AwsSettings(region="us-east-1"), Hooks()) as aws:
-        sink = S3Sink(aws, bucket, Hooks(), part_size_bytes=5 * MIB)
+        sink = BucketSink(aws, bucket, Hooks(), part_size_bytes=5 * MIB)
         written = await write_run(sink, "meta", CHAIN[:2])
         first, second = sorted(written)
         c.copy_object(
@@ -212,7 +211,7 @@ async def test_an_unreadable_object_is_reported_not_raised(
 ) -> None:
     bucket = moto_server.new_bucket("verify-denied")
     async with Aws(AwsSettings(region="us-east-1", max_attempts=1), Hooks()) as aws:
-        sink = S3Sink(aws, bucket, Hooks(), part_size_bytes=5 * MIB)
+        sink = BucketSink(aws, bucket, Hooks(), part_size_bytes=5 * MIB)
         await write_run(sink, "denied", CHAIN[:1], finish_h=21)
         gateway.fail("GetObject", status=403, code="AccessDenied", times=1)
         gateway.faults["GetObject"].after = 1  # the manifest is read first
@@ -227,7 +226,7 @@ async def test_runs_and_their_status_are_listed(
     bucket = moto.new_bucket("ls")
     c = moto.client()
     async with Aws(AwsSettings(region="us-east-1"), Hooks()) as aws:
-        sink = S3Sink(aws, bucket, Hooks(), part_size_bytes=5 * MIB)
+        sink = BucketSink(aws, bucket, Hooks(), part_size_bytes=5 * MIB)
         await write_run(sink, "r-complete", CHAIN)
         await write_run(sink, "r-failed", [LogSpec(20, 21), LogSpec(21, 22, status="failed")])
         await write_run(sink, "r-stopped", CHAIN[:1], finished=False)
@@ -251,7 +250,7 @@ async def test_no_manifest_or_a_broken_one_is_a_verify_error(moto: S3Server) -> 
     bucket = moto.new_bucket("verify-none")
     moto.client().put_object(Bucket=bucket, Key="junk/manifest.json", Body=b"[1, 2]")
     async with Aws(AwsSettings(region="us-east-1"), Hooks()) as aws:
-        sink = S3Sink(aws, bucket, Hooks(), part_size_bytes=5 * MIB)
+        sink = BucketSink(aws, bucket, Hooks(), part_size_bytes=5 * MIB)
         with pytest.raises(VerifyError, match=r"no manifest for run 'never-ran'"):
             await verify_run(sink, "never-ran")
         with pytest.raises(VerifyError, match=r"junk/manifest.json is not a valid manifest"):

@@ -1,6 +1,6 @@
-"""The S3 sink: streams byte chunks into S3, one object per log file.
+"""The uploader: streams byte chunks into S3, one object per log file.
 
-Upload (``S3Sink.upload``), with tasks named after the S3 calls they make:
+Upload (``Uploader.upload``), with tasks named after the S3 calls they make:
 
 * The chunk stream is cut into parts of exactly the part size (the last part is shorter). If the
   stream ends before the first part is full, the object goes in one ``PutObject``.
@@ -10,29 +10,11 @@ Upload (``S3Sink.upload``), with tasks named after the S3 calls they make:
   in flight waits for its answer and aborts the upload it created.
 * Overlapped pipeline: while part k uploads (one ``UploadPart`` task), part k+1 fills from the
   download. At most one part upload is in flight per file, so a file has at most two parts.
-* Where parts wait (``spool_dir``, see ``_Part``):
-  - **spooled** (the CLI's default: the system temp dir): each part is written to an anonymous
-    temporary file (unlinked at once) as its chunks arrive, and uploaded from there. The process
-    holds no part, only the chunk in hand; the kernel's page cache holds the rest:
-
-        peak memory ~= base (~85 MB of Python, aiohttp and botocore) + concurrency x ~2 MB
-        disk         <= concurrency x 2 x part size
-
-    Measured (tests/test_s3.py, a 200 MB stream in 8 MiB parts): the peak RSS rises by ~4 MiB.
-    A spool that fails (disk full, directory gone) keeps that part in memory, with a warning.
-  - **in memory** (``spool_dir=None``; ``--spool-dir memory``): part k+1 is joined into one
-    ``bytes`` only after part k has finished, so a file holds at most two parts in memory:
-
-        peak memory ~= base + concurrency x 2 x part size (+ one download chunk per file)
-
-    Measured: +19 MiB for the same 200 MB stream, two parts plus HTTP buffers. How the bytes are
-    held decides this: chunks are kept in a list and joined once per part (one copy per byte);
-    the part goes to botocore as a ``BytesIO`` that is the *only* owner of the joined bytes
-    (aiohttp's ``BytesIOPayload`` calls ``getbuffer()``, which copies a ``BytesIO`` whose bytes
-    are referenced elsewhere; a plain ``bytes`` body, which ``Aws.call`` keeps for its retries,
-    measured +26..32 MiB); two reused ``bytearray`` buffers measured +34..36 MiB, because the
-    transport copies a whole ``bytearray`` body into its write buffer.
-  Either way botocore reads a file-like body from where it stands, so every attempt rewinds it
+* Where parts wait (``spool_dir``, see ``_Part``): spooled to an anonymous temporary file
+  (unlinked at once) as chunks arrive, or, with ``--spool-dir memory``, in memory, joined once per
+  part into a ``BytesIO`` that is the only owner of its bytes (aiohttp copies a ``BytesIO`` whose
+  buffer is shared, and a whole ``bytearray`` body). What each costs: the README, "Speed and
+  memory". botocore reads a file-like body from where it stands, so every attempt rewinds it
   first (``_rewind_part_body``).
 * ``CompleteMultipartUpload`` at the end; the object appears atomically.
 
@@ -74,16 +56,14 @@ import tempfile
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
-import aiohttp
-
-from rdsrecorder.aws import Aws
-from rdsrecorder.errors import AwsError, BucketError, RdsRecorderError, UploadError
+from rdsrecorder.config import DEFAULT_PART_SIZE_BYTES, SPOOL_IN_MEMORY, default_spool_dir
+from rdsrecorder.errors import AwsError, ConfigError, RdsRecorderError, UploadError
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.models import META_SHA256, META_SOURCE, ObjectInfo, UploadResult
+from rdsrecorder.models import META_SHA256, META_SOURCE, MIB, UploadResult
+from rdsrecorder.s3.bucket import Bucket
 
 log = logging.getLogger(__name__)
 
-MIB = 1024 * 1024
 MIN_PART_BYTES = 5 * MIB
 MAX_PART_BYTES = 5 * 1024 * MIB
 MAX_PARTS = 10_000
@@ -92,9 +72,6 @@ GROWTH_HEADROOM = 1.25  # the current file keeps growing after it was listed
 GROW_AFTER_PARTS = 4_000  # a file past this many parts outgrew its estimate ...
 GROW_EVERY_PARTS = 500  # ... and from then on its part size doubles this often
 ABORT_TIMEOUT_S = 60.0  # a stop (SIGTERM) waits at most this long for an abort
-READ_CHUNK_BYTES = MIB  # GetObject streaming: memory per object being read
-_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
-_DENIED = frozenset({"403", "AccessDenied", "Forbidden", "AllAccessDisabled"})
 
 
 def _round_up_mib(n: int) -> int:
@@ -153,6 +130,28 @@ def spool_dir_usable(spool_dir: str) -> str | None:
             probe.write(b"rdsrecorder")
     except OSError as exc:
         return f"{spool_dir}: {exc.strerror or exc}"
+    return None
+
+
+def resolve_spool_dir(setting: str | None) -> str | None:
+    """The directory parts are spooled to, or None to keep them in memory. The default (the temp
+    dir) falls back to memory with a warning when it is not writable (a read-only root file
+    system); an explicit ``--spool-dir`` was checked by the config."""
+    if setting == SPOOL_IN_MEMORY:
+        log.info("parts are kept in memory: + 2 x part size per file in flight")
+        return None
+    directory = setting or default_spool_dir()
+    problem = spool_dir_usable(directory)
+    if problem is None:
+        log.debug("parts are spooled to %s", directory)
+        return directory
+    if setting:
+        raise ConfigError(f"--spool-dir is not usable: {problem}")
+    log.warning(
+        "cannot spool parts to the temp dir (%s): keeping them in memory, + 2 x part size per "
+        "file in flight (set --spool-dir to a writable directory)",
+        problem,
+    )
     return None
 
 
@@ -317,38 +316,29 @@ async def _to_completion(step: Awaitable[None]) -> None:
         raise cancelled
 
 
-class S3Sink:
+class Uploader:
+    """Writes log objects into ``bucket`` (see the module docstring for the whole contract)."""
+
     def __init__(
         self,
-        aws: Aws,
-        bucket: str,
+        bucket: Bucket,
         hooks: Hooks,
         *,
-        part_size_bytes: int,
-        expected_bucket_owner: str | None = None,
-        sse: str | None = None,
-        sse_kms_key_id: str | None = None,
+        part_size_bytes: int = DEFAULT_PART_SIZE_BYTES,
         spool_dir: str | None = None,
     ) -> None:
-        self._aws = aws
+        self._bucket = bucket
         self.spool_dir = spool_dir  # None: parts are held in memory
-        self.bucket = bucket
         self._hooks = hooks
         self.part_size_bytes = min(MAX_PART_BYTES, max(MIN_PART_BYTES, part_size_bytes))
-        self._owner: dict[str, str] = (
-            {"ExpectedBucketOwner": expected_bucket_owner} if expected_bucket_owner else {}
-        )
-        self._sse: dict[str, str] = {}
-        if sse:
-            self._sse["ServerSideEncryption"] = sse
-            if sse_kms_key_id:
-                self._sse["SSEKMSKeyId"] = sse_kms_key_id
-
-    def _url(self, key: str) -> str:
-        return f"s3://{self.bucket}/{key}"
+        self._sse = bucket.sse
+        self._owner = bucket.owner
+        self._url = bucket.url
+        self._call = bucket.call
+        self.bucket = bucket.name
 
     def _register_rewind(self) -> None:
-        events = self._aws.s3.meta.events
+        events = self._bucket.aws.s3.meta.events
         for operation in ("PutObject", "UploadPart"):
             events.register(
                 f"before-parameter-build.s3.{operation}",
@@ -356,118 +346,12 @@ class S3Sink:
                 unique_id=f"rdsrecorder-rewind-{operation}",
             )
 
-    async def _call(self, method: str, **params: Any) -> dict[str, Any]:
-        return await self._aws.call("s3", method, Bucket=self.bucket, **self._owner, **params)
-
     async def _write(self, key: str, method: str, **params: Any) -> dict[str, Any]:
         """An S3 call of an upload: a failure becomes one ``UploadError`` line."""
         try:
             return await self._call(method, Key=key, **params)
         except AwsError as exc:
             raise UploadError(f"upload of {self._url(key)} failed: {exc}") from exc
-
-    # -- reading and listing ---------------------------------------------------------------------
-    async def check_bucket(self) -> None:
-        try:
-            await self._call("head_bucket")
-        except AwsError as exc:
-            if exc.code in _NOT_FOUND:
-                raise BucketError(f"bucket {self.bucket!r} does not exist") from exc
-            if exc.code in _DENIED:
-                raise BucketError(
-                    f"access denied to bucket {self.bucket!r} (or it belongs to another account)"
-                ) from exc
-            raise BucketError(f"bucket {self.bucket!r} is not reachable: {exc}") from exc
-
-    async def _call_unless_missing(self, method: str, key: str) -> dict[str, Any] | None:
-        try:
-            return await self._call(method, Key=key)
-        except AwsError as exc:
-            if exc.code in _NOT_FOUND:
-                return None
-            raise
-
-    async def head(self, key: str) -> ObjectInfo | None:
-        resp = await self._call_unless_missing("head_object", key)
-        if resp is None:
-            return None
-        return ObjectInfo(key, int(resp.get("ContentLength", 0)), dict(resp.get("Metadata", {})))
-
-    async def get_bytes(self, key: str) -> bytes | None:
-        """The whole object (for small ones: the manifest); None if it does not exist."""
-        resp = await self._call_unless_missing("get_object", key)
-        if resp is None:
-            return None
-        try:
-            async with resp["Body"] as body:
-                data: bytes = await body.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AwsError(
-                f"s3 GetObject of {self._url(key)} broke off: {type(exc).__name__}: {exc}",
-                code="ReadError",
-                operation="GetObject",
-            ) from exc
-        return data
-
-    async def iter_object(self, key: str) -> AsyncIterator[bytes]:
-        """The object's bytes, streamed in chunks of at most ``READ_CHUNK_BYTES``."""
-        resp = await self._call("get_object", Key=key)
-        body = resp["Body"]
-        try:
-            async for chunk in body.iter_chunks(READ_CHUNK_BYTES):
-                yield chunk
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AwsError(
-                f"s3 GetObject of {self._url(key)} broke off: {type(exc).__name__}: {exc}",
-                code="ReadError",
-                operation="GetObject",
-            ) from exc
-        finally:
-            body.close()
-
-    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
-        """Every object under ``prefix`` (ListObjectsV2 pages); ``metadata`` is empty."""
-        params: dict[str, Any] = {"Prefix": prefix}
-        while True:
-            resp = await self._call("list_objects_v2", **params)
-            for item in resp.get("Contents", []):
-                yield ObjectInfo(str(item["Key"]), int(item.get("Size", 0)), {})
-            token = resp.get("NextContinuationToken")
-            if not resp.get("IsTruncated") or not token:
-                return
-            params["ContinuationToken"] = token
-
-    async def list_prefixes(self, prefix: str = "", delimiter: str = "/") -> list[str]:
-        out: list[str] = []
-        params: dict[str, Any] = {"Prefix": prefix, "Delimiter": delimiter}
-        while True:
-            resp = await self._call("list_objects_v2", **params)
-            out.extend(str(p["Prefix"]) for p in resp.get("CommonPrefixes", []))
-            token = resp.get("NextContinuationToken")
-            if not resp.get("IsTruncated") or not token:
-                return out
-            params["ContinuationToken"] = token
-
-    async def list_multipart_uploads(
-        self, prefix: str = "", *, page_size: int = 1000
-    ) -> list[dict[str, str]]:
-        """Multipart uploads in progress under ``prefix``: ``[{"Key": ..., "UploadId": ...}]``."""
-        out: list[dict[str, str]] = []
-        params: dict[str, Any] = {"Prefix": prefix, "MaxUploads": page_size}
-        while True:
-            resp = await self._call("list_multipart_uploads", **params)
-            out.extend(
-                {"Key": str(u["Key"]), "UploadId": str(u["UploadId"])}
-                for u in resp.get("Uploads", [])
-            )
-            if not resp.get("IsTruncated"):
-                return out
-            params["KeyMarker"] = resp.get("NextKeyMarker", "")
-            params["UploadIdMarker"] = resp.get("NextUploadIdMarker", "")
-
-    # -- writing ---------------------------------------------------------------------------------
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        await self._call("put_object", Key=key, Body=data, ContentType=content_type, **self._sse)
 
     async def upload(
         self,

@@ -1,5 +1,4 @@
-"""The RDS source: resolve an instance or Aurora cluster, list log files (paged), and download a
-file as an async generator of byte chunks.
+"""Downloads from RDS: a log file as an async generator of byte chunks.
 
 Two download paths:
 
@@ -32,9 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -44,14 +41,10 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
 from rdsrecorder.aws import Aws
-from rdsrecorder.errors import (
-    AwsError,
-    DbNotFoundError,
-    DownloadError,
-    LogFileGoneError,
-)
+from rdsrecorder.errors import AwsError, DownloadError, LogFileGoneError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.models import DownloadMethod, DownloadStats, LogFile
+from rdsrecorder.retry import TRANSIENT_HTTP_STATUSES, TransientHttpError
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +59,8 @@ PORTION_SMALL_BYTES = 256 * 1024  # portions under this are gathered before they
 FIRST_CALL_FACTOR = 0.93  # a file's first call, sized from other files' lines: 7 % of margin
 CUT_RETRY_FACTOR = 0.9  # first retry after a cut: most cuts overshoot the cap by a few %
 COMPLETE_PATH = "v19/downloadCompleteLogFile"
-COMPLETE_ATTEMPTS = 5
+COMPLETE_OPERATION = "DownloadCompleteLogFile"
 STREAM_READ_BYTES = 256 * 1024
-INSTANCE_NOT_FOUND = frozenset({"DBInstanceNotFound", "DBInstanceNotFoundFault"})
-CLUSTER_NOT_FOUND = frozenset({"DBClusterNotFoundFault", "DBClusterNotFound"})
 
 
 def portion_lines(bytes_per_line: float, remaining: int, *, first: bool = False) -> int:
@@ -94,16 +85,6 @@ def max_calls_for(size_bytes: int) -> int:
     """Cap on portion calls for one file: generous (a call may return as little as ~4 KiB when
     lines are long and cuts force tiny requests) but finite, so a stuck API cannot loop forever."""
     return size_bytes // 4096 + 100
-
-
-@dataclass(frozen=True, slots=True)
-class Target:
-    identifier: str
-    kind: str  # "instance" or "cluster"
-    instances: tuple[str, ...]
-    writer: str | None
-    cluster_id: str | None
-    engine: str
 
 
 class _Coalescer:
@@ -131,7 +112,7 @@ class _CompleteUnavailable(Exception):
     """The whole-file endpoint is not allowed or not there: use portions."""
 
 
-class RdsSource:
+class RdsDownloader:
     def __init__(
         self,
         aws: Aws,
@@ -152,7 +133,7 @@ class RdsSource:
         self._probing: dict[str, asyncio.Event] = {}  # an instance's first portion is in flight
         self._http: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> RdsSource:
+    async def __aenter__(self) -> RdsDownloader:
         return self
 
     async def __aexit__(
@@ -167,72 +148,6 @@ class RdsSource:
         if self._http is not None:
             await self._http.close()
             self._http = None
-
-    # -- targets -----------------------------------------------------------------------------------
-    async def resolve(self, identifier: str) -> Target:
-        try:
-            resp = await self._aws.call(
-                "rds", "describe_db_instances", DBInstanceIdentifier=identifier
-            )
-        except AwsError as exc:
-            if exc.code not in INSTANCE_NOT_FOUND:
-                raise
-        else:
-            db = resp["DBInstances"][0]
-            return Target(
-                identifier=identifier,
-                kind="instance",
-                instances=(db["DBInstanceIdentifier"],),
-                writer=None,
-                cluster_id=db.get("DBClusterIdentifier"),
-                engine=str(db.get("Engine", "")),
-            )
-        try:
-            resp = await self._aws.call(
-                "rds", "describe_db_clusters", DBClusterIdentifier=identifier
-            )
-        except AwsError as exc:
-            if exc.code in CLUSTER_NOT_FOUND:
-                raise DbNotFoundError(
-                    f"DB instance or cluster {identifier!r} not found in region {self._aws.region}"
-                ) from exc
-            raise
-        cluster = resp["DBClusters"][0]
-        members = cluster.get("DBClusterMembers", [])
-        writer = next(
-            (m["DBInstanceIdentifier"] for m in members if m.get("IsClusterWriter")), None
-        )
-        return Target(
-            identifier=identifier,
-            kind="cluster",
-            instances=tuple(sorted(m["DBInstanceIdentifier"] for m in members)),
-            writer=writer,
-            cluster_id=identifier,
-            engine=str(cluster.get("Engine", "")),
-        )
-
-    # -- listing -----------------------------------------------------------------------------------
-    async def list_log_files(
-        self, instance: str, since_ms: int | None = None
-    ) -> AsyncIterator[LogFile]:
-        params: dict[str, Any] = {"DBInstanceIdentifier": instance}
-        if since_ms is not None:
-            params["FileLastWritten"] = int(since_ms)
-        seen_markers: set[str] = set()
-        while True:
-            resp = await self._aws.call("rds", "describe_db_log_files", **params)
-            for item in resp.get("DescribeDBLogFiles", []):
-                yield LogFile(
-                    instance=instance,
-                    name=item["LogFileName"],
-                    last_written_ms=int(item.get("LastWritten", 0)),
-                    size=int(item.get("Size", 0)),
-                )
-            marker = resp.get("Marker")
-            if not marker or marker in seen_markers:
-                return
-            seen_markers.add(marker)
-            params["Marker"] = marker
 
     # -- downloads ---------------------------------------------------------------------------------
     async def download(self, f: LogFile, stats: DownloadStats) -> AsyncIterator[bytes]:
@@ -276,54 +191,33 @@ class RdsSource:
     async def _open_complete(self, f: LogFile) -> aiohttp.ClientResponse:
         base = str(self._aws.rds.meta.endpoint_url).rstrip("/")
         url = f"{base}/{COMPLETE_PATH}/{quote(f.instance, safe='')}/{quote(f.name, safe='/')}"
-        for attempt in range(1, COMPLETE_ATTEMPTS + 1):
-            await self._aws.rate_limiter.acquire()
-            try:
-                resp = await self._session().get(url, headers=await self._signed_headers(url))
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                self._hooks.aws_call("rds", "DownloadCompleteLogFile", "retry")
-                if attempt == COMPLETE_ATTEMPTS:
-                    raise DownloadError(f"downloadCompleteLogFile {f.name}: {exc}") from exc
-                await self._backoff("DownloadCompleteLogFile", type(exc).__name__, attempt)
-                continue
+
+        async def once() -> aiohttp.ClientResponse:
+            resp = await self._session().get(url, headers=await self._signed_headers(url))
             if resp.status == 200:
                 return resp
             body = (await resp.text(errors="replace"))[:500]
             resp.release()
-            if resp.status in (429, 500, 502, 503, 504) or (
-                resp.status == 400 and "Throttl" in body
-            ):
-                throttled = resp.status == 429 or "Throttl" in body
-                self._hooks.aws_call(
-                    "rds", "DownloadCompleteLogFile", "throttled" if throttled else "retry"
-                )
-                if attempt == COMPLETE_ATTEMPTS:
-                    raise DownloadError(f"downloadCompleteLogFile {f.name}: HTTP {resp.status}")
-                await self._backoff("DownloadCompleteLogFile", str(resp.status), attempt)
-                continue
-            self._hooks.aws_call("rds", "DownloadCompleteLogFile", "error")
+            throttled = resp.status == 429 or (resp.status == 400 and "Throttl" in body)
+            if throttled or resp.status in TRANSIENT_HTTP_STATUSES:
+                raise TransientHttpError(resp.status, throttled, COMPLETE_OPERATION)
             if resp.status == 404 and "DBLogFileNotFound" in body:
                 raise LogFileGoneError(
                     f"{f.instance} {f.name} is gone (expired or rotated away)",
                     code="DBLogFileNotFoundFault",
-                    operation="DownloadCompleteLogFile",
+                    operation=COMPLETE_OPERATION,
                 )
             if resp.status in (401, 403, 404, 405, 501):
+                self._hooks.aws_call("rds", COMPLETE_OPERATION, "error")
                 raise _CompleteUnavailable(f"HTTP {resp.status}")
             raise DownloadError(f"downloadCompleteLogFile {f.name}: HTTP {resp.status}")
-        raise DownloadError(
-            f"downloadCompleteLogFile {f.name}: no attempt left"
-        )  # pragma: no cover
 
-    async def _backoff(self, operation: str, reason: str, attempt: int) -> None:
-        self._hooks.retry("rds", operation, reason)
-        await asyncio.sleep(random.uniform(0, min(20.0, 0.5 * 2**attempt)))
+        return await self._aws.run("rds", COMPLETE_OPERATION, once)
 
     async def _download_complete(self, f: LogFile, stats: DownloadStats) -> AsyncIterator[bytes]:
         resp = await self._open_complete(f)
         stats.method = "complete"
         stats.api_calls += 1
-        self._hooks.aws_call("rds", "DownloadCompleteLogFile", "ok")
         coalescer = _Coalescer(self._chunk_target_bytes)
         try:
             async for piece in resp.content.iter_chunked(STREAM_READ_BYTES):

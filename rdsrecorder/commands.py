@@ -1,20 +1,29 @@
-"""The commands' core: preflight checks, the mode, the wait, the snapshot timer, the recorder.
+"""What each command does, given its settings: ``run_sync`` (preflight checks, the mode, the wait,
+the snapshot timer, the recorder), ``run_snapshot``, ``run_verify`` and ``run_ls``.
 
-The CLI builds the settings and the hooks and calls these coroutines; they never read env vars
-and never print (they log)."""
+``rdsrecorder.runtime`` calls these coroutines with the settings, the hooks and the stop event;
+they never read env vars and never print (they log)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import tempfile
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
 import pendulum
 
 from rdsrecorder import __version__
 from rdsrecorder.aws import Aws
 from rdsrecorder.clock import Clock
+from rdsrecorder.config import (
+    AwsSettings,
+    LsSettings,
+    SnapshotSettings,
+    SyncSettings,
+    VerifySettings,
+)
 from rdsrecorder.errors import (
     EXIT_INCOMPLETE,
     EXIT_INTERRUPTED,
@@ -26,13 +35,16 @@ from rdsrecorder.errors import (
 )
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.manifest import Manifest, ManifestStore
-from rdsrecorder.rds import RdsSource, Target
-from rdsrecorder.s3 import S3Sink, spool_dir_usable
-from rdsrecorder.scheduler import Recorder, RunTotals, Window, summary_line
-from rdsrecorder.settings import SnapshotSettings, SyncSettings
+from rdsrecorder.rds.control import RdsControl, Target
+from rdsrecorder.rds.download import RdsDownloader
+from rdsrecorder.recorder import Recorder, RunTotals, summary_line
+from rdsrecorder.s3.bucket import Bucket
+from rdsrecorder.s3.upload import Uploader, resolve_spool_dir
 from rdsrecorder.snapshots import SnapshotResult, create_snapshot, wait_available
+from rdsrecorder.times import human, iso
 from rdsrecorder.transfer import Copier
-from rdsrecorder.window import Mode, classify, fmt, validate_snapshot_start, validate_sync_window
+from rdsrecorder.verify import RunSummary, VerifyReport, list_runs, verify_run
+from rdsrecorder.window import Mode, Window, classify
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +61,6 @@ class SyncReport:
     snapshot: SnapshotResult | None = None
     snapshot_error: str = ""
     interrupted: bool = False
-    errors: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -65,7 +76,7 @@ class SyncReport:
 class _TargetResolver:
     """Re-resolves a cluster each round so that members joining or leaving are followed."""
 
-    def __init__(self, rds: RdsSource, target: Target) -> None:
+    def __init__(self, rds: RdsControl, target: Target) -> None:
         self._rds = rds
         self._target = target
         self._seen: tuple[str, ...] = target.instances
@@ -93,7 +104,7 @@ async def wait_until(
             return True
         minutes, seconds = divmod(int(remaining_s), 60)
         hours, minutes = divmod(minutes, 60)
-        log.info("%s at %s: in %dh%02dm%02ds", what, fmt(deadline), hours, minutes, seconds)
+        log.info("%s at %s: in %dh%02dm%02ds", what, human(deadline), hours, minutes, seconds)
         step_s = min(remaining_s, COUNTDOWN_EVERY_S)
         if not await clock.sleep_until(clock.now() + step_s, stop):
             return False
@@ -101,7 +112,7 @@ async def wait_until(
 
 async def _fire_snapshot(
     aws: Aws,
-    rds: RdsSource,
+    rds: RdsControl,
     settings: SyncSettings,
     at: pendulum.DateTime,
     hooks: Hooks,
@@ -119,41 +130,31 @@ async def _fire_snapshot(
     store.note("snapshot", {"id": result.snapshot_id, "arn": result.arn, "kind": result.kind})
 
 
-def _spool_dir(setting: str | None) -> str | None:
-    """The directory parts are spooled to, or None to keep them in memory (see s3.py)."""
-    if setting == "memory":
-        log.info("parts are kept in memory: + 2 x part size per file in flight")
-        return None
-    directory = setting or tempfile.gettempdir()
-    problem = spool_dir_usable(directory)
-    if problem is None:
-        log.debug("parts are spooled to %s", directory)
-        return directory
-    if setting:
-        raise ConfigError(f"--spool-dir is not usable: {problem}")
-    log.warning(
-        "cannot spool parts to the temp dir (%s): keeping them in memory, + 2 x part size per "
-        "file in flight (set --spool-dir to a writable directory)",
-        problem,
-    )
-    return None
-
-
-async def _preflight(aws: Aws, sink: S3Sink, rds: RdsSource, identifier: str) -> Target:
+async def _preflight(aws: Aws, bucket: Bucket, rds: RdsControl, identifier: str) -> Target:
     """Credentials, bucket and DB checked at once (one round trip each), failures reported in
     the order a user fixes them: credentials first, then the bucket, then the DB."""
-    identity, bucket, target = await asyncio.gather(
+    identity, checked, target = await asyncio.gather(
         aws.check_credentials(),
-        sink.check_bucket(),
+        bucket.check_bucket(),
         rds.resolve(identifier),
         return_exceptions=True,
     )
-    for outcome in (identity, bucket, target):
+    for outcome in (identity, checked, target):
         if isinstance(outcome, BaseException):
             raise outcome
     assert isinstance(identity, str) and isinstance(target, Target)
     log.debug("credentials ok: %s", identity)
     return target
+
+
+def _bucket(aws: Aws, name: str, settings: AwsSettings) -> Bucket:
+    return Bucket(
+        aws,
+        name,
+        expected_bucket_owner=settings.expected_bucket_owner,
+        sse=settings.sse,
+        sse_kms_key_id=settings.sse_kms_key_id,
+    )
 
 
 async def run_sync(
@@ -167,7 +168,6 @@ async def run_sync(
     clock = clock or Clock()
     stop = stop or asyncio.Event()
     now = pendulum.from_timestamp(clock.now(), tz="UTC")
-    validate_sync_window(settings.start, settings.finish, now)
     mode = classify(settings.start, settings.finish, now)
     hooks.mode(mode.value)
     log.info(
@@ -175,39 +175,53 @@ async def run_sync(
         settings.run_id,
         mode.label,
         settings.db_identifier,
-        fmt(settings.start),
-        fmt(settings.finish) if settings.finish else "forever (no --finish)",
+        human(settings.start),
+        human(settings.finish) if settings.finish else "forever (no --finish)",
     )
     pool = max(10, settings.concurrency * 2 + 4)
-    spool_dir = _spool_dir(settings.spool_dir)
-    async with Aws(settings.aws, hooks, max_pool_connections=pool) as aws:
-        sink = S3Sink(
-            aws,
-            settings.bucket,
-            hooks,
-            part_size_bytes=settings.part_size_bytes,
-            expected_bucket_owner=settings.aws.expected_bucket_owner,
-            sse=settings.aws.sse,
-            sse_kms_key_id=settings.aws.sse_kms_key_id,
-            spool_dir=spool_dir,
+    spool_dir = resolve_spool_dir(settings.spool_dir)
+    async with Aws(settings.aws, hooks, max_pool_connections=pool, clock=clock) as aws:
+        bucket = _bucket(aws, settings.bucket, settings.aws)
+        uploader = Uploader(
+            bucket, hooks, part_size_bytes=settings.part_size_bytes, spool_dir=spool_dir
         )
-        async with RdsSource(aws, hooks, method=settings.download_method) as rds:
-            target = await _preflight(aws, sink, rds, settings.db_identifier)
+        rds = RdsControl(aws)
+        async with RdsDownloader(aws, hooks, method=settings.download_method) as downloader:
+            target = await _preflight(aws, bucket, rds, settings.db_identifier)
             log.info(
                 "%s %s: instance(s) %s",
                 target.kind,
                 target.identifier,
                 ", ".join(target.instances) or "none yet",
             )
-            store = ManifestStore(sink, settings.run_id, clock)
+            store = ManifestStore(bucket, settings.run_id, clock)
             manifest = await _open_manifest(store, settings, mode, target, clock)
             store.start(manifest)
             report = SyncReport(run_id=settings.run_id, mode=mode, totals=RunTotals())
             report.instances = target.instances
+            recorder = Recorder(
+                window=Window(
+                    start_s=settings.start.timestamp(),
+                    finish_s=settings.finish.timestamp() if settings.finish else None,
+                    mode=mode,
+                ),
+                run_id=settings.run_id,
+                per_instance_keys=target.kind == "cluster",
+                lister=rds,
+                resolver=_TargetResolver(rds, target),
+                copier=Copier(downloader, bucket, uploader, hooks, clock, settings.run_id),
+                manifest=store,
+                hooks=hooks,
+                clock=clock,
+                stop=stop,
+                concurrency=settings.concurrency,
+                poll_interval_s=settings.poll_interval_s,
+                finish_grace_s=settings.finish_grace_s,
+                shutdown_grace_s=settings.shutdown_grace_s,
+                include_plain=settings.include_plain,
+            )
             try:
-                await _record(
-                    aws, rds, sink, store, settings, mode, target, hooks, clock, stop, report
-                )
+                await _record(aws, rds, recorder, store, settings, mode, hooks, clock, stop, report)
             finally:
                 report.interrupted = report.interrupted or stop.is_set()
                 store.set_summary(_summary_counts(report.totals))
@@ -220,7 +234,7 @@ async def _open_manifest(
     store: ManifestStore, settings: SyncSettings, mode: Mode, target: Target, clock: Clock
 ) -> Manifest:
     existing = await store.load()
-    now_iso = pendulum.from_timestamp(clock.now(), tz="UTC").to_iso8601_string()
+    now_iso = iso(clock.now())
     if existing is not None:
         if existing.db_identifier != settings.db_identifier:
             raise ConfigError(
@@ -236,8 +250,8 @@ async def _open_manifest(
         run_id=settings.run_id,
         db_identifier=settings.db_identifier,
         bucket=settings.bucket,
-        window_start=settings.start.to_iso8601_string(),
-        window_finish=settings.finish.to_iso8601_string() if settings.finish else None,
+        window_start=iso(settings.start),
+        window_finish=iso(settings.finish) if settings.finish else None,
         mode=mode.value,
         version=__version__,
         started_at=now_iso,
@@ -252,12 +266,11 @@ async def _open_manifest(
 
 async def _record(
     aws: Aws,
-    rds: RdsSource,
-    sink: S3Sink,
+    rds: RdsControl,
+    recorder: Recorder,
     store: ManifestStore,
     settings: SyncSettings,
     mode: Mode,
-    target: Target,
     hooks: Hooks,
     clock: Clock,
     stop: asyncio.Event,
@@ -268,27 +281,6 @@ async def _record(
     ):
         report.interrupted = True
         return
-    recorder = Recorder(
-        window=Window(
-            start_s=settings.start.timestamp(),
-            finish_s=settings.finish.timestamp() if settings.finish else None,
-            mode=mode,
-        ),
-        run_id=settings.run_id,
-        per_instance_keys=target.kind == "cluster",
-        lister=rds,
-        resolver=_TargetResolver(rds, target),
-        copier=Copier(rds, sink, hooks, clock, settings.run_id),
-        manifest=store,
-        hooks=hooks,
-        clock=clock,
-        stop=stop,
-        concurrency=settings.concurrency,
-        poll_interval_s=settings.poll_interval_s,
-        finish_grace_s=settings.finish_grace_s,
-        shutdown_grace_s=settings.shutdown_grace_s,
-        include_plain=settings.include_plain,
-    )
     async with asyncio.TaskGroup() as tg:
         if mode is Mode.WAIT_AND_SYNC and settings.snapshot:
             # Fired at start, beside the recorder: a slow CreateDBSnapshot must not delay copying.
@@ -320,27 +312,47 @@ async def run_snapshot(
     hooks = hooks or Hooks()
     clock = clock or Clock()
     stop = stop or asyncio.Event()
-    validate_snapshot_start(settings.start, pendulum.from_timestamp(clock.now(), tz="UTC"))
-    async with Aws(settings.aws, hooks) as aws:
+    async with Aws(settings.aws, hooks, clock=clock) as aws:
         await aws.check_credentials()
-        async with RdsSource(aws, hooks) as rds:
-            target = await rds.resolve(settings.db_identifier)
-            log.info(
-                "snapshot of %s %s scheduled at %s",
-                target.kind,
-                target.identifier,
-                fmt(settings.start),
+        rds = RdsControl(aws)
+        target = await rds.resolve(settings.db_identifier)
+        log.info(
+            "snapshot of %s %s scheduled at %s",
+            target.kind,
+            target.identifier,
+            human(settings.start),
+        )
+        if not await wait_until(clock, settings.start, stop, "snapshot"):
+            return None
+        result = await create_snapshot(
+            aws, rds, settings.db_identifier, settings.start, settings.run_id, hooks
+        )
+        log.info("snapshot %s (%s) created: %s", result.snapshot_id, result.kind, result.arn)
+        if settings.wait:
+            result = await wait_available(
+                aws, result, timeout_s=SNAPSHOT_WAIT_TIMEOUT_S, hooks=hooks
             )
-            if not await wait_until(clock, settings.start, stop, "snapshot"):
-                return None
-            result = await create_snapshot(
-                aws, rds, settings.db_identifier, settings.start, settings.run_id, hooks
-            )
-            log.info("snapshot %s (%s) created: %s", result.snapshot_id, result.kind, result.arn)
-            if settings.wait:
-                result = await wait_available(
-                    aws, result, timeout_s=SNAPSHOT_WAIT_TIMEOUT_S, hooks=hooks
-                )
-                if result.status != "available":
-                    raise SnapshotError(f"snapshot {result.snapshot_id} ended as {result.status}")
-            return result
+            if result.status != "available":
+                raise SnapshotError(f"snapshot {result.snapshot_id} ended as {result.status}")
+        return result
+
+
+@asynccontextmanager
+async def open_bucket(name: str, settings: AwsSettings, hooks: Hooks) -> AsyncIterator[Bucket]:
+    """A checked bucket, for the commands that read one."""
+    async with Aws(settings, hooks) as aws:
+        bucket = _bucket(aws, name, settings)
+        await bucket.check_bucket()
+        yield bucket
+
+
+async def run_verify(settings: VerifySettings, hooks: Hooks | None = None) -> VerifyReport:
+    hooks = hooks or Hooks()
+    async with open_bucket(settings.bucket, settings.aws, hooks) as bucket:
+        return await verify_run(bucket, settings.run_id, hooks)
+
+
+async def run_ls(settings: LsSettings, hooks: Hooks | None = None) -> list[RunSummary]:
+    hooks = hooks or Hooks()
+    async with open_bucket(settings.bucket, settings.aws, hooks) as bucket:
+        return await list_runs(bucket)

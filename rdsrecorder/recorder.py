@@ -10,8 +10,8 @@ window, and starts a copy for every file that is *ready*:
 * after ``finish + grace`` a file that still has not rotated is copied as it is, with a warning.
 
 Backfill is simply the first round; following is the next rounds. Copies run in one
-``asyncio.TaskGroup``; a semaphore bounds the files in flight to ``concurrency``. Memory per file
-in flight is bounded by the sink (two part buffers): peak ~= base + concurrency x 2 x part size.
+``asyncio.TaskGroup``; a semaphore bounds the files in flight to ``concurrency`` (memory per file in
+flight: see the README, "Speed and memory").
 
 A stop ``Event`` (SIGTERM / SIGINT) ends the loop: no new copy starts, copies in flight get
 ``shutdown_grace_s`` to finish and are then cancelled (their multipart uploads are aborted).
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from rdsrecorder.clock import Clock
-from rdsrecorder.errors import AwsError, DbNotFoundError, RdsRecorderError
+from rdsrecorder.errors import AwsError, DbNotFoundError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.logfiles import (
     IDLE_SLACK_S,
@@ -39,15 +39,18 @@ from rdsrecorder.logfiles import (
     select,
 )
 from rdsrecorder.manifest import FileEntry
-from rdsrecorder.models import LogFile
-from rdsrecorder.transfer import Copier, iso
-from rdsrecorder.window import Mode, fmt
+from rdsrecorder.models import FileStatus, LogFile
+from rdsrecorder.times import human, iso
+from rdsrecorder.transfer import Copier
+from rdsrecorder.window import Mode, Window
 
 log = logging.getLogger(__name__)
 
 FULL_LISTING_EVERY = 10  # rounds; between them FileLastWritten keeps the listing small
 LISTING_MARGIN_MS = 5 * 60 * 1000  # LastWritten is updated lazily: look back a little further
 GRACE_EXTRA_S = 5 * 60
+IN_FLIGHT = "in-flight"
+ABORTED = "aborted"
 
 
 class Lister(Protocol):
@@ -70,13 +73,6 @@ class Resolver(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class Window:
-    start_s: float
-    finish_s: float | None
-    mode: Mode
-
-
 @dataclass
 class RunTotals:
     copied: int = 0
@@ -86,24 +82,25 @@ class RunTotals:
     lost: int = 0
     bytes: int = 0
     truncated_lines: int = 0
-    not_started: int = 0
+    not_started: int = 0  # ready, but the run was stopped before their copy began
     aborted: int = 0  # in flight when the run was stopped
     interrupted: bool = False
     entries: list[FileEntry] = field(default_factory=list)
 
     def add(self, entry: FileEntry) -> None:
         self.entries.append(entry)
-        if entry.status == "copied":
+        status = FileStatus(entry.status)
+        if status is FileStatus.COPIED:
             self.copied += 1
-        elif entry.status == "partial":
+        elif status is FileStatus.PARTIAL:
             self.partial += 1
-        elif entry.status == "skipped":
+        elif status is FileStatus.SKIPPED:
             self.skipped += 1
-        elif entry.status == "lost":
+        elif status is FileStatus.LOST:
             self.lost += 1
         else:
             self.failed += 1
-        if entry.status in ("copied", "partial"):
+        if status in (FileStatus.COPIED, FileStatus.PARTIAL):
             self.bytes += entry.size
         self.truncated_lines += entry.truncated_lines
 
@@ -148,7 +145,8 @@ class Recorder:
         self._shutdown_grace_s = shutdown_grace_s
         self._include_plain = include_plain
         self._known: dict[tuple[str, str], LogFile] = {}
-        self._state: dict[tuple[str, str], str] = {}  # "in-flight" or the final status
+        # IN_FLIGHT, ABORTED or the FileStatus a copy ended with
+        self._state: dict[tuple[str, str], str] = {}
         self._keys: dict[str, tuple[str, str]] = {}
         self._gaps: set[tuple[str, float, float]] = set()
         self._grace_warned: set[tuple[str, str]] = set()
@@ -167,7 +165,7 @@ class Recorder:
             if full:
                 # Expired by retention: forget files we are not copying any more.
                 for k in [k for k in self._known if k[0] == instance and k[1] not in seen]:
-                    if self._state.get(k) != "in-flight":
+                    if self._state.get(k) != IN_FLIGHT:
                         del self._known[k]
 
     def _since_ms(self, instance: str) -> int | None:
@@ -276,8 +274,10 @@ class Recorder:
         if (instance, start_s, end_s) in self._gaps:
             return
         self._gaps.add((instance, start_s, end_s))
-        log.info("%s: no log file covers %s .. %s (%s)", instance, fmt(start_s), fmt(end_s), reason)
-        self._manifest.add_gap(instance, iso(start_s) or "", iso(end_s) or "", reason)
+        log.info(
+            "%s: no log file covers %s .. %s (%s)", instance, human(start_s), human(end_s), reason
+        )
+        self._manifest.add_gap(instance, iso(start_s), iso(end_s), reason)
 
     # -- copying -----------------------------------------------------------------------------------
     async def _copy(self, sf: SpannedFile, key: str, complete: bool) -> None:
@@ -290,7 +290,7 @@ class Recorder:
             try:
                 entry = await self._copier.copy(sf, key, complete=complete)
             except asyncio.CancelledError:
-                self._state[ident] = "aborted"
+                self._state[ident] = ABORTED
                 self.totals.aborted += 1
                 raise
         self._state[ident] = entry.status
@@ -318,8 +318,8 @@ class Recorder:
         w = self._window
         log.info(
             "recording %s .. %s (%s), polling every %.0f s",
-            fmt(w.start_s),
-            fmt(w.finish_s) if w.finish_s is not None else "forever",
+            human(w.start_s),
+            human(w.finish_s) if w.finish_s is not None else "forever",
             w.mode.label,
             self._poll_interval_s,
         )
@@ -362,7 +362,7 @@ class Recorder:
         self._record_gaps(selected, spanned)
         ready, waiting = self._ready(selected, periods, self._clock.now())
         for sf, complete in ready:
-            self._state[(sf.instance, sf.name)] = "in-flight"
+            self._state[(sf.instance, sf.name)] = IN_FLIGHT
             task = tg.create_task(self._copy(sf, self._key(sf), complete))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -380,7 +380,7 @@ class Recorder:
         if not self._stop.is_set():
             await asyncio.wait(set(self._tasks))
             return
-        in_flight = [k for k, v in self._state.items() if v == "in-flight"]
+        in_flight = [k for k, v in self._state.items() if v == IN_FLIGHT]
         log.warning(
             "stopping: %d file(s) in flight get %.0f s to finish; the rest is aborted "
             "(re-run with the same --run-id to resume)",
@@ -398,8 +398,7 @@ def summary_line(t: RunTotals) -> str:
     return (
         f"{t.copied} copied, {t.partial} copied while still written, {t.skipped} already in S3, "
         f"{t.failed} failed, {t.lost} lost, {t.truncated_lines} truncated line(s), "
-        f"{t.bytes} bytes" + (f", {t.aborted} aborted by the stop" if t.aborted else "")
+        f"{t.bytes} bytes"
+        + (f", {t.aborted} aborted by the stop" if t.aborted else "")
+        + (f", {t.not_started} not started before the stop" if t.not_started else "")
     )
-
-
-__all__ = ["RdsRecorderError", "Recorder", "RunTotals", "Window", "summary_line"]

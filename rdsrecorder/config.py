@@ -1,0 +1,386 @@
+"""Configuration: one frozen settings type per command, built by one function per command from the
+typed values the CLI parsed, with every check of user input here and nowhere else.
+
+Adding an option means: its CLI parameter (``cli.py``) and its field + check here. The core reads
+these objects; it never reads env vars itself (AWS endpoint and credential env vars are botocore's:
+``AWS_ENDPOINT_URL_RDS``, ``AWS_ENDPOINT_URL_S3``, ``AWS_PROFILE`` ...).
+
+Every check raises ``ConfigError`` (exit 2) with one line that names the option."""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+import secrets
+import tempfile
+from dataclasses import dataclass, field
+
+import pendulum
+
+from rdsrecorder.errors import ConfigError
+from rdsrecorder.models import MIB, DownloadMethod
+from rdsrecorder.window import parse_when, validate_snapshot_start, validate_sync_window
+
+# -- defaults and limits (memory per file in flight: see the README, "Speed and memory") ---------
+DEFAULT_CONCURRENCY = 4
+MAX_CONCURRENCY = 64
+DEFAULT_PART_SIZE_MIB = 8
+MIN_PART_SIZE_MIB = 5  # S3's minimum part size
+MAX_PART_SIZE_MIB = 5 * 1024  # S3's maximum part size
+DEFAULT_PART_SIZE_BYTES = DEFAULT_PART_SIZE_MIB * MIB
+DEFAULT_MAX_API_RPS = 8.0  # under the account's ~12 req/s refill, leaves room for other tools
+DEFAULT_POLL_INTERVAL_S = 30.0
+MIN_POLL_INTERVAL_S = 1.0
+DEFAULT_METRICS_PORT = 9445
+DEFAULT_SHUTDOWN_GRACE_S = 5.0
+DEFAULT_MAX_ATTEMPTS = 8  # per AWS call, with exponential backoff + jitter
+MAX_FUTURE_S = 366 * 24 * 3600  # a start or finish further ahead is a typo, not a plan
+SPOOL_IN_MEMORY = "memory"
+
+_RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+_IP_RE = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
+_REGION_RE = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+_ACCOUNT_RE = re.compile(r"\d{12}")
+_KMS_KEY_RE = re.compile(r"[A-Za-z0-9:/_.+=@-]{1,2048}")
+
+
+class LogFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+class Sse(enum.StrEnum):
+    AES256 = "AES256"
+    KMS = "aws:kms"
+
+
+@dataclass(frozen=True, slots=True)
+class AwsSettings:
+    region: str | None = None  # None: the AWS config / env decides
+    expected_bucket_owner: str | None = None
+    sse: Sse | None = None
+    sse_kms_key_id: str | None = None
+    max_api_rps: float = DEFAULT_MAX_API_RPS
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+
+
+@dataclass(frozen=True, slots=True)
+class ObservabilitySettings:
+    debug: bool = False
+    log_format: LogFormat = LogFormat.TEXT
+    metrics_address: str = "0.0.0.0"
+    metrics_port: int = DEFAULT_METRICS_PORT  # 0 = no metrics server
+    progress: bool | None = None  # None = only when stderr is a terminal
+
+
+@dataclass(frozen=True, slots=True)
+class SyncSettings:
+    db_identifier: str
+    bucket: str
+    start: pendulum.DateTime
+    finish: pendulum.DateTime | None  # None = follow forever
+    run_id: str
+    concurrency: int = DEFAULT_CONCURRENCY
+    poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
+    finish_grace_s: float | None = None  # None = one rotation period + 5 min
+    snapshot: bool = True  # only used in Wait & Sync mode
+    download_method: DownloadMethod = DownloadMethod.AUTO
+    part_size_bytes: int = DEFAULT_PART_SIZE_BYTES
+    shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
+    include_plain: bool = False  # also copy the non-.csv twins
+    # Where parts wait while they fill and upload: None = the system temp dir (in memory when it
+    # is not writable), "memory" = in memory, else a directory (checked by ``build_sync``).
+    spool_dir: str | None = None
+    aws: AwsSettings = field(default_factory=AwsSettings)
+    obs: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotSettings:
+    db_identifier: str
+    start: pendulum.DateTime
+    run_id: str
+    wait: bool = False
+    aws: AwsSettings = field(default_factory=AwsSettings)
+    obs: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifySettings:
+    bucket: str
+    run_id: str
+    aws: AwsSettings = field(default_factory=AwsSettings)
+    obs: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+
+
+@dataclass(frozen=True, slots=True)
+class LsSettings:
+    bucket: str
+    aws: AwsSettings = field(default_factory=AwsSettings)
+    obs: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+
+
+def new_run_id(now: pendulum.DateTime) -> str:
+    return f"{now.in_timezone('UTC').format('YYYYMMDDTHHmmss')}-{secrets.token_hex(3)}"
+
+
+# -- checks --------------------------------------------------------------------------------------
+def _required(value: str | None, flag: str, env: str) -> str:
+    if value is None or not value.strip():
+        raise ConfigError(f"missing {flag} (or env {env})")
+    return value.strip()
+
+
+def _finite(value: float, flag: str) -> float:
+    if not math.isfinite(value):
+        raise ConfigError(f"{flag} must be a finite number, not {value}")
+    return value
+
+
+def _run_id(value: str | None, now: pendulum.DateTime) -> str:
+    if value is None or not value.strip():
+        return new_run_id(now)
+    if not _RUN_ID_RE.fullmatch(value):
+        raise ConfigError(
+            f"invalid --run-id {value!r}: 1-64 letters, digits, '.', '_' or '-', no '/'"
+        )
+    return value
+
+
+def _bucket(value: str | None) -> str:
+    name = _required(value, "--bucket", "AWS_S3_BUCKET_NAME")
+    if (
+        not _BUCKET_RE.fullmatch(name)
+        or ".." in name
+        or ".-" in name
+        or "-." in name
+        or _IP_RE.fullmatch(name)
+    ):
+        raise ConfigError(
+            f"invalid --bucket {name!r}: an S3 bucket name has 3-63 lower-case letters, digits, "
+            "'.' or '-', and starts and ends with a letter or digit"
+        )
+    return name
+
+
+def _region(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    region = value.strip()
+    if not _REGION_RE.fullmatch(region):
+        raise ConfigError(f"invalid --region {region!r}: expected a region such as eu-west-1")
+    return region
+
+
+def _account(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    if not _ACCOUNT_RE.fullmatch(value.strip()):
+        raise ConfigError(
+            f"invalid --expected-bucket-owner {value!r}: an AWS account id has 12 digits"
+        )
+    return value.strip()
+
+
+def _when(text: str, now: pendulum.DateTime, option: str) -> pendulum.DateTime:
+    when = parse_when(text, now, option=option)
+    if (when - now).total_seconds() > MAX_FUTURE_S:
+        raise ConfigError(f"{option}: {when.to_iso8601_string()} is more than a year ahead")
+    return when
+
+
+def _observability(
+    *,
+    debug: bool,
+    log_format: LogFormat,
+    metrics_address: str = "0.0.0.0",
+    metrics_port: int = 0,
+    progress: bool | None = False,
+) -> ObservabilitySettings:
+    if not 0 <= metrics_port <= 65535:
+        raise ConfigError(f"--metrics-port must be between 0 and 65535, not {metrics_port}")
+    if not metrics_address.strip():
+        raise ConfigError("--metrics-address must not be empty")
+    return ObservabilitySettings(
+        debug=debug,
+        log_format=log_format,
+        metrics_address=metrics_address.strip(),
+        metrics_port=metrics_port,
+        progress=progress,
+    )
+
+
+def check_spool_dir(setting: str | None) -> str | None:
+    """An explicit ``--spool-dir`` must be usable; the default (the temp dir) may fall back to
+    memory at run time, with a warning."""
+    if not setting or setting == SPOOL_IN_MEMORY:
+        return setting or None
+    from rdsrecorder.s3.upload import spool_dir_usable
+
+    problem = spool_dir_usable(setting)
+    if problem is not None:
+        raise ConfigError(f"--spool-dir is not usable: {problem}")
+    return setting
+
+
+def default_spool_dir() -> str:
+    return tempfile.gettempdir()
+
+
+# -- one builder per command -----------------------------------------------------------------------
+def build_sync(
+    *,
+    now: pendulum.DateTime,
+    start: str | None,
+    finish: str | None,
+    bucket: str | None,
+    db_identifier: str | None,
+    concurrency: int,
+    run_id: str | None,
+    region: str | None,
+    poll_interval_s: float,
+    finish_grace_s: float | None,
+    snapshot: bool,
+    download_method: DownloadMethod,
+    part_size_mib: int,
+    max_api_rps: float,
+    expected_bucket_owner: str | None,
+    sse: Sse | None,
+    sse_kms_key_id: str | None,
+    shutdown_grace_s: float,
+    include_plain: bool,
+    spool_dir: str | None,
+    metrics_address: str,
+    metrics_port: int,
+    log_format: LogFormat,
+    progress: bool | None,
+    debug: bool,
+) -> SyncSettings:
+    db = _required(db_identifier, "--db-identifier", "RDSRECORDER_DB_IDENTIFIER")
+    bucket_name = _bucket(bucket)
+    start_at = _when(_required(start, "--start", "RDSRECORDER_START"), now, "--start")
+    finish_at = _when(finish, now, "--finish") if finish else None
+    validate_sync_window(start_at, finish_at, now)
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise ConfigError(
+            f"--concurrency must be between 1 and {MAX_CONCURRENCY}, not {concurrency}"
+        )
+    if not MIN_PART_SIZE_MIB <= part_size_mib <= MAX_PART_SIZE_MIB:
+        raise ConfigError(
+            f"--part-size-mib must be between {MIN_PART_SIZE_MIB} and {MAX_PART_SIZE_MIB}, "
+            f"not {part_size_mib}"
+        )
+    if _finite(poll_interval_s, "--poll-interval") < MIN_POLL_INTERVAL_S:
+        raise ConfigError(f"--poll-interval must be at least 1 second, not {poll_interval_s}")
+    if _finite(max_api_rps, "--max-api-rps") <= 0:
+        raise ConfigError(f"--max-api-rps must be positive, not {max_api_rps}")
+    if finish_grace_s is not None and _finite(finish_grace_s, "--finish-grace") < 0:
+        raise ConfigError("--finish-grace must not be negative")
+    if _finite(shutdown_grace_s, "--shutdown-grace") < 0:
+        raise ConfigError("--shutdown-grace must not be negative")
+    if sse_kms_key_id and sse is not Sse.KMS:
+        raise ConfigError("--sse-kms-key-id needs --sse aws:kms")
+    if sse_kms_key_id and not _KMS_KEY_RE.fullmatch(sse_kms_key_id):
+        raise ConfigError(f"invalid --sse-kms-key-id {sse_kms_key_id!r}")
+    return SyncSettings(
+        db_identifier=db,
+        bucket=bucket_name,
+        start=start_at,
+        finish=finish_at,
+        run_id=_run_id(run_id, now),
+        concurrency=concurrency,
+        poll_interval_s=poll_interval_s,
+        finish_grace_s=finish_grace_s,
+        snapshot=snapshot,
+        download_method=download_method,
+        part_size_bytes=part_size_mib * MIB,
+        shutdown_grace_s=shutdown_grace_s,
+        include_plain=include_plain,
+        spool_dir=check_spool_dir(spool_dir),
+        aws=AwsSettings(
+            region=_region(region),
+            expected_bucket_owner=_account(expected_bucket_owner),
+            sse=sse,
+            sse_kms_key_id=sse_kms_key_id or None,
+            max_api_rps=max_api_rps,
+        ),
+        obs=_observability(
+            debug=debug,
+            log_format=log_format,
+            metrics_address=metrics_address,
+            metrics_port=metrics_port,
+            progress=progress,
+        ),
+    )
+
+
+def build_snapshot(
+    *,
+    now: pendulum.DateTime,
+    start: str | None,
+    db_identifier: str | None,
+    run_id: str | None,
+    region: str | None,
+    wait: bool,
+    metrics_address: str,
+    metrics_port: int,
+    log_format: LogFormat,
+    debug: bool,
+) -> SnapshotSettings:
+    db = _required(db_identifier, "--db-identifier", "RDSRECORDER_DB_IDENTIFIER")
+    start_at = _when(_required(start, "--start", "RDSRECORDER_START"), now, "--start")
+    validate_snapshot_start(start_at, now)
+    return SnapshotSettings(
+        db_identifier=db,
+        start=start_at,
+        run_id=_run_id(run_id, now),
+        wait=wait,
+        aws=AwsSettings(region=_region(region)),
+        obs=_observability(
+            debug=debug,
+            log_format=log_format,
+            metrics_address=metrics_address,
+            metrics_port=metrics_port,
+        ),
+    )
+
+
+def build_verify(
+    *,
+    run_id: str | None,
+    bucket: str | None,
+    region: str | None,
+    expected_bucket_owner: str | None,
+    log_format: LogFormat,
+    debug: bool,
+) -> VerifySettings:
+    run = _required(run_id, "--run-id", "RDSRECORDER_RUN_ID")
+    if not _RUN_ID_RE.fullmatch(run):
+        raise ConfigError(f"invalid --run-id {run!r}: 1-64 letters, digits, '.', '_' or '-'")
+    return VerifySettings(
+        bucket=_bucket(bucket),
+        run_id=run,
+        aws=AwsSettings(
+            region=_region(region), expected_bucket_owner=_account(expected_bucket_owner)
+        ),
+        obs=_observability(debug=debug, log_format=log_format),
+    )
+
+
+def build_ls(
+    *,
+    bucket: str | None,
+    region: str | None,
+    expected_bucket_owner: str | None,
+    log_format: LogFormat,
+    debug: bool,
+) -> LsSettings:
+    return LsSettings(
+        bucket=_bucket(bucket),
+        aws=AwsSettings(
+            region=_region(region), expected_bucket_owner=_account(expected_bucket_owner)
+        ),
+        obs=_observability(debug=debug, log_format=log_format),
+    )

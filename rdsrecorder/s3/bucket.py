@@ -1,0 +1,154 @@
+"""The bucket: every S3 call goes through it (``call``), with the expected owner on every request.
+It reads (the manifest, verify, ls, get) and writes small documents (the manifest); log objects
+are written by ``rdsrecorder.s3.upload.Uploader``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from rdsrecorder.aws import Aws
+from rdsrecorder.config import Sse
+from rdsrecorder.errors import AwsError, BucketError
+from rdsrecorder.models import MIB, ObjectInfo
+
+log = logging.getLogger(__name__)
+
+READ_CHUNK_BYTES = MIB  # GetObject streaming: memory per object being read
+NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
+_DENIED = frozenset({"403", "AccessDenied", "Forbidden", "AllAccessDisabled"})
+
+
+class Bucket:
+    def __init__(
+        self,
+        aws: Aws,
+        name: str,
+        *,
+        expected_bucket_owner: str | None = None,
+        sse: Sse | str | None = None,
+        sse_kms_key_id: str | None = None,
+    ) -> None:
+        self.aws = aws
+        self.name = name
+        self.owner: dict[str, str] = (
+            {"ExpectedBucketOwner": expected_bucket_owner} if expected_bucket_owner else {}
+        )
+        # SSE goes on every call that writes object data.
+        self.sse: dict[str, str] = {}
+        if sse:
+            self.sse["ServerSideEncryption"] = str(sse)
+            if sse_kms_key_id:
+                self.sse["SSEKMSKeyId"] = sse_kms_key_id
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.name}/{key}"
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        return await self.aws.call("s3", method, Bucket=self.name, **self.owner, **params)
+
+    # -- reading and listing ---------------------------------------------------------------------
+    async def check_bucket(self) -> None:
+        try:
+            await self.call("head_bucket")
+        except AwsError as exc:
+            if exc.code in NOT_FOUND:
+                raise BucketError(f"bucket {self.name!r} does not exist") from exc
+            if exc.code in _DENIED:
+                raise BucketError(
+                    f"access denied to bucket {self.name!r} (or it belongs to another account)"
+                ) from exc
+            raise BucketError(f"bucket {self.name!r} is not reachable: {exc}") from exc
+
+    async def _call_unless_missing(self, method: str, key: str) -> dict[str, Any] | None:
+        try:
+            return await self.call(method, Key=key)
+        except AwsError as exc:
+            if exc.code in NOT_FOUND:
+                return None
+            raise
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        resp = await self._call_unless_missing("head_object", key)
+        if resp is None:
+            return None
+        return ObjectInfo(key, int(resp.get("ContentLength", 0)), dict(resp.get("Metadata", {})))
+
+    async def get_bytes(self, key: str) -> bytes | None:
+        """The whole object (for small ones: the manifest); None if it does not exist."""
+        resp = await self._call_unless_missing("get_object", key)
+        if resp is None:
+            return None
+        try:
+            async with resp["Body"] as body:
+                data: bytes = await body.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AwsError(
+                f"s3 GetObject of {self.url(key)} broke off: {type(exc).__name__}: {exc}",
+                code="ReadError",
+                operation="GetObject",
+            ) from exc
+        return data
+
+    async def iter_object(self, key: str) -> AsyncIterator[bytes]:
+        """The object's bytes, streamed in chunks of at most ``READ_CHUNK_BYTES``."""
+        resp = await self.call("get_object", Key=key)
+        body = resp["Body"]
+        try:
+            async for chunk in body.iter_chunks(READ_CHUNK_BYTES):
+                yield chunk
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AwsError(
+                f"s3 GetObject of {self.url(key)} broke off: {type(exc).__name__}: {exc}",
+                code="ReadError",
+                operation="GetObject",
+            ) from exc
+        finally:
+            body.close()
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        """Every object under ``prefix`` (ListObjectsV2 pages); ``metadata`` is empty."""
+        params: dict[str, Any] = {"Prefix": prefix}
+        while True:
+            resp = await self.call("list_objects_v2", **params)
+            for item in resp.get("Contents", []):
+                yield ObjectInfo(str(item["Key"]), int(item.get("Size", 0)), {})
+            token = resp.get("NextContinuationToken")
+            if not resp.get("IsTruncated") or not token:
+                return
+            params["ContinuationToken"] = token
+
+    async def list_prefixes(self, prefix: str = "", delimiter: str = "/") -> list[str]:
+        out: list[str] = []
+        params: dict[str, Any] = {"Prefix": prefix, "Delimiter": delimiter}
+        while True:
+            resp = await self.call("list_objects_v2", **params)
+            out.extend(str(p["Prefix"]) for p in resp.get("CommonPrefixes", []))
+            token = resp.get("NextContinuationToken")
+            if not resp.get("IsTruncated") or not token:
+                return out
+            params["ContinuationToken"] = token
+
+    async def list_multipart_uploads(
+        self, prefix: str = "", *, page_size: int = 1000
+    ) -> list[dict[str, str]]:
+        """Multipart uploads in progress under ``prefix``: ``[{"Key": ..., "UploadId": ...}]``."""
+        out: list[dict[str, str]] = []
+        params: dict[str, Any] = {"Prefix": prefix, "MaxUploads": page_size}
+        while True:
+            resp = await self.call("list_multipart_uploads", **params)
+            out.extend(
+                {"Key": str(u["Key"]), "UploadId": str(u["UploadId"])}
+                for u in resp.get("Uploads", [])
+            )
+            if not resp.get("IsTruncated"):
+                return out
+            params["KeyMarker"] = resp.get("NextKeyMarker", "")
+            params["UploadIdMarker"] = resp.get("NextUploadIdMarker", "")
+
+    # -- small documents (the manifest) ----------------------------------------------------------
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        await self.call("put_object", Key=key, Body=data, ContentType=content_type, **self.sse)
