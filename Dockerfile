@@ -12,8 +12,13 @@ RUN python -m venv /opt/venv \
 
 FROM python:3.11-slim
 COPY --from=build /opt/venv /opt/venv
-RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin rdsrecorder
-USER rdsrecorder
+# A numeric USER, so that Kubernetes' runAsNonRoot can check it without a runAsUser. /tmp stays
+# world-writable (sticky): multipart parts are spooled there; with a read-only root file system
+# mount a volume on it (deploy/k8s does, with an emptyDir).
+RUN groupadd --gid 10001 rdsrecorder \
+ && useradd --create-home --uid 10001 --gid 10001 --shell /usr/sbin/nologin rdsrecorder \
+ && chmod 1777 /tmp
+USER 10001:10001
 WORKDIR /home/rdsrecorder
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
@@ -21,6 +26,6 @@ ENV PATH=/opt/venv/bin:$PATH \
     RDSRECORDER_METRICS_PORT=9445
 EXPOSE 9445
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
-  CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9445/healthz', timeout=4).status == 200 else 1)"]
+  CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('RDSRECORDER_METRICS_PORT', '9445'); sys.exit(0 if urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=4).status == 200 else 1)"]
 ENTRYPOINT ["rdsrecorder"]
 CMD ["--help"]

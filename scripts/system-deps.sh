@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Installs the system packages the test suite runs for real: PostgreSQL (the lab's live csvlog
-# source) and Prometheus + promtool (scraping and rule checks). Idempotent; needs root or sudo.
+# source), Prometheus + promtool (scraping and rule checks) and pgBadger (reads the copied csvlog
+# files as a user's log analyser would). Idempotent; needs root or sudo.
 set -euo pipefail
 need=()
 command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql)
+command -v pgbadger >/dev/null 2>&1 || need+=(pgbadger)
 command -v runuser >/dev/null 2>&1 || need+=(util-linux)
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
