@@ -138,7 +138,7 @@ async def test_describe_db_instances(rds: Any) -> None:
     assert len(one) == 1
     assert one[0]["Engine"] == "postgres"
     assert one[0]["DBInstanceStatus"] == "available"
-    assert one[0]["DBInstanceArn"] == f"arn:aws:rds:us-east-1:123456789012:db:{INSTANCE}"
+    assert one[0]["DBInstanceArn"] == f"arn:aws:rds:eu-west-1:123456789012:db:{INSTANCE}"
     assert "DBClusterIdentifier" not in one[0]
     by_arn = await rds.describe_db_instances(DBInstanceIdentifier=one[0]["DBInstanceArn"])
     assert by_arn["DBInstances"][0]["DBInstanceIdentifier"] == INSTANCE
@@ -537,14 +537,14 @@ async def test_cluster_snapshot_lifecycle_and_tags(rds: Any) -> None:
 
 
 async def test_tags_on_instances_and_unknown_resources(rds: Any) -> None:
-    arn = f"arn:aws:rds:us-east-1:123456789012:db:{INSTANCE}"
+    arn = f"arn:aws:rds:eu-west-1:123456789012:db:{INSTANCE}"
     await rds.add_tags_to_resource(ResourceName=arn, Tags=[{"Key": "team", "Value": "data"}])
     assert (await rds.list_tags_for_resource(ResourceName=arn))["TagList"] == [
         {"Key": "team", "Value": "data"}
     ]
     instance = (await rds.describe_db_instances(DBInstanceIdentifier=INSTANCE))["DBInstances"][0]
     assert instance["TagList"] == [{"Key": "team", "Value": "data"}]
-    prefix = "arn:aws:rds:us-east-1:123456789012"
+    prefix = "arn:aws:rds:eu-west-1:123456789012"
     cases = {
         f"{prefix}:snapshot:nope": "DBSnapshotNotFound",
         f"{prefix}:cluster-snapshot:nope": "DBClusterSnapshotNotFoundFault",

@@ -55,7 +55,7 @@ DEFAULT_CLUSTER_ENGINE = "aurora-postgresql"
 DEFAULT_LOG_RETENTION_MIN = 4320  # rds.log_retention_period: 3 days
 FILE_ACTIONS = ("append", "truncate", "replace", "delete")
 _MAX_DEPTH = 4  # error/ is one level; a bound keeps a symlink loop from walking forever
-_IDENTIFIER_RE = re.compile(r"^[A-Za-z](?:[A-Za-z0-9]|-(?!-))*(?<!-)$")
+IDENTIFIER_RE = re.compile(r"^[A-Za-z](?:[A-Za-z0-9]|-(?!-))*(?<!-)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +208,7 @@ class Catalog:
     ) -> Instance:
         """Create an instance (its directory and its ``lab.json`` entry); with ``cluster`` it
         joins that cluster (created when missing; its first member is the writer)."""
-        if not _IDENTIFIER_RE.match(identifier) or len(identifier) > 63:
+        if not IDENTIFIER_RE.match(identifier) or len(identifier) > 63:
             raise invalid(
                 f"The parameter DBInstanceIdentifier is not a valid identifier: {identifier!r}"
             )
@@ -232,7 +232,7 @@ class Catalog:
                 entry.setdefault("members", []).append(identifier)
 
         (self.root / identifier).mkdir(parents=True, exist_ok=True)
-        self._update_config(change)
+        self.update_config(change)
         return self.instance(identifier)
 
     def remove_instance(self, identifier: str) -> None:
@@ -257,12 +257,14 @@ class Catalog:
                     spec["writer"] = members[0]
 
         if (self.root / CLUSTERS_FILE).exists():
-            self._update_config(change)
+            self.update_config(change)
         path = instance.path
         if path.parent == self.root and path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
 
-    def _update_config(self, change: Callable[[dict[str, Any]], None]) -> None:
+    def update_config(self, change: Callable[[dict[str, Any]], None]) -> None:
+        """Apply ``change`` to the JSON of ``lab.json`` (``{}`` when missing) and write it back
+        atomically."""
         path = self.root / CLUSTERS_FILE
         try:
             raw = json.loads(path.read_text())
@@ -329,7 +331,7 @@ class Catalog:
         found = self._find(self.instances(), instance_id)
         if found is not None:
             base = found.path
-        elif _IDENTIFIER_RE.match(instance_id):
+        elif IDENTIFIER_RE.match(instance_id):
             base = self.root / instance_id
         else:
             raise db_not_found(instance_id)
