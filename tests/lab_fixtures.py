@@ -18,7 +18,13 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from rdsrecorder.lab import LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY, GeneratedFile, generate
+from rdsrecorder.lab import (
+    LAB_ACCESS_KEY_ID,
+    LAB_REGION,
+    LAB_SECRET_ACCESS_KEY,
+    GeneratedFile,
+    generate,
+)
 
 NO_RETRIES = Config(retries={"mode": "standard", "total_max_attempts": 1})
 INSTANCE = "lab-db"
@@ -88,7 +94,7 @@ def make_lab_root(root: Path) -> LabData:
 async def rds_client(url: str, *, retries: bool = False, **kwargs: Any) -> AsyncIterator[Any]:
     params: dict[str, Any] = {
         "endpoint_url": url,
-        "region_name": "us-east-1",
+        "region_name": LAB_REGION,
         "aws_access_key_id": LAB_ACCESS_KEY_ID,
         "aws_secret_access_key": LAB_SECRET_ACCESS_KEY,
     }
@@ -105,17 +111,17 @@ def signed_headers(
     access_key: str = LAB_ACCESS_KEY_ID,
     secret_key: str = LAB_SECRET_ACCESS_KEY,
     service: str = "rds",
-    region: str = "us-east-1",
+    region: str = LAB_REGION,
 ) -> dict[str, str]:
     request = AWSRequest(method="GET", url=url)
     SigV4Auth(Credentials(access_key, secret_key), service, region).add_auth(request)
     return dict(request.headers.items())
 
 
-def presigned(url: str, *, expires_s: int = 300) -> str:
+def presigned(url: str, *, expires_s: int = 300, region: str = LAB_REGION) -> str:
     request = AWSRequest(method="GET", url=url)
     auth = SigV4QueryAuth(
-        Credentials(LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY), "rds", "us-east-1", expires_s
+        Credentials(LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY), "rds", region, expires_s
     )
     auth.add_auth(request)
     return str(request.url)

@@ -138,7 +138,7 @@ async def test_describe_db_instances(rds: Any) -> None:
     assert len(one) == 1
     assert one[0]["Engine"] == "postgres"
     assert one[0]["DBInstanceStatus"] == "available"
-    assert one[0]["DBInstanceArn"] == f"arn:aws:rds:us-east-1:123456789012:db:{INSTANCE}"
+    assert one[0]["DBInstanceArn"] == f"arn:aws:rds:eu-west-1:123456789012:db:{INSTANCE}"
     assert "DBClusterIdentifier" not in one[0]
     by_arn = await rds.describe_db_instances(DBInstanceIdentifier=one[0]["DBInstanceArn"])
     assert by_arn["DBInstances"][0]["DBInstanceIdentifier"] == INSTANCE
@@ -300,12 +300,27 @@ async def test_too_many_lines_are_truncated_and_fewer_lines_recover(
         DBInstanceIdentifier=INSTANCE, LogFileName=WIDE, Marker="0"
     )  # NumberOfLines defaults to 10,000: 1.5 MB of lines
     text = first["LogFileData"].encode()
-    assert TRUNCATION_NOTICE.encode() in text
-    assert len(text) <= MAX_PORTION_BYTES
-    assert want.startswith(text[: text.index(b" " + TRUNCATION_NOTICE.encode())])
-    # The marker moved past all 10,000 lines: what did not fit is skipped.
+    # Cut at about 1 MiB (the cap, notice included), the notice on a line of its own.
+    assert MAX_PORTION_BYTES == 1_048_576
+    notice = b"\n " + TRUNCATION_NOTICE.encode() + b"\n"
+    assert text.endswith(notice) and text.count(TRUNCATION_NOTICE.encode()) == 1
+    assert MAX_PORTION_BYTES - 100 < len(text) <= MAX_PORTION_BYTES
+    kept = text[: -len(notice)]
+    assert want.startswith(kept)
+    cut_line = len(kept) // WIDE_LINE_BYTES
+    assert len(kept) % WIDE_LINE_BYTES != 0  # the cut falls inside a line ...
+    # ... and the marker moved past all 10,000 lines: the rest of that line, and the lines
+    # after it, are skipped.
     assert int(first["Marker"].split(":")[1]) == 10_000 * WIDE_LINE_BYTES
     assert first["AdditionalDataPending"] is True
+    after = await rds.download_db_log_file_portion(
+        DBInstanceIdentifier=INSTANCE, LogFileName=WIDE, Marker=first["Marker"], NumberOfLines=1
+    )
+    assert after["LogFileData"].encode() == want[10_000 * WIDE_LINE_BYTES :][:WIDE_LINE_BYTES]
+    # What a reader that trusts the markers gets: the cut line's head, then line 10,000.
+    got = kept + after["LogFileData"].encode()
+    assert got == want[: len(kept)] + want[10_000 * WIDE_LINE_BYTES : 10_001 * WIDE_LINE_BYTES]
+    assert not got[:-WIDE_LINE_BYTES].endswith(want[: (cut_line + 1) * WIDE_LINE_BYTES])
     # Asking again from the same marker with fewer lines gets everything.
     second = await rds.download_db_log_file_portion(
         DBInstanceIdentifier=INSTANCE, LogFileName=WIDE, Marker="0", NumberOfLines=5000
@@ -314,6 +329,7 @@ async def test_too_many_lines_are_truncated_and_fewer_lines_recover(
     assert second["Marker"].endswith(f":{5000 * WIDE_LINE_BYTES}")
     stats = await _stats(rds)
     assert stats["truncated_portions_by_file"] == {f"{INSTANCE}/{WIDE}": 1}
+    assert stats["calls_by_instance"] == {INSTANCE: {"DownloadDBLogFilePortion": 3}}
 
 
 async def _stats(rds: Any) -> dict[str, Any]:
@@ -329,7 +345,7 @@ async def test_line_over_1mb_is_cut_and_its_tail_lost(rds: Any, data: LabData) -
     assert len(responses) == 7
     long_portion = responses[3]["LogFileData"].encode()
     assert len(long_portion) <= MAX_PORTION_BYTES
-    assert long_portion.endswith(b" " + TRUNCATION_NOTICE.encode() + b"\n")
+    assert long_portion.endswith(b"\n " + TRUNCATION_NOTICE.encode() + b"\n")
     assert long_portion.startswith(b"L" * 900_000)
     # Everything around the long line is intact; the line itself lost its tail.
     assert got[: 3 * 101] == want[: 3 * 101] and got[-3 * 101 :] == want[-3 * 101 :]
@@ -521,14 +537,14 @@ async def test_cluster_snapshot_lifecycle_and_tags(rds: Any) -> None:
 
 
 async def test_tags_on_instances_and_unknown_resources(rds: Any) -> None:
-    arn = f"arn:aws:rds:us-east-1:123456789012:db:{INSTANCE}"
+    arn = f"arn:aws:rds:eu-west-1:123456789012:db:{INSTANCE}"
     await rds.add_tags_to_resource(ResourceName=arn, Tags=[{"Key": "team", "Value": "data"}])
     assert (await rds.list_tags_for_resource(ResourceName=arn))["TagList"] == [
         {"Key": "team", "Value": "data"}
     ]
     instance = (await rds.describe_db_instances(DBInstanceIdentifier=INSTANCE))["DBInstances"][0]
     assert instance["TagList"] == [{"Key": "team", "Value": "data"}]
-    prefix = "arn:aws:rds:us-east-1:123456789012"
+    prefix = "arn:aws:rds:eu-west-1:123456789012"
     cases = {
         f"{prefix}:snapshot:nope": "DBSnapshotNotFound",
         f"{prefix}:cluster-snapshot:nope": "DBClusterSnapshotNotFoundFault",

@@ -3,18 +3,32 @@
 Layout of a lab root::
 
     <root>/
-      lab.json                         optional: {"clusters": {"my-aurora": {
-                                           "members": ["my-aurora-1", "my-aurora-2"],
-                                           "writer": "my-aurora-1"}}}
+      lab.json                         optional, see below
       <instance>/error/postgresql.log.2024-03-04-19.csv
       <instance>/error/postgresql.log.2024-03-04-19
       ...
 
-Every sub-directory of the root is a DB instance (engine ``postgres``); every member named in
-``lab.json`` is one too (engine ``aurora-postgresql``, with its ``DBClusterIdentifier``), with or
-without a directory. Identifiers match case-insensitively, as on RDS. A log file's name is its
-path relative to the instance directory (``error/...``); hidden files are not listed. Symbolic
-links are followed (the lab's PostgreSQL writes its logs through one).
+Every sub-directory of the root is a DB instance; so is every instance named in ``lab.json``
+(as a cluster member or under ``instances``), with or without a directory (then it has no log
+files). Identifiers match case-insensitively, as on RDS. A log file's name is its path relative
+to the instance directory (``error/...``); hidden files are not listed; names may hold spaces,
+``%`` and non-ASCII characters, never a ``.``/``..`` part. Symbolic links are followed (the lab's
+PostgreSQL writes its logs through one).
+
+``lab.json`` (every key optional)::
+
+    {"instances": {"db-1": {"engine": "postgres",            # default: postgres, or the
+                            "tags": {"team": "shop"},        #   cluster's engine for members
+                            "log_retention_period_min": 4320,  # rds.log_retention_period
+                            "parameter_group": "shop-pg"}},    # default: "lab-<identifier>"
+     "clusters": {"my-aurora": {"members": ["my-aurora-1", "my-aurora-2"],
+                                "writer": "my-aurora-1",     # default: the first member
+                                "engine": "aurora-postgresql",
+                                "tags": {"team": "shop"}}}}
+
+``Catalog.add_instance`` / ``remove_instance`` / ``change_file`` change the root while the lab
+runs (the emulator's ``/_lab/instances`` and ``/_lab/files`` endpoints call them). A broken
+``lab.json`` is ignored with a warning (the directories still serve).
 """
 
 from __future__ import annotations
@@ -22,24 +36,37 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import dataclass
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from rdsrecorder.lab.awsxml import QueryError
+from rdsrecorder.lab.awsxml import QueryError, invalid
 
 log = logging.getLogger(__name__)
 
 ACCOUNT_ID = "123456789012"
 CLUSTERS_FILE = "lab.json"
+DEFAULT_ENGINE = "postgres"
+DEFAULT_CLUSTER_ENGINE = "aurora-postgresql"
+DEFAULT_LOG_RETENTION_MIN = 4320  # rds.log_retention_period: 3 days
+FILE_ACTIONS = ("append", "truncate", "replace", "delete")
 _MAX_DEPTH = 4  # error/ is one level; a bound keeps a symlink loop from walking forever
+IDENTIFIER_RE = re.compile(r"^[A-Za-z](?:[A-Za-z0-9]|-(?!-))*(?<!-)$")
 
 
 @dataclass(frozen=True, slots=True)
 class Instance:
     identifier: str
-    engine: str  # "postgres" or "aurora-postgresql"
+    engine: str  # "postgres", "aurora-postgresql", "mysql" ...
     cluster: str | None
     path: Path
+    tags: tuple[tuple[str, str], ...] = ()
+    log_retention_period_min: int = DEFAULT_LOG_RETENTION_MIN
+    parameter_group: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +74,24 @@ class Cluster:
     identifier: str
     members: tuple[str, ...]
     writer: str | None
+    engine: str = DEFAULT_CLUSTER_ENGINE
+    tags: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceSpec:
+    """An entry of ``lab.json``'s ``instances``."""
+
+    engine: str | None = None
+    tags: tuple[tuple[str, str], ...] = ()
+    log_retention_period_min: int = DEFAULT_LOG_RETENTION_MIN
+    parameter_group: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LabConfig:
+    clusters: dict[str, Cluster] = field(default_factory=dict)
+    instances: dict[str, InstanceSpec] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,28 +106,41 @@ def db_not_found(identifier: str) -> QueryError:
     return QueryError(404, "DBInstanceNotFound", f"DBInstance {identifier} not found.")
 
 
+def file_not_found(log_file_name: str) -> QueryError:
+    return QueryError(
+        404,
+        "DBLogFileNotFoundFault",
+        f"DBLog File: {log_file_name}, is not found on the DB instance",
+    )
+
+
 class Catalog:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._clusters_key: tuple[int, int] | None = None
-        self._clusters: dict[str, Cluster] = {}
+        self._config_key: tuple[int, int] | None = None
+        self._config = LabConfig()
 
-    # -- clusters and instances --------------------------------------------------------------------
-    def clusters(self) -> dict[str, Cluster]:
+    # -- lab.json ----------------------------------------------------------------------------------
+    def config(self) -> LabConfig:
         path = self.root / CLUSTERS_FILE
         try:
             st = path.stat()
         except FileNotFoundError:
-            self._clusters_key, self._clusters = None, {}
-            return {}
+            self._config_key, self._config = None, LabConfig()
+            return self._config
         key = (st.st_mtime_ns, st.st_size)
-        if key != self._clusters_key:
-            self._clusters_key = key
-            self._clusters = _read_clusters(path)
-        return self._clusters
+        if key != self._config_key:
+            self._config_key = key
+            self._config = _read_config(path)
+        return self._config
 
+    def clusters(self) -> dict[str, Cluster]:
+        return self.config().clusters
+
+    # -- clusters and instances --------------------------------------------------------------------
     def instances(self) -> dict[str, Instance]:
-        out: dict[str, Instance] = {}
+        config = self.config()
+        paths: dict[str, Path] = {}
         try:
             entries = sorted(os.scandir(self.root), key=lambda e: e.name)
         except FileNotFoundError:
@@ -90,14 +148,29 @@ class Catalog:
         for entry in entries:
             if entry.name.startswith((".", "_")) or not entry.is_dir():
                 continue
-            out[entry.name] = Instance(entry.name, "postgres", None, Path(entry.path))
-        for cluster in self.clusters().values():
+            paths[entry.name] = Path(entry.path)
+        member_of: dict[str, Cluster] = {}
+        for cluster in config.clusters.values():
             for member in cluster.members:
-                existing = self._find(out, member)
-                name = existing.identifier if existing else member
-                out[name] = Instance(
-                    name, "aurora-postgresql", cluster.identifier, self.root / name
-                )
+                member_of[member.lower()] = cluster
+        names = {n.lower(): n for n in paths}
+        for name in [*config.instances, *member_of]:
+            names.setdefault(name.lower(), name)
+        specs = {k.lower(): v for k, v in config.instances.items()}
+        out: dict[str, Instance] = {}
+        for lowered, name in sorted(names.items(), key=lambda kv: kv[1]):
+            owner = member_of.get(lowered)
+            spec = specs.get(lowered, InstanceSpec())
+            engine = spec.engine or (owner.engine if owner else DEFAULT_ENGINE)
+            out[name] = Instance(
+                name,
+                engine,
+                owner.identifier if owner else None,
+                paths.get(name, self.root / name),
+                spec.tags,
+                spec.log_retention_period_min,
+                spec.parameter_group or f"lab-{name.lower()}",
+            )
         return out
 
     def instance(self, identifier: str) -> Instance:
@@ -123,6 +196,90 @@ class Catalog:
                 return instance
         return None
 
+    def add_instance(
+        self,
+        identifier: str,
+        *,
+        engine: str = DEFAULT_ENGINE,
+        tags: Mapping[str, str] | None = None,
+        cluster: str | None = None,
+        log_retention_period_min: int = DEFAULT_LOG_RETENTION_MIN,
+        parameter_group: str | None = None,
+    ) -> Instance:
+        """Create an instance (its directory and its ``lab.json`` entry); with ``cluster`` it
+        joins that cluster (created when missing; its first member is the writer)."""
+        if not IDENTIFIER_RE.match(identifier) or len(identifier) > 63:
+            raise invalid(
+                f"The parameter DBInstanceIdentifier is not a valid identifier: {identifier!r}"
+            )
+        if self._find(self.instances(), identifier) is not None:
+            raise QueryError(
+                400, "DBInstanceAlreadyExists", f"DB instance {identifier} already exists."
+            )
+        spec: dict[str, Any] = {
+            "engine": engine,
+            "tags": dict(tags or {}),
+            "log_retention_period_min": log_retention_period_min,
+        }
+        if parameter_group:
+            spec["parameter_group"] = parameter_group
+        _check_spec(identifier, spec)
+
+        def change(raw: dict[str, Any]) -> None:
+            raw.setdefault("instances", {})[identifier] = spec
+            if cluster is not None:
+                entry = raw.setdefault("clusters", {}).setdefault(cluster, {"members": []})
+                entry.setdefault("members", []).append(identifier)
+
+        (self.root / identifier).mkdir(parents=True, exist_ok=True)
+        self.update_config(change)
+        return self.instance(identifier)
+
+    def remove_instance(self, identifier: str) -> None:
+        """Delete an instance: its ``lab.json`` entries, its cluster membership (a cluster left
+        without members goes too) and its directory with its log files."""
+        instance = self.instance(identifier)
+        name = instance.identifier
+
+        def change(raw: dict[str, Any]) -> None:
+            instances = raw.get("instances", {})
+            for key in [k for k in instances if k.lower() == name.lower()]:
+                del instances[key]
+            clusters = raw.get("clusters", {})
+            for cluster_id in list(clusters):
+                spec = clusters[cluster_id]
+                members = [m for m in spec.get("members", []) if m.lower() != name.lower()]
+                if not members:
+                    del clusters[cluster_id]
+                    continue
+                spec["members"] = members
+                if spec.get("writer", "").lower() == name.lower():
+                    spec["writer"] = members[0]
+
+        if (self.root / CLUSTERS_FILE).exists():
+            self.update_config(change)
+        path = instance.path
+        if path.parent == self.root and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+
+    def update_config(self, change: Callable[[dict[str, Any]], None]) -> None:
+        """Apply ``change`` to the JSON of ``lab.json`` (``{}`` when missing) and write it back
+        atomically."""
+        path = self.root / CLUSTERS_FILE
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ValueError(f"{path} does not hold a JSON object")
+        change(raw)
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".lab.json.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(raw, f, indent=2, sort_keys=True)
+        os.replace(tmp, path)
+        self._config_key = None  # same size within the same tick must not hide the change
+
     # -- log files ---------------------------------------------------------------------------------
     def log_files(self, instance: Instance) -> list[LogFileEntry]:
         out: list[LogFileEntry] = []
@@ -145,21 +302,82 @@ class Catalog:
         return out
 
     def log_file_path(self, instance: Instance, log_file_name: str) -> Path:
-        parts = log_file_name.split("/")
-        bad = (
-            not log_file_name
-            or "\\" in log_file_name
-            or "\x00" in log_file_name
-            or any(p in ("", ".", "..") or p.startswith(".") for p in parts)
-        )
-        path = instance.path.joinpath(*parts)
-        if bad or not path.is_file():
-            raise QueryError(
-                404,
-                "DBLogFileNotFoundFault",
-                f"DBLog File: {log_file_name}, is not found on the DB instance",
-            )
+        path = _safe_path(instance.path, log_file_name)
+        if path is None or not path.is_file():
+            raise file_not_found(log_file_name)
         return path
+
+    def change_file(
+        self,
+        instance_id: str,
+        log_file_name: str,
+        action: str,
+        *,
+        data: bytes = b"",
+        size: int | None = None,
+        last_written_s: float | None = None,
+    ) -> LogFileEntry | None:
+        """Change a log file under a running lab; returns the file as listed now (None once
+        deleted).
+
+        ``append`` adds ``data`` (creating the file), ``truncate`` cuts it to ``size`` bytes,
+        ``replace`` gives the name new content (a new file moved over the old one, so a stream
+        already open goes on reading the old content, as on a real file system; it also creates
+        a file), ``delete`` removes it. An unknown instance gets a directory (it appears as a
+        ``postgres`` instance). ``last_written_s`` sets the mtime (LastWritten) afterwards.
+        """
+        if action not in FILE_ACTIONS:
+            raise ValueError(f"action must be one of {', '.join(FILE_ACTIONS)}, not {action!r}")
+        found = self._find(self.instances(), instance_id)
+        if found is not None:
+            base = found.path
+        elif IDENTIFIER_RE.match(instance_id):
+            base = self.root / instance_id
+        else:
+            raise db_not_found(instance_id)
+        path = _safe_path(base, log_file_name)
+        if path is None:
+            raise ValueError(f"refusing the log file name {log_file_name!r}")
+        exists = path.is_file()
+        if action in ("truncate", "delete") and not exists:
+            raise file_not_found(log_file_name)
+        if action == "delete":
+            path.unlink()
+            return None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if action == "append":
+            with path.open("ab") as f:
+                f.write(data)
+        elif action == "truncate":
+            if size is None or size < 0:
+                raise ValueError("truncate needs a size >= 0")
+            os.truncate(path, size)
+        else:
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".replace.")
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        if last_written_s is not None:
+            os.utime(path, (last_written_s, last_written_s))
+        st = path.stat()
+        return LogFileEntry(log_file_name, path, st.st_mtime_ns // 1_000_000, st.st_size)
+
+
+def _safe_path(base: Path, log_file_name: str) -> Path | None:
+    """The file a LogFileName names inside ``base``, or None when the name could leave it
+    (a ``..`` part, absolute, backslashes, NUL) or names a hidden file."""
+    parts = log_file_name.split("/")
+    bad = (
+        not log_file_name
+        or "\\" in log_file_name
+        or "\x00" in log_file_name
+        or any(p in ("", ".", "..") or p.startswith(".") for p in parts)
+    )
+    if bad:
+        return None
+    # Symbolic links inside the data directory are followed (the lab's PostgreSQL puts its log
+    # directory behind one): whoever owns the directory chose them; a request cannot add one.
+    return base.joinpath(*parts)
 
 
 def _strip_arn(identifier: str, kind: str) -> str:
@@ -170,18 +388,44 @@ def _strip_arn(identifier: str, kind: str) -> str:
     return identifier
 
 
-def _read_clusters(path: Path) -> dict[str, Cluster]:
+def _tags(value: Any, where: str) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError(f"tags of {where} must be an object of strings")
+    return tuple((str(k), v) for k, v in value.items())
+
+
+def _check_spec(name: str, spec: Any) -> InstanceSpec:
+    if not isinstance(spec, dict):
+        raise ValueError(f"instance {name!r} must be an object")
+    engine = spec.get("engine")
+    if engine is not None and (not isinstance(engine, str) or not engine):
+        raise ValueError(f"engine of {name!r} must be a non-empty string")
+    retention = spec.get("log_retention_period_min", DEFAULT_LOG_RETENTION_MIN)
+    if isinstance(retention, bool) or not isinstance(retention, int) or retention < 1:
+        raise ValueError(f"log_retention_period_min of {name!r} must be an integer >= 1")
+    group = spec.get("parameter_group")
+    if group is not None and (not isinstance(group, str) or not group):
+        raise ValueError(f"parameter_group of {name!r} must be a non-empty string")
+    return InstanceSpec(engine, _tags(spec.get("tags", {}), repr(name)), retention, group)
+
+
+def _read_config(path: Path) -> LabConfig:
     try:
         data = json.loads(path.read_text())
-        raw = data.get("clusters", {})
-        out: dict[str, Cluster] = {}
-        for name, spec in raw.items():
+        clusters: dict[str, Cluster] = {}
+        for name, spec in data.get("clusters", {}).items():
             members = tuple(str(m) for m in spec.get("members", []))
             writer = spec.get("writer", members[0] if members else None)
             if writer is not None and writer not in members:
                 raise ValueError(f"writer {writer!r} of {name!r} is not a member")
-            out[str(name)] = Cluster(str(name), members, writer)
-        return out
+            engine = str(spec.get("engine", DEFAULT_CLUSTER_ENGINE))
+            tags = _tags(spec.get("tags", {}), repr(name))
+            clusters[str(name)] = Cluster(str(name), members, writer, engine, tags)
+        instances = {
+            str(name): _check_spec(str(name), spec)
+            for name, spec in data.get("instances", {}).items()
+        }
+        return LabConfig(clusters, instances)
     except (OSError, ValueError, AttributeError, TypeError) as exc:
         log.warning("ignoring %s: %s", path, exc)
-        return {}
+        return LabConfig()

@@ -53,9 +53,13 @@ in the credential scope is accepted and echoed in ARNs).
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import datetime as dt
 import hashlib
 import logging
+import math
+import os
 import random
 import re
 import time
@@ -72,16 +76,24 @@ from aiohttp import web
 
 from rdsrecorder.lab import awsxml, sigv4
 from rdsrecorder.lab.awsxml import QueryError, XmlList, invalid
-from rdsrecorder.lab.catalog import ACCOUNT_ID, Catalog, Instance, LogFileEntry
+from rdsrecorder.lab.catalog import (
+    ACCOUNT_ID,
+    DEFAULT_LOG_RETENTION_MIN,
+    Catalog,
+    Instance,
+    LogFileEntry,
+)
 from rdsrecorder.lab.faults import Faults
 from rdsrecorder.lab.portion import (
     BINARY_DATA_MESSAGE,
     MAX_LINES_PER_PORTION,
+    MAX_PORTION_BYTES,
     BinaryDataError,
     MarkerError,
     Portion,
     format_marker,
     parse_marker,
+    read_overlap,
     read_portion,
     read_tail,
     to_xml_text,
@@ -91,7 +103,9 @@ log = logging.getLogger(__name__)
 
 LAB_ACCESS_KEY_ID = "LABACCESSKEY"
 LAB_SECRET_ACCESS_KEY = "labsecret"  # fixed and documented: the lab is not a security boundary
-LAB_REGION = "us-east-1"
+# Not us-east-1: there the AWS CLI v1 sends RDS calls to the global endpoint whatever
+# AWS_ENDPOINT_URL_RDS says. Clients may sign for any region; the lab echoes it in ARNs.
+LAB_REGION = "eu-west-1"
 ENGINE_VERSION = "15.5"
 DEFAULT_LOG_FILES_PAGE = 100
 MAX_LOG_FILES_PAGE = 1000
@@ -141,8 +155,13 @@ class LabStats:
     complete_downloads: Counter[str] = field(default_factory=Counter)
     complete_bytes_by_file: Counter[str] = field(default_factory=Counter)
     max_concurrent_downloads: int = 0
+    calls_by_instance: dict[str, Counter[str]] = field(default_factory=dict)
+    throttled_by_action: Counter[str] = field(default_factory=Counter)
     _portion_in_flight: set[str] = field(default_factory=set)
     _complete_in_flight: Counter[str] = field(default_factory=Counter)
+
+    def instance_call(self, instance: str, action: str) -> None:
+        self.calls_by_instance.setdefault(instance, Counter())[action] += 1
 
     def in_flight(self) -> set[str]:
         return self._portion_in_flight | {k for k, n in self._complete_in_flight.items() if n > 0}
@@ -178,6 +197,9 @@ class LabStats:
             "complete_bytes_by_file": dict(self.complete_bytes_by_file),
             "in_flight": sorted(self.in_flight()),
             "max_concurrent_downloads": self.max_concurrent_downloads,
+            "calls_by_instance": {k: dict(v) for k, v in sorted(self.calls_by_instance.items())},
+            "throttled": sum(self.throttled_by_action.values()),
+            "throttled_by_action": dict(self.throttled_by_action),
         }
 
 
@@ -194,6 +216,25 @@ class _Pacer:
         start = max(now, self._free_at)
         self._free_at = start + nbytes * 8 / (mbps * 1_000_000)
         await asyncio.sleep(self._free_at - now)
+
+
+class _TokenBucket:
+    """The account's request budget: ``burst`` tokens, ``refill_per_s`` back per second."""
+
+    def __init__(self, burst: int, refill_per_s: float) -> None:
+        self.burst = burst
+        self.refill_per_s = refill_per_s
+        self._tokens = float(burst)
+        self._at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.refill_per_s)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
 
 class RdsEmulator:
@@ -219,6 +260,7 @@ class RdsEmulator:
         self._faults = faults or Faults()
         self._rng = random.Random(self._faults.seed)
         self._rds_calls = 0
+        self._bucket = _TokenBucket(self._faults.account_burst, self._faults.account_refill_per_s)
         self._snapshots: dict[str, _Snapshot] = {}
         self._cluster_snapshots: dict[str, _Snapshot] = {}
         self._tags: dict[str, dict[str, str]] = {}  # "<kind>:<id>" -> tags
@@ -227,6 +269,7 @@ class RdsEmulator:
             "DescribeDBInstances": self._describe_db_instances,
             "DescribeDBClusters": self._describe_db_clusters,
             "DescribeDBLogFiles": self._describe_db_log_files,
+            "DescribeDBParameters": self._describe_db_parameters,
             "DownloadDBLogFilePortion": self._download_portion,
             "CreateDBSnapshot": self._create_db_snapshot,
             "CreateDBClusterSnapshot": self._create_db_cluster_snapshot,
@@ -246,6 +289,9 @@ class RdsEmulator:
         self.app.router.add_patch("/_lab/faults", self._post_faults)
         self.app.router.add_get("/_lab/stats", self._get_stats)
         self.app.router.add_post("/_lab/stats/reset", self._reset_stats)
+        self.app.router.add_post("/_lab/files", self._post_files)
+        self.app.router.add_get("/_lab/instances", self._get_instances)
+        self.app.router.add_post("/_lab/instances", self._post_instances)
 
     # -- control -----------------------------------------------------------------------------------
     @property
@@ -256,6 +302,7 @@ class RdsEmulator:
         self._faults = faults
         self._rng = random.Random(faults.seed)
         self._rds_calls = 0
+        self._bucket = _TokenBucket(faults.account_burst, faults.account_refill_per_s)
         log.info("lab faults set: %s", faults.to_dict())
 
     def stats(self) -> dict[str, Any]:
@@ -279,6 +326,8 @@ class RdsEmulator:
         sts = action in _STS_ACTIONS
         namespace = awsxml.STS_NAMESPACE if sts else awsxml.RDS_NAMESPACE
         self._stats.calls[action or "(none)"] += 1
+        if instance_param := params.get("DBInstanceIdentifier"):
+            self._stats.instance_call(instance_param, action)
         region = sigv4.credential_region(request.headers, request.query_string) or LAB_REGION
         call = _Call(request, params, action, request_id, region)
         try:
@@ -291,7 +340,7 @@ class RdsEmulator:
                     400, "InvalidAction", f"The action {action or '(none)'} is not valid."
                 )
             if not sts:
-                self._inject_call_faults()
+                self._inject_call_faults(action)
             result = await handler(call)
         except QueryError as exc:
             return self._error(exc, request_id, namespace)
@@ -322,11 +371,16 @@ class RdsEmulator:
             self._stats.faults["latency"] += 1
             await asyncio.sleep(self._faults.latency_ms / 1000)
 
-    def _inject_call_faults(self) -> None:
+    def _inject_call_faults(self, action: str) -> None:
         faults = self._faults
         self._rds_calls += 1
+        if faults.account_burst and not self._bucket.take():
+            self._stats.faults["account_throttled"] += 1
+            self._stats.throttled_by_action[action] += 1
+            raise QueryError(400, "Throttling", "Rate exceeded")
         if faults.throttle_every_n and self._rds_calls % faults.throttle_every_n == 0:
             self._stats.faults["throttled"] += 1
+            self._stats.throttled_by_action[action] += 1
             raise QueryError(400, "Throttling", "Rate exceeded")
         if faults.error_rate and self._rng.random() < faults.error_rate:
             self._stats.faults["internal_errors"] += 1
@@ -364,6 +418,10 @@ class RdsEmulator:
         ident = instance.identifier
         aurora = instance.cluster is not None
         arn = f"arn:aws:rds:{call.region}:{ACCOUNT_ID}:db:{ident}"
+        group = {
+            "DBParameterGroupName": instance.parameter_group,
+            "ParameterApplyStatus": "in-sync",
+        }
         return {
             "DBInstanceIdentifier": ident,
             "DBInstanceClass": "db.r6g.large" if aurora else "db.t4g.micro",
@@ -380,8 +438,9 @@ class RdsEmulator:
             "DbInstancePort": 0,
             "DBClusterIdentifier": instance.cluster,
             "DbiResourceId": "db-" + _resource_id(ident),
+            "DBParameterGroups": XmlList("DBParameterGroup", [group]),
             "DBInstanceArn": arn,
-            "TagList": _tag_list(self._tags.get(f"db:{ident.lower()}", {})),
+            "TagList": _tag_list(self._resource_tags(f"db:{ident.lower()}", instance.tags)),
         }
 
     async def _describe_db_clusters(self, call: _Call) -> Mapping[str, Any]:
@@ -405,7 +464,7 @@ class RdsEmulator:
                     "Endpoint": f"{ident}.cluster.lab.rds.localhost",
                     "ReaderEndpoint": f"{ident}.cluster-ro.lab.rds.localhost",
                     "MultiAZ": len(cluster.members) > 1,
-                    "Engine": "aurora-postgresql",
+                    "Engine": cluster.engine,
                     "EngineVersion": ENGINE_VERSION,
                     "Port": 5432,
                     "MasterUsername": "postgres",
@@ -426,15 +485,35 @@ class RdsEmulator:
                     "DBClusterArn": f"arn:aws:rds:{call.region}:{ACCOUNT_ID}:cluster:{ident}",
                     "ClusterCreateTime": _LAB_EPOCH,
                     "EngineMode": "provisioned",
-                    "TagList": _tag_list(self._tags.get(f"cluster:{ident.lower()}", {})),
+                    "TagList": _tag_list(
+                        self._resource_tags(f"cluster:{ident.lower()}", cluster.tags)
+                    ),
                 }
             )
         return {"Marker": marker, "DBClusters": XmlList("DBCluster", items)}
+
+    async def _describe_db_parameters(self, call: _Call) -> Mapping[str, Any]:
+        group = awsxml.required(call.params, "DBParameterGroupName")
+        owners = [
+            i
+            for i in self.catalog.instances().values()
+            if i.parameter_group.lower() == group.lower()
+        ]
+        if not owners:
+            raise QueryError(
+                404, "DBParameterGroupNotFound", f"DBParameterGroup not found: {group}"
+            )
+        instance = owners[0]  # instances sharing a group share its settings: the first one's
+        source = call.params.get("Source")
+        params = [p for p in _parameters(instance) if source in (None, "", p["Source"])]
+        page, marker = _page(params, call.params, default=100, minimum=20, maximum=100)
+        return {"Parameters": XmlList("Parameter", page), "Marker": marker}
 
     # -- log files ---------------------------------------------------------------------------------
     async def _describe_db_log_files(self, call: _Call) -> Mapping[str, Any]:
         params = call.params
         instance = self.catalog.instance(awsxml.required(params, "DBInstanceIdentifier"))
+        self._inject_list_error(instance, call.region)
         files = self.catalog.log_files(instance)
         contains = params.get("FilenameContains")
         if contains:
@@ -464,6 +543,25 @@ class RdsEmulator:
             "Marker": page[-1][0] if len(keyed) > page_size else None,
         }
 
+    def _inject_list_error(self, instance: Instance, region: str) -> None:
+        faults = self._faults
+        if not faults.list_fails(instance.identifier):
+            return
+        self._stats.faults["list_errors"] += 1
+        ident = instance.identifier
+        if faults.list_error == "AccessDenied":
+            raise QueryError(
+                403,
+                "AccessDenied",
+                f"User: arn:aws:iam::{ACCOUNT_ID}:user/rdsrecorder-lab is not authorized to "
+                "perform: rds:DescribeDBLogFiles on resource: "
+                f"arn:aws:rds:{region}:{ACCOUNT_ID}:db:{ident} because no identity-based "
+                "policy allows the rds:DescribeDBLogFiles action",
+            )
+        if faults.list_error == "DBInstanceNotFound":
+            raise QueryError(404, "DBInstanceNotFound", f"DBInstance {ident} not found.")
+        raise QueryError(500, "InternalFailure", "The request processing has failed.", sender=False)
+
     async def _download_portion(self, call: _Call) -> web.StreamResponse:
         params = call.params
         instance = self.catalog.instance(awsxml.required(params, "DBInstanceIdentifier"))
@@ -485,13 +583,15 @@ class RdsEmulator:
         if faults.names_file(faults.binary_files, instance.identifier, name):
             stats.faults["binary"] += 1
             raise invalid(BINARY_DATA_MESSAGE)
-        portion = self._read(path, marker, lines)
+        portion, data = self._portion_data(path, marker, lines)
         try:
-            text = to_xml_text(portion.data)
+            text = to_xml_text(data)
         except BinaryDataError as exc:
             raise invalid(str(exc)) from None
         out_marker = format_marker(name, portion.next_offset)
         pending = portion.pending
+        if pending and marker is not None and self._early_eof(instance, name, portion):
+            pending = False
         stuck = marker not in (None, "0") and faults.names_file(
             faults.stuck_marker_files, instance.identifier, name
         )
@@ -504,7 +604,7 @@ class RdsEmulator:
                 stats.portion_started(key)
             else:
                 stats.portion_finished(key)
-        stats.portion_bytes_by_file[key] += len(portion.data)
+        stats.portion_bytes_by_file[key] += len(data)
         if portion.truncated:
             stats.truncated_portions_by_file[key] += 1
         result = {
@@ -513,18 +613,37 @@ class RdsEmulator:
             "AdditionalDataPending": pending,
         }
         body = awsxml.response(call.action, result, call.request_id, awsxml.RDS_NAMESPACE)
-        await self._pacer.take(len(portion.data), faults.bandwidth_mbps)
+        if faults.portion_ms_per_mb:
+            await asyncio.sleep(len(data) / 1e6 * faults.portion_ms_per_mb / 1000)
+        await self._pacer.take(len(data), faults.bandwidth_mbps)
         if faults.reset_rate and self._rng.random() < faults.reset_rate:
             stats.faults["resets"] += 1
             return await _reset_midway(call.request, body.encode())
         return _xml(body, call.request_id)
 
+    def _portion_data(self, path: Path, marker: str | None, lines: int) -> tuple[Portion, bytes]:
+        """The portion and the LogFileData it sends (with the overlap_bytes fault, some bytes
+        before the marker come first)."""
+        overlap = self._faults.overlap_bytes if marker not in (None, "0") else 0
+        portion = self._read(path, marker, lines, MAX_PORTION_BYTES - overlap)
+        if not overlap:
+            return portion, portion.data
+        self._stats.faults["overlaps"] += 1
+        return portion, read_overlap(path, portion.start_offset, overlap) + portion.data
+
+    def _early_eof(self, instance: Instance, name: str, portion: Portion) -> bool:
+        eof_at = self._faults.early_eof_at(instance.identifier, name)
+        if eof_at is None or not portion.start_offset <= eof_at < portion.next_offset:
+            return False
+        self._stats.faults["early_eof"] += 1
+        return True
+
     @staticmethod
-    def _read(path: Path, marker: str | None, lines: int) -> Portion:
+    def _read(path: Path, marker: str | None, lines: int, limit_bytes: int) -> Portion:
         try:
             if marker is None:
-                return read_tail(path, lines)
-            return read_portion(path, parse_marker(marker), lines)
+                return read_tail(path, lines, limit_bytes=limit_bytes)
+            return read_portion(path, parse_marker(marker), lines, limit_bytes=limit_bytes)
         except MarkerError as exc:
             raise invalid(str(exc)) from None
         except FileNotFoundError:
@@ -537,6 +656,7 @@ class RdsEmulator:
         request_id = str(uuid.uuid4())
         self._stats.calls["DownloadCompleteLogFile"] += 1
         instance_id = request.match_info["instance"]
+        self._stats.instance_call(instance_id, "DownloadCompleteLogFile")
         name = request.match_info["name"]
         faults = self._faults
         try:
@@ -544,7 +664,7 @@ class RdsEmulator:
             # Always verified, whatever verify_signatures says: hand-made signing is exactly
             # what clients of this endpoint get wrong.
             self._verify(request, b"", ("rds",))
-            self._inject_call_faults()
+            self._inject_call_faults("DownloadCompleteLogFile")
             if not faults.complete_endpoint:
                 self._stats.faults["complete_denied"] += 1
                 raise QueryError(
@@ -565,16 +685,21 @@ class RdsEmulator:
         key = f"{instance.identifier}/{name}"
         self._stats.complete_downloads[key] += 1
         self._stats.complete_started(key)
+        limit: int | None = None
+        if faults.names_file(faults.short_body_files, instance.identifier, name):
+            limit = int(os.fstat(handle.fileno()).st_size * faults.short_body_fraction)
         try:
             with handle:
-                return await self._stream(request, request_id, handle, key)
+                return await self._stream(request, request_id, handle, key, limit)
         finally:
             self._stats.complete_finished(key)
 
     async def _stream(
-        self, request: web.Request, request_id: str, handle: Any, key: str
+        self, request: web.Request, request_id: str, handle: Any, key: str, limit: int | None
     ) -> web.StreamResponse:
+        """Stream the file; with ``limit``, end cleanly after that many bytes (a short body)."""
         faults = self._faults
+        own_link = _Pacer()  # stream_mbps: this stream's rate, whatever the others do
         gzip = "gzip" in request.headers.get("Accept-Encoding", "").lower()
         reset = bool(faults.reset_rate) and self._rng.random() < faults.reset_rate
         response = web.StreamResponse(
@@ -585,7 +710,13 @@ class RdsEmulator:
         response.enable_chunked_encoding()
         await response.prepare(request)
         compressor = zlib.compressobj(faults.gzip_level, zlib.DEFLATED, 31) if gzip else None
-        while chunk := handle.read(COMPLETE_CHUNK_BYTES):
+        left = limit
+        while chunk := handle.read(
+            COMPLETE_CHUNK_BYTES if left is None else min(left, COMPLETE_CHUNK_BYTES)
+        ):
+            if left is not None:
+                left -= len(chunk)
+            await own_link.take(len(chunk), faults.stream_mbps)
             await self._pacer.take(len(chunk), faults.bandwidth_mbps)
             self._stats.complete_bytes_by_file[key] += len(chunk)
             await response.write(compressor.compress(chunk) if compressor else chunk)
@@ -593,6 +724,8 @@ class RdsEmulator:
                 self._stats.faults["resets"] += 1
                 _drop(request)
                 return response
+        if limit is not None:
+            self._stats.faults["short_bodies"] += 1
         if compressor:
             await response.write(compressor.flush())
         await response.write_eof()
@@ -731,7 +864,17 @@ class RdsEmulator:
 
     async def _list_tags_for_resource(self, call: _Call) -> Mapping[str, Any]:
         key = self._resource_key(awsxml.required(call.params, "ResourceName"))
-        return {"TagList": _tag_list(self._tags.get(key, {}))}
+        kind, _, ident = key.partition(":")
+        base: tuple[tuple[str, str], ...] = ()
+        if kind == "db":
+            base = self.catalog.instance(ident).tags
+        elif kind == "cluster":
+            base = self.catalog.cluster(ident).tags
+        return {"TagList": _tag_list(self._resource_tags(key, base))}
+
+    def _resource_tags(self, key: str, base: tuple[tuple[str, str], ...]) -> dict[str, str]:
+        """Tags from lab.json, overridden by those added with AddTagsToResource."""
+        return {**dict(base), **self._tags.get(key, {})}
 
     def _resource_key(self, arn: str) -> str:
         parts = arn.split(":")
@@ -774,6 +917,83 @@ class RdsEmulator:
             return web.json_response({"error": str(exc)}, status=400)
         return web.json_response(self._faults.to_dict())
 
+    async def _post_files(self, request: web.Request) -> web.Response:
+        try:
+            data = await _json_object(request)
+            content = data.get("data", "")
+            if "data_base64" in data:
+                content = base64.b64decode(str(data["data_base64"]), validate=True)
+            elif isinstance(content, str):
+                content = content.encode()
+            else:
+                raise ValueError("data must be a string (or use data_base64)")
+            stamp_ms = data.get("last_written_ms")
+            if stamp_ms is not None and not _finite_number(stamp_ms):
+                raise ValueError("last_written_ms must be a number")
+            size = data.get("size")
+            if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
+                raise ValueError("size must be an integer")
+            instance, name = _str_field(data, "instance"), _str_field(data, "name")
+            entry = self.catalog.change_file(
+                instance,
+                name,
+                _str_field(data, "action"),
+                data=content,
+                size=size,
+                last_written_s=None if stamp_ms is None else stamp_ms / 1000,
+            )
+        except QueryError as exc:
+            return web.json_response({"error": exc.message, "code": exc.code}, status=exc.status)
+        except (ValueError, binascii.Error) as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        if entry is None:
+            return web.json_response({"instance": instance, "name": name, "deleted": True})
+        return web.json_response(
+            {
+                "instance": instance,
+                "name": name,
+                "size": entry.size,
+                "last_written_ms": entry.last_written_ms,
+            }
+        )
+
+    async def _get_instances(self, request: web.Request) -> web.Response:
+        return web.json_response([_instance_json(i) for i in self.catalog.instances().values()])
+
+    async def _post_instances(self, request: web.Request) -> web.Response:
+        try:
+            data = await _json_object(request)
+            action = _str_field(data, "action")
+            ident = _str_field(data, "instance")
+            known = {"action", "instance", "engine", "tags", "cluster"}
+            known |= {"log_retention_period_min", "parameter_group"}
+            unknown = sorted(set(data) - known)
+            if unknown:
+                raise ValueError(f"unknown field(s): {', '.join(unknown)}")
+            if action == "remove":
+                self.catalog.remove_instance(ident)
+                return web.json_response({"instance": ident, "removed": True})
+            if action != "add":
+                raise ValueError("action must be add or remove")
+            tags = data.get("tags") or {}
+            if not isinstance(tags, dict):
+                raise ValueError("tags must be an object")
+            instance = self.catalog.add_instance(
+                ident,
+                engine=str(data.get("engine") or "postgres"),
+                tags={str(k): str(v) for k, v in tags.items()},
+                cluster=data.get("cluster"),
+                log_retention_period_min=data.get(
+                    "log_retention_period_min", DEFAULT_LOG_RETENTION_MIN
+                ),
+                parameter_group=data.get("parameter_group"),
+            )
+        except QueryError as exc:
+            return web.json_response({"error": exc.message, "code": exc.code}, status=exc.status)
+        except ValueError as exc:
+            return web.json_response({"error": str(exc)}, status=400)
+        return web.json_response(_instance_json(instance))
+
     async def _get_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self.stats())
 
@@ -783,6 +1003,35 @@ class RdsEmulator:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    data = await request.json() if request.can_read_body else {}
+    if not isinstance(data, dict):
+        raise ValueError("expected a JSON object")
+    return data
+
+
+def _str_field(data: Mapping[str, Any], name: str) -> str:
+    value = data.get(name)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{name} must be a non-empty string")
+    return value
+
+
+def _finite_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _instance_json(instance: Instance) -> dict[str, Any]:
+    return {
+        "instance": instance.identifier,
+        "engine": instance.engine,
+        "cluster": instance.cluster,
+        "tags": dict(instance.tags),
+        "log_retention_period_min": instance.log_retention_period_min,
+        "parameter_group": instance.parameter_group,
+    }
+
+
 def _xml(body: str, request_id: str, status: int = 200) -> web.Response:
     return web.Response(
         body=body.encode(),
@@ -878,3 +1127,42 @@ def _tags_param(params: Mapping[str, str]) -> dict[str, str]:
 
 def _tag_list(tags: Mapping[str, str]) -> XmlList:
     return XmlList("Tag", [{"Key": k, "Value": v} for k, v in tags.items()])
+
+
+def _parameters(instance: Instance) -> list[dict[str, Any]]:
+    """The log-related parameters of an instance's parameter group, as DescribeDBParameters
+    lists them."""
+    retention = instance.log_retention_period_min
+    rows: list[tuple[str, str, str, str, str, str]] = [
+        # name, value, source, type, allowed, description
+        (
+            "log_destination",
+            "csvlog",
+            "user",
+            "string",
+            "stderr,csvlog",
+            "Sets the destination for server log output.",
+        ),
+        (
+            "rds.log_retention_period",
+            str(retention),
+            "engine-default" if retention == DEFAULT_LOG_RETENTION_MIN else "user",
+            "integer",
+            "1440-10080",
+            "PostgreSQL log files older than this many minutes are deleted.",
+        ),
+    ]
+    return [
+        {
+            "ParameterName": name,
+            "ParameterValue": value,
+            "Description": description,
+            "Source": source,
+            "ApplyType": "dynamic",
+            "DataType": kind,
+            "AllowedValues": allowed,
+            "IsModifiable": True,
+            "ApplyMethod": "pending-reboot",
+        }
+        for name, value, source, kind, allowed, description in rows
+    ]

@@ -35,9 +35,12 @@ import hashlib
 import math
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from rdsrecorder.lab.catalog import Catalog
 
 MB = 1_000_000
 LONG_LINE_BYTES = 1_200_000
@@ -153,6 +156,54 @@ def generate(
                 last_written_s=last_record_s,
             )
         )
+    return out
+
+
+def generate_fleet(
+    root: Path,
+    count: int,
+    *,
+    prefix: str = "db",
+    files: int = 3,
+    rotation: Rotation = Rotation.MINUTE,
+    rotation_minutes: int = 1,
+    size_mb: tuple[float, float] | Sequence[float] = (0.002, 0.01),
+    end: dt.datetime | None = None,
+    engine: str = "postgres",
+    tags: Mapping[str, str] | None = None,
+    seed: int = 1,
+) -> dict[str, list[GeneratedFile]]:
+    """``count`` instances ``<prefix>-000``, ``<prefix>-001`` ... with ``files`` small csvlog
+    files each (minute rotation by default), all ending at ``end``, registered in ``lab.json``
+    with ``engine`` and the tags ``{"fleet": prefix, "index": "<i>", **tags}``. 100 instances of
+    3 files take well under a second."""
+    if count < 1:
+        raise ValueError("count must be at least 1")
+    width = max(3, len(str(count - 1)))
+    end_dt = end or dt.datetime.now(dt.UTC)
+    out: dict[str, list[GeneratedFile]] = {}
+    specs: dict[str, dict[str, object]] = {}
+    for index in range(count):
+        ident = f"{prefix}-{index:0{width}d}"
+        out[ident] = generate(
+            root,
+            ident,
+            files=files,
+            end=end_dt,
+            rotation=rotation,
+            rotation_minutes=rotation_minutes,
+            size_mb=size_mb,
+            seed=seed + index,
+        )
+        specs[ident] = {
+            "engine": engine,
+            "tags": {"fleet": prefix, "index": str(index), **(tags or {})},
+        }
+
+    def register(raw: dict[str, Any]) -> None:
+        raw.setdefault("instances", {}).update(specs)
+
+    Catalog(root).update_config(register)
     return out
 
 

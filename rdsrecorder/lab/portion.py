@@ -8,12 +8,13 @@ What is emulated, and the choices made where AWS documents nothing precise:
 * ``NumberOfLines`` defaults to, and may not exceed, 10,000 (``MAX_LINES_PER_PORTION``). A "line"
   ends with ``\\n``: a csvlog record holding a multi-line statement counts as several lines, and a
   portion boundary can split a record.
-* At most ``MAX_PORTION_BYTES`` = 1,000,000 bytes of LogFileData per call (AWS says "1 MB"; the lab
-  takes the decimal megabyte). When the requested lines are longer, the data is cut (at a UTF-8
-  character boundary) and ``" [Your log message was truncated]\\n"`` is appended, the whole staying
-  within the limit. The returned marker still moves past *all* requested lines, so the rest of
-  them is lost unless the caller asks again from the same marker with fewer lines. A single line
-  longer than the limit is always cut and its tail is lost.
+* At most ``MAX_PORTION_BYTES`` = 1,048,576 bytes (1 MiB) of LogFileData per call (AWS says
+  "1 MB"; observed markers and Content-Length point to 1 MiB). When the requested lines are
+  longer, the data is cut (at a UTF-8 character boundary) and ``"\\n [Your log message was
+  truncated]\\n"`` is appended (the notice on its own line), the whole staying within the limit.
+  The returned marker still moves past *all* requested lines, so the rest of the line at the cut,
+  and the lines after it, are lost unless the caller asks again from the same marker with fewer
+  lines. A single line longer than the limit is always cut and its tail is lost.
 * The file is read live: a file that grows is read up to its current end, and
   ``AdditionalDataPending`` is true while the file is longer than the returned marker's offset.
   A last line without its ``\\n`` (a record being written) is returned as is; an incomplete UTF-8
@@ -37,9 +38,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MAX_LINES_PER_PORTION = 10_000
-MAX_PORTION_BYTES = 1_000_000
+MAX_PORTION_BYTES = 1 << 20
 TRUNCATION_NOTICE = "[Your log message was truncated]"
-TRUNCATION_SUFFIX = b" " + TRUNCATION_NOTICE.encode() + b"\n"
+TRUNCATION_SUFFIX = b"\n " + TRUNCATION_NOTICE.encode() + b"\n"
 BINARY_DATA_MESSAGE = "This file contains binary data and should be downloaded instead of viewed."
 
 # Memory per portion call: the requested lines (normally <= ~1 MB) plus one read chunk; a single
@@ -183,3 +184,16 @@ def _complete_utf8_length(data: bytes) -> int:
         width = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
         return n if back >= width else n - back
     return n
+
+
+def read_overlap(path: Path, offset: int, nbytes: int) -> bytes:
+    """The ``nbytes`` before ``offset`` (fewer at the start of the file), from a character
+    boundary: what a page that overlaps the previous one repeats."""
+    start = max(0, offset - nbytes)
+    with path.open("rb") as f:
+        f.seek(start)
+        data = f.read(offset - start)
+    skip = 0
+    while skip < len(data) and data[skip] & 0xC0 == 0x80:
+        skip += 1
+    return data[skip:]

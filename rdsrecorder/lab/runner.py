@@ -21,6 +21,7 @@ only these.
 from __future__ import annotations
 
 import asyncio
+import math
 import shlex
 import signal
 import sys
@@ -33,6 +34,13 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from rdsrecorder.errors import ConfigError
+from rdsrecorder.lab.catalog import (
+    DEFAULT_LOG_RETENTION_MIN,
+    IDENTIFIER_RE,
+    Instance,
+    LogFileEntry,
+)
 from rdsrecorder.lab.emulator import (
     LAB_ACCESS_KEY_ID,
     LAB_REGION,
@@ -40,14 +48,21 @@ from rdsrecorder.lab.emulator import (
     RdsEmulator,
 )
 from rdsrecorder.lab.faults import Faults
-from rdsrecorder.lab.generate import Rotation, generate, parse_size_range
+from rdsrecorder.lab.generate import (
+    Rotation,
+    generate,
+    generate_fleet,
+    parse_size_range,
+    period_s,
+)
 from rdsrecorder.lab.postgres import LabPostgres
-from rdsrecorder.lab.s3local import LocalS3, connect_host, create_bucket, make_s3
+from rdsrecorder.lab.s3local import S3_KINDS, LocalS3, connect_host, create_bucket, make_s3
 
 T = TypeVar("T")
 DEFAULT_BUCKET = "rdsrecorder-lab"
 _START_TIMEOUT_S = 120.0
 _STOP_TIMEOUT_S = 90.0
+MAX_GENERATED_INSTANCES = 10_000
 
 
 class Lab:
@@ -192,6 +207,62 @@ class Lab:
     def reset_stats(self) -> None:
         self.emulator.reset_stats()
 
+    # -- changing what the lab serves while it runs ------------------------------------------------
+    def change_file(
+        self,
+        instance: str,
+        name: str,
+        action: str,
+        *,
+        data: bytes = b"",
+        size: int | None = None,
+        last_written_s: float | None = None,
+    ) -> LogFileEntry | None:
+        """``action``: append, truncate, replace or delete (see ``Catalog.change_file``)."""
+        return self.emulator.catalog.change_file(
+            instance, name, action, data=data, size=size, last_written_s=last_written_s
+        )
+
+    def append_file(self, instance: str, name: str, data: bytes) -> LogFileEntry:
+        entry = self.change_file(instance, name, "append", data=data)
+        assert entry is not None
+        return entry
+
+    def truncate_file(self, instance: str, name: str, size: int) -> LogFileEntry:
+        entry = self.change_file(instance, name, "truncate", size=size)
+        assert entry is not None
+        return entry
+
+    def replace_file(self, instance: str, name: str, data: bytes) -> LogFileEntry:
+        entry = self.change_file(instance, name, "replace", data=data)
+        assert entry is not None
+        return entry
+
+    def delete_file(self, instance: str, name: str) -> None:
+        self.change_file(instance, name, "delete")
+
+    def add_instance(
+        self,
+        identifier: str,
+        *,
+        engine: str = "postgres",
+        tags: Mapping[str, str] | None = None,
+        cluster: str | None = None,
+        log_retention_period_min: int = DEFAULT_LOG_RETENTION_MIN,
+        parameter_group: str | None = None,
+    ) -> Instance:
+        return self.emulator.catalog.add_instance(
+            identifier,
+            engine=engine,
+            tags=tags,
+            cluster=cluster,
+            log_retention_period_min=log_retention_period_min,
+            parameter_group=parameter_group,
+        )
+
+    def remove_instance(self, identifier: str) -> None:
+        self.emulator.catalog.remove_instance(identifier)
+
 
 class LabThread:
     """A ``Lab`` served by a background thread with its own event loop.
@@ -307,9 +378,42 @@ class LabThread:
     def reset_stats(self) -> None:
         self._on_loop(self.lab.reset_stats)
 
+    def change_file(
+        self, instance: str, name: str, action: str, **kwargs: Any
+    ) -> LogFileEntry | None:
+        result: LogFileEntry | None = self._on_loop(
+            self.lab.change_file, instance, name, action, **kwargs
+        )
+        return result
+
+    def append_file(self, instance: str, name: str, data: bytes) -> LogFileEntry:
+        result: LogFileEntry = self._on_loop(self.lab.append_file, instance, name, data)
+        return result
+
+    def truncate_file(self, instance: str, name: str, size: int) -> LogFileEntry:
+        result: LogFileEntry = self._on_loop(self.lab.truncate_file, instance, name, size)
+        return result
+
+    def replace_file(self, instance: str, name: str, data: bytes) -> LogFileEntry:
+        result: LogFileEntry = self._on_loop(self.lab.replace_file, instance, name, data)
+        return result
+
+    def delete_file(self, instance: str, name: str) -> None:
+        self._on_loop(self.lab.delete_file, instance, name)
+
+    def add_instance(self, identifier: str, **kwargs: Any) -> Instance:
+        result: Instance = self._on_loop(self.lab.add_instance, identifier, **kwargs)
+        return result
+
+    def remove_instance(self, identifier: str) -> None:
+        self._on_loop(self.lab.remove_instance, identifier)
+
 
 # -- CLI entry points ------------------------------------------------------------------------------
-def generate_main(
+# ``serve`` and ``generate_files`` check their arguments and raise ConfigError (the CLI prints it
+# as one ``error: ...`` line, exit 2); ``lab_main`` and ``generate_main`` are the same as functions
+# that print the error and return 2.
+def generate_files(
     data: Path,
     instance: str = "lab-db",
     hours: int = 6,
@@ -318,32 +422,82 @@ def generate_main(
     long_line: bool = False,
     seed: int = 1,
     rotation_minutes: int = 1,
+    files: int | None = None,
+    instances: int = 1,
 ) -> int:
-    """``rdsrecorder lab generate DIR``: write csvlog files ending now; prints what it wrote."""
+    """``rdsrecorder lab generate DIR``: write csvlog files ending now; prints what it wrote.
+    With ``instances`` > 1, instances ``<instance>-000`` ... (see ``generate_fleet``)."""
+    sizes = _sizes(size_mb)
     try:
-        sizes = parse_size_range(size_mb)
         kind = Rotation(rotation)
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    files = generate(
-        Path(data),
-        instance,
-        hours=hours,
-        rotation=kind,
-        rotation_minutes=rotation_minutes,
-        size_mb=sizes,
-        long_line=long_line,
-        seed=seed,
-    )
-    total = sum(f.size for f in files)
-    for f in files:
+    except ValueError:
+        raise ConfigError(f"--rotation must be hour, minute or day, not {rotation!r}") from None
+    if not 1 <= rotation_minutes <= 1440:
+        raise ConfigError(f"--rotation-minutes must be from 1 to 1440, not {rotation_minutes}")
+    if files is None and hours < 1:
+        raise ConfigError(f"--hours must be at least 1, not {hours}")
+    if files is not None and files < 1:
+        raise ConfigError(f"--files must be at least 1, not {files}")
+    if not 1 <= instances <= MAX_GENERATED_INSTANCES:
+        raise ConfigError(
+            f"--instances must be from 1 to {MAX_GENERATED_INSTANCES}, not {instances}"
+        )
+    _check_identifier(instance)
+    _check_data_dir(Path(data))
+    root = Path(data)
+    try:
+        if instances > 1:
+            count = (
+                files
+                if files is not None
+                else math.ceil(hours * 3600 / period_s(kind, rotation_minutes))
+            )
+            fleet = generate_fleet(
+                root,
+                instances,
+                prefix=instance,
+                files=count,
+                rotation=kind,
+                rotation_minutes=rotation_minutes,
+                size_mb=sizes,
+                seed=seed,
+            )
+            total = sum(f.size for fs in fleet.values() for f in fs)
+            written = sum(len(fs) for fs in fleet.values())
+            print(
+                f"{instances} instances, {written} csvlog files, {total / 1e6:,.1f} MB, in {root}"
+            )
+            return 0
+        made = generate(
+            root,
+            instance,
+            hours=hours,
+            files=files,
+            rotation=kind,
+            rotation_minutes=rotation_minutes,
+            size_mb=sizes,
+            long_line=long_line,
+            seed=seed,
+        )
+    except OSError as exc:
+        raise ConfigError(f"cannot write to {root}: {exc.strerror or exc}") from None
+    total = sum(f.size for f in made)
+    for f in made:
         print(f"{f.size:>12,}  {instance}/{f.name}")
-    print(f"{len(files)} csvlog files, {total / 1e6:,.1f} MB, in {Path(data) / instance}")
+    print(f"{len(made)} csvlog files, {total / 1e6:,.1f} MB, in {root / instance}")
     return 0
 
 
-def lab_main(
+def generate_main(data: Path, **kwargs: Any) -> int:
+    """``generate_files`` that prints a ConfigError and returns 2."""
+    try:
+        return generate_files(data, **kwargs)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def serve(
     data: Path | None = None,
     host: str = "127.0.0.1",
     port: int = 8080,
@@ -353,32 +507,29 @@ def lab_main(
     instance: str = "lab-db",
     generate_hours: int = 6,
     postgres: str | None = None,
-    latency_ms: float = 0.0,
-    throttle_every: int = 0,
-    error_rate: float = 0.0,
-    complete_endpoint: bool = True,
-    reset_rate: float = 0.0,
-    bandwidth_mbps: float | None = None,
-    gzip_level: int = 1,
     size_mb: str = "0.01-30",
     seed: int = 1,
+    throttle_every: int = 0,
+    **knobs: Any,
 ) -> int:
-    """``rdsrecorder lab serve``: serve until Ctrl-C or SIGTERM; ``export`` lines go to stdout."""
+    """``rdsrecorder lab serve``: serve until Ctrl-C or SIGTERM; ``export`` lines go to stdout.
+    ``knobs`` are ``Faults`` fields (``latency_ms=50``, ``account_burst=300`` ...)."""
     try:
-        faults = Faults(
-            latency_ms=latency_ms,
-            throttle_every_n=throttle_every,
-            error_rate=error_rate,
-            reset_rate=reset_rate,
-            complete_endpoint=complete_endpoint,
-            bandwidth_mbps=bandwidth_mbps,
-            gzip_level=gzip_level,
-            seed=seed,
-        )
-        sizes = parse_size_range(size_mb)
+        faults = Faults.from_mapping({"throttle_every_n": throttle_every, "seed": seed, **knobs})
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        raise ConfigError(str(exc)) from None
+    sizes = _sizes(size_mb)
+    _check_port("--port", port)
+    _check_port("--s3-port", s3_port)
+    if s3 not in S3_KINDS:
+        raise ConfigError(f"--s3 must be one of {', '.join(S3_KINDS)}, not {s3!r}")
+    if generate_hours < 0:
+        raise ConfigError(f"--generate-hours must be >= 0, not {generate_hours}")
+    _check_identifier(instance)
+    if postgres is not None:
+        _check_identifier(postgres)
+    if data is not None:
+        _check_data_dir(Path(data))
     temp: tempfile.TemporaryDirectory[str] | None = None
     if data is None:
         temp = tempfile.TemporaryDirectory(prefix="rdsrecorder-lab-")
@@ -398,9 +549,45 @@ def lab_main(
             postgres_instance=postgres,
         )
         return asyncio.run(_serve_forever(lab))
+    except OSError as exc:  # a port in use, an unwritable directory ...
+        raise ConfigError(f"cannot start the lab: {exc}") from None
     finally:
         if temp is not None:
             temp.cleanup()
+
+
+def lab_main(data: Path | None = None, **kwargs: Any) -> int:
+    """``serve`` that prints a ConfigError and returns 2."""
+    try:
+        return serve(data, **kwargs)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _sizes(size_mb: str) -> tuple[float, float]:
+    try:
+        return parse_size_range(size_mb)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _check_port(flag: str, port: int) -> None:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ConfigError(f"{flag} must be from 0 (any free port) to 65535, not {port}")
+
+
+def _check_identifier(identifier: str) -> None:
+    if not IDENTIFIER_RE.match(identifier) or len(identifier) > 63:
+        raise ConfigError(
+            f"{identifier!r} is not a DB instance identifier: 1 to 63 letters, digits or "
+            "hyphens, a letter first, no trailing hyphen, no two hyphens in a row"
+        )
+
+
+def _check_data_dir(data: Path) -> None:
+    if data.exists() and not data.is_dir():
+        raise ConfigError(f"--data {data} is not a directory")
 
 
 async def _serve_forever(lab: Lab) -> int:
@@ -428,6 +615,11 @@ def _describe(lab: Lab) -> None:
     for name, inst in instances.items():
         count = len(lab.emulator.catalog.log_files(inst))
         _say(f"lab: instance {name} ({inst.engine}): {count} log files")
+    first = next(iter(instances), "lab-db")
+    _say(
+        f"lab: AWS CLI: aws rds describe-db-log-files --db-instance-identifier {first} "
+        f"--endpoint-url {lab.rds_url} (region {LAB_REGION})"
+    )
     _say(f"lab: faults {lab.faults.to_dict()}")
     _say(
         f"lab: change faults with: curl -X PATCH {lab.rds_url}/_lab/faults "

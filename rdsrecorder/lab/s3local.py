@@ -243,12 +243,27 @@ def create_bucket(url: str, bucket: str, access_key: str, secret_key: str, regio
     from botocore.awsrequest import AWSRequest
     from botocore.credentials import Credentials
 
+    # Outside us-east-1, S3 wants the region as a LocationConstraint (moto checks it).
+    config = (
+        b""
+        if region == "us-east-1"
+        else (
+            '<CreateBucketConfiguration xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+            f"<LocationConstraint>{region}</LocationConstraint></CreateBucketConfiguration>"
+        ).encode()
+    )
     deadline = time.monotonic() + _START_TIMEOUT_S
     while True:
-        request = AWSRequest(method="PUT", url=f"{url}/{bucket}", data=b"")
+        # An explicit type: urllib's default (a form) makes moto's server swallow the body.
+        request = AWSRequest(
+            method="PUT",
+            url=f"{url}/{bucket}",
+            data=config,
+            headers={"Content-Type": "application/xml"},
+        )
         S3SigV4Auth(Credentials(access_key, secret_key), "s3", region).add_auth(request)
         put = urllib.request.Request(
-            request.url, data=b"", method="PUT", headers=dict(request.headers.items())
+            request.url, data=config, method="PUT", headers=dict(request.headers.items())
         )
         try:
             with urllib.request.urlopen(put, timeout=10):

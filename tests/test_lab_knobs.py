@@ -1,0 +1,240 @@
+"""The knobs that make the lab pessimistic about rates, bodies and pages: the account's token
+bucket, latency per MB, per-stream rates, a false end of file, overlapping pages, short bodies and
+listing errors, each observed through real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+from botocore.exceptions import ClientError
+
+from rdsrecorder.lab import Lab
+from tests.lab_fixtures import (
+    INSTANCE,
+    TRICKY,
+    WIDE,
+    WIDE_LINE_BYTES,
+    LabData,
+    complete_url,
+    download_portions,
+    make_lab_root,
+    rds_client,
+    signed_headers,
+)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> LabData:
+    return make_lab_root(tmp_path_factory.mktemp("labroot"))
+
+
+@pytest.fixture
+async def lab(data: LabData) -> AsyncIterator[Lab]:
+    async with Lab(data.root, s3="none") as lab:
+        yield lab
+
+
+@pytest.fixture
+async def rds(lab: Lab) -> AsyncIterator[Any]:
+    async with rds_client(lab.rds_url) as client:
+        yield client
+
+
+async def outcome(call: Any) -> str:
+    try:
+        await call
+    except ClientError as exc:
+        assert exc.response["ResponseMetadata"]["HTTPStatusCode"] in (400, 403, 404, 500)
+        return str(exc.response["Error"]["Code"])
+    return "ok"
+
+
+async def get_complete(
+    lab: Lab, name: str, *, gzip: bool = False, instance: str = INSTANCE
+) -> tuple[int, bytes]:
+    url = complete_url(lab.rds_url, instance, name)
+    headers = signed_headers(url)
+    headers["Accept-Encoding"] = "gzip" if gzip else "identity"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(url, headers=headers) as response:
+            return response.status, await response.read()
+
+
+async def test_account_token_bucket(lab: Lab, rds: Any) -> None:
+    lab.set_faults(account_burst=4, account_refill_per_s=5)
+    seen = [await outcome(rds.describe_db_log_files(DBInstanceIdentifier=INSTANCE))]
+    seen += [await outcome(rds.describe_db_instances()) for _ in range(3)]
+    status, _ = await get_complete(lab, TRICKY)  # the complete-file endpoint pays a token too
+    assert seen == ["ok"] * 4 and status == 400
+    with pytest.raises(ClientError) as exc:
+        await rds.describe_db_instances()
+    assert exc.value.response["Error"] == {
+        "Type": "Sender",
+        "Code": "Throttling",
+        "Message": "Rate exceeded",
+    }
+    await asyncio.sleep(0.45)  # two tokens back
+    assert [await outcome(rds.describe_db_instances()) for _ in range(3)] == [
+        "ok",
+        "ok",
+        "Throttling",
+    ]
+    stats = lab.stats()
+    assert stats["throttled"] == 3
+    assert stats["throttled_by_action"] == {"DownloadCompleteLogFile": 1, "DescribeDBInstances": 2}
+    assert stats["faults"] == {"account_throttled": 3}
+    assert stats["calls_by_instance"] == {
+        INSTANCE: {"DescribeDBLogFiles": 1, "DownloadCompleteLogFile": 1}
+    }
+    lab.set_faults(account_burst=4)  # setting the faults refills the bucket
+    assert [await outcome(rds.describe_db_instances()) for _ in range(4)] == ["ok"] * 4
+
+
+async def test_portion_latency_grows_with_the_bytes(lab: Lab, rds: Any) -> None:
+    lab.set_faults(portion_ms_per_mb=400)
+
+    async def timed(lines: int) -> float:
+        started = time.monotonic()
+        await rds.download_db_log_file_portion(
+            DBInstanceIdentifier=INSTANCE, LogFileName=WIDE, Marker="0", NumberOfLines=lines
+        )
+        return time.monotonic() - started
+
+    small_s = await timed(1)  # 150 bytes: 0.06 ms added
+    big_s = await timed(5000)  # 750 kB: 300 ms added
+    assert big_s >= 0.3 and small_s < 0.15
+    lab.set_faults()
+    assert await timed(5000) < 0.2
+
+
+async def test_stream_rate_is_per_stream(lab: Lab, data: LabData) -> None:
+    size = len(data.bytes(WIDE))  # 1.8 MB
+    lab.set_faults(stream_mbps=48)  # 0.3 s per stream
+    expected_s = size * 8 / 48e6
+    started = time.monotonic()
+    status, body = await get_complete(lab, WIDE)
+    alone_s = time.monotonic() - started
+    assert status == 200 and body == data.bytes(WIDE)
+    started = time.monotonic()
+    both = await asyncio.gather(get_complete(lab, WIDE), get_complete(lab, WIDE))
+    pair_s = time.monotonic() - started
+    assert [b for _, b in both] == [data.bytes(WIDE)] * 2
+    assert alone_s >= expected_s * 0.9
+    assert pair_s < alone_s * 1.6  # side by side, not one after the other
+    lab.set_faults(bandwidth_mbps=48)  # the shared cap: two streams take twice as long
+    started = time.monotonic()
+    await asyncio.gather(get_complete(lab, WIDE), get_complete(lab, WIDE))
+    assert time.monotonic() - started >= 2 * expected_s * 0.9
+
+
+async def test_additional_data_pending_false_mid_file(lab: Lab, rds: Any, data: LabData) -> None:
+    want = data.bytes(WIDE)
+    lab.set_faults(early_eof_files=[f"{INSTANCE}/{WIDE}"], early_eof_after_bytes=300_000)
+    got, responses = await download_portions(rds, INSTANCE, WIDE, lines=1000)
+    # A paginator that trusts the flag stops after the portion holding byte 300,000.
+    assert len(responses) == 3 and got == want[: 3000 * WIDE_LINE_BYTES]
+    assert responses[-1]["AdditionalDataPending"] is False
+    # The marker is right: asking again from it returns the rest.
+    marker, rest = responses[-1]["Marker"], []
+    while True:
+        more = await rds.download_db_log_file_portion(
+            DBInstanceIdentifier=INSTANCE, LogFileName=WIDE, Marker=marker, NumberOfLines=1000
+        )
+        rest.append(more["LogFileData"])
+        marker = more["Marker"]
+        if not more["AdditionalDataPending"]:
+            break
+    assert got + "".join(rest).encode() == want
+    assert lab.stats()["faults"] == {"early_eof": 1}
+    # Other files are untouched; 0 with no file named means no fault.
+    other, _ = await download_portions(rds, INSTANCE, TRICKY, lines=1)
+    assert other == data.bytes(TRICKY)
+    lab.set_faults(early_eof_files=[WIDE])  # offset 0: the first portion says false
+    first = await rds.download_db_log_file_portion(
+        DBInstanceIdentifier=INSTANCE, LogFileName=WIDE, Marker="0", NumberOfLines=10
+    )
+    assert first["AdditionalDataPending"] is False and first["Marker"].endswith(":1500")
+
+
+async def test_overlapping_pages(lab: Lab, rds: Any, data: LabData) -> None:
+    want = data.bytes(WIDE)
+    lab.set_faults(overlap_bytes=40)
+    first = await rds.download_db_log_file_portion(
+        DBInstanceIdentifier=INSTANCE, LogFileName=WIDE, Marker="0", NumberOfLines=2
+    )
+    assert first["LogFileData"].encode() == want[: 2 * WIDE_LINE_BYTES]  # "0": nothing before
+    second = await rds.download_db_log_file_portion(
+        DBInstanceIdentifier=INSTANCE, LogFileName=WIDE, Marker=first["Marker"], NumberOfLines=2
+    )
+    assert second["LogFileData"].encode() == want[2 * WIDE_LINE_BYTES - 40 : 4 * WIDE_LINE_BYTES]
+    assert second["Marker"].endswith(f":{4 * WIDE_LINE_BYTES}")  # the marker does not move back
+    got, _ = await download_portions(rds, INSTANCE, WIDE, lines=3000)
+    assert len(got) == len(want) + 3 * 40 and got != want
+
+
+async def test_short_whole_file_body(lab: Lab, data: LabData) -> None:
+    want = data.bytes(WIDE)
+    lab.set_faults(short_body_files=[WIDE], short_body_fraction=0.4)
+    for gzip in (False, True):
+        status, body = await get_complete(lab, WIDE, gzip=gzip)  # no error: a clean end
+        assert status == 200
+        assert body == want[: int(len(want) * 0.4)]
+    status, body = await get_complete(lab, TRICKY)
+    assert body == data.bytes(TRICKY)
+    assert lab.stats()["faults"] == {"short_bodies": 2}
+
+
+async def test_listing_errors(lab: Lab, rds: Any) -> None:
+    lab.set_faults(list_error="AccessDenied")
+    with pytest.raises(ClientError) as exc:
+        await rds.describe_db_log_files(DBInstanceIdentifier=INSTANCE)
+    assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert exc.value.response["Error"]["Code"] == "AccessDenied"
+    assert "rds:DescribeDBLogFiles" in exc.value.response["Error"]["Message"]
+    lab.set_faults(list_error="InternalFailure", list_error_instances=["AUR-1"])
+    for _ in range(3):  # persistent: a retry fails too
+        with pytest.raises(ClientError) as exc:
+            await rds.describe_db_log_files(DBInstanceIdentifier="aur-1")
+        assert exc.value.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+        assert exc.value.response["Error"]["Code"] == "InternalFailure"
+    assert lab.stats()["faults"]["list_errors"] >= 3
+    assert await outcome(rds.describe_db_log_files(DBInstanceIdentifier="aur-2")) == "ok"
+    assert await outcome(rds.describe_db_log_files(DBInstanceIdentifier=INSTANCE)) == "ok"
+    # Portions still work: only the listing fails.
+    assert (
+        await outcome(
+            rds.download_db_log_file_portion(
+                DBInstanceIdentifier="aur-1", LogFileName=TRICKY, Marker="0"
+            )
+        )
+        == "DBLogFileNotFoundFault"
+    )
+
+
+async def test_new_knobs_over_http(lab: Lab) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.patch(
+            lab.rds_url + "/_lab/faults",
+            json={"account_burst": 300, "early_eof_files": ["a"], "stream_mbps": 5},
+        ) as response:
+            assert response.status == 200
+            body = await response.json()
+        assert body["account_burst"] == 300 and body["account_refill_per_s"] == 12.0
+        assert lab.faults.early_eof_files == ("a",)
+        for bad in (
+            {"account_burst": -1},
+            {"account_refill_per_s": 0},
+            {"portion_ms_per_mb": float("inf")},
+            {"short_body_fraction": 1.5},
+            {"list_error": "Teapot"},
+            {"overlap_bytes": 1.5},
+            {"stream_mbps": 0},
+        ):
+            async with http.patch(lab.rds_url + "/_lab/faults", json=bad) as response:
+                assert response.status == 400, bad
+    assert lab.faults.stream_mbps == 5
