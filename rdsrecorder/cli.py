@@ -5,10 +5,8 @@ Nothing else happens here."""
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from rdsrecorder import __version__, config, runtime
@@ -26,7 +24,7 @@ from rdsrecorder.config import (
     Sse,
 )
 from rdsrecorder.errors import EXIT_CONFIG, EXIT_INTERRUPTED
-from rdsrecorder.logsetup import setup_logging
+from rdsrecorder.lab.cli import lab_cli
 from rdsrecorder.models import DownloadMethod
 
 cli = typer.Typer(
@@ -39,10 +37,6 @@ cli = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
-)
-lab_cli = typer.Typer(
-    help="A local emulator of the RDS log APIs plus a local S3, to try rdsrecorder without AWS.",
-    no_args_is_help=True,
 )
 cli.add_typer(lab_cli, name="lab")
 
@@ -366,100 +360,22 @@ def version() -> None:
     typer.echo(f"rdsrecorder {__version__}")
 
 
-@lab_cli.command("serve")
-def lab_serve(
-    data: Annotated[
-        Path | None,
-        typer.Option(help="Directory of <instance>/error/postgresql.log.* files (default: temp)."),
-    ] = None,
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port of the RDS/STS emulator.")] = 8080,
-    s3: Annotated[str, typer.Option(help="Local S3: moto, seaweed or none.")] = "moto",
-    s3_port: Annotated[int, typer.Option(help="Port of the local S3.")] = 9000,
-    bucket: Annotated[
-        str, typer.Option(help="Bucket created in the local S3.")
-    ] = "rdsrecorder-lab",
-    instance: Annotated[str, typer.Option(help="DB instance id of generated logs.")] = "lab-db",
-    generate_hours: Annotated[
-        int, typer.Option(help="Generate this many hours of csvlog files (0: none).")
-    ] = 6,
-    postgres: Annotated[
-        str | None,
-        typer.Option(help="Run a real PostgreSQL whose live logs appear as this instance id."),
-    ] = None,
-    latency_ms: Annotated[float, typer.Option(help="Added latency per API call.")] = 0.0,
-    throttle_every: Annotated[int, typer.Option(help="Throttle every Nth RDS call (0: no).")] = 0,
-    error_rate: Annotated[float, typer.Option(help="Fraction of calls answered 500.")] = 0.0,
-    reset_rate: Annotated[
-        float, typer.Option(help="Fraction of downloads whose connection is cut mid-body.")
-    ] = 0.0,
-    bandwidth_mbps: Annotated[
-        float | None, typer.Option(help="Cap on log-data throughput, megabits per second.")
-    ] = None,
-    gzip_level: Annotated[
-        int, typer.Option(help="gzip level of the whole-file endpoint (1-9).")
-    ] = 1,
-    complete_endpoint: Annotated[
-        bool,
-        typer.Option(
-            "--complete-endpoint/--no-complete-endpoint",
-            help="--no-complete-endpoint: deny downloadCompleteLogFile (403), as without the "
-            "IAM action.",
-        ),
-    ] = True,
-) -> None:
-    """Serve the emulated RDS log API and a local S3; prints the env vars to use it."""
-    from rdsrecorder.lab.runner import lab_main
-
-    setup_logging(debug=False, log_format="text")
-    raise typer.Exit(int(lab_main(**locals()) or 0))
-
-
-@lab_cli.command("generate")
-def lab_generate(
-    data: Annotated[Path, typer.Argument(help="Lab data directory.")],
-    instance: Annotated[str, typer.Option(help="DB instance id.")] = "lab-db",
-    hours: Annotated[int, typer.Option(help="Hours of logs, ending now.")] = 6,
-    size_mb: Annotated[str, typer.Option(help="File size range in MB, e.g. 0.01-30.")] = "0.01-30",
-    rotation: Annotated[str, typer.Option(help="hour, minute or day.")] = "hour",
-    long_line: Annotated[bool, typer.Option(help="Include one csv line over 1 MB.")] = False,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
-) -> None:
-    """Write realistic csvlog files for an emulated DB instance."""
-    from rdsrecorder.lab.runner import generate_main
-
-    setup_logging(debug=False, log_format="text")
-    raise typer.Exit(int(generate_main(**locals()) or 0))
-
-
-@lab_cli.command("demo")
-def lab_demo(
-    concurrency: Annotated[int, typer.Option(help="Files copied at the same time.")] = 4,
-    hours: Annotated[int, typer.Option(help="Hours of generated logs.")] = 6,
-) -> None:
-    """Start the lab, generate logs, back them up with `rdsrecorder sync`, verify the copy."""
-    from rdsrecorder.demo import demo_main
-
-    setup_logging(debug=False, log_format="text")
-    raise typer.Exit(demo_main(concurrency=concurrency, hours=hours))
-
-
 def main() -> None:
     """The console script: typer's own usage errors become the same one ``error:`` line (exit 2)
-    as every other bad input."""
+    as every other bad input; no arguments prints the help."""
     try:
         code = cli(standalone_mode=False)
-    except click.exceptions.NoArgsIsHelpError as exc:
-        click.echo(exc.ctx.get_help() if exc.ctx else "")
-        code = 0
-    except click.UsageError as exc:
-        hint = f" (see: {exc.ctx.command_path} --help)" if exc.ctx else ""
-        print(f"error: {exc.format_message()}{hint}", file=sys.stderr)
-        code = EXIT_CONFIG
-    except click.exceptions.Abort:
+    except typer.Abort:
         print("aborted", file=sys.stderr)
         code = EXIT_INTERRUPTED
-    except click.ClickException as exc:
-        print(f"error: {exc.format_message()}", file=sys.stderr)
-        code = exc.exit_code
+    except typer.TyperException as exc:  # typer's click: usage errors, bad parameters
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            print(ctx.get_help())
+            code = 0
+        else:
+            message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
+            hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
+            print(f"error: {' '.join(str(message).split())}{hint}", file=sys.stderr)
+            code = int(getattr(exc, "exit_code", EXIT_CONFIG) or EXIT_CONFIG)
     sys.exit(code if isinstance(code, int) else 0)
