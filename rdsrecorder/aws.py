@@ -25,6 +25,7 @@ from botocore.exceptions import (
     NoCredentialsError,
     PartialCredentialsError,
 )
+from botocore.parsers import ResponseParserError
 from tenacity import RetryCallState
 
 from rdsrecorder.clock import Clock
@@ -102,11 +103,28 @@ class RateLimiter:
                 await self._sleep((1 - self._tokens) / self.rate_per_s)
 
 
+MAX_AWS_MESSAGE_CHARS = 200
+
+
+def _aws_text(text: str) -> str:
+    """An AWS error message as it may be shown: never a response body. botocore puts the raw body
+    of an answer it cannot parse into the message (a 63 KB XML answer carries log lines), so a
+    message that looks like markup or bytes is replaced by its size."""
+    text = str(text)
+    stripped = text.lstrip()
+    if stripped.startswith(("<", "b'<", 'b"<', "{")) or len(text) > 4 * MAX_AWS_MESSAGE_CHARS:
+        return f"(an unreadable answer of {len(text)} characters)"
+    return one_line(text, MAX_AWS_MESSAGE_CHARS)
+
+
 def _message(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
-        return f"{err.get('Code', 'Error')}: {err.get('Message', '')}".strip().rstrip(":")
-    return f"{type(exc).__name__}: {exc}"
+        message = _aws_text(err.get("Message", "")) if err.get("Message") else ""
+        return f"{err.get('Code', 'Error')}: {message}".strip().rstrip(":")
+    if isinstance(exc, ResponseParserError):
+        return "ResponseParserError: the answer could not be parsed"
+    return f"{type(exc).__name__}: {_aws_text(str(exc))}"
 
 
 def translate(exc: BaseException, service: str, operation: str) -> AwsError:

@@ -177,6 +177,15 @@ def sync(
         bool,
         typer.Option(envvar=ENV + "INCLUDE_PLAIN", help="Also copy the non-.csv (stderr) files."),
     ] = False,
+    include_series: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar=ENV + "INCLUDE_SERIES",
+            help="Also copy the files of this log series (e.g. 'audit.log' for "
+            "error/audit.log.<date>.csv), under keys ending in _<series>; repeatable or "
+            "comma-separated. Only postgresql.log is copied by default.",
+        ),
+    ] = None,
     spool_dir: Annotated[
         str | None,
         typer.Option(
@@ -229,6 +238,7 @@ def sync(
                 sse_kms_key_id=sse_kms_key_id,
                 shutdown_grace_s=shutdown_grace,
                 include_plain=include_plain,
+                include_series=include_series,
                 spool_dir=spool_dir,
                 metrics_address=metrics_address,
                 metrics_port=metrics_port,

@@ -29,7 +29,7 @@ from rdsrecorder.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SNAPSHOT,
-    ConfigError,
+    OwnerError,
     RdsRecorderError,
     SnapshotError,
 )
@@ -196,12 +196,20 @@ async def run_sync(
             )
             store = ManifestStore(bucket, settings.run_id, clock)
             manifest = await _open_manifest(store, settings, mode, target, clock)
+            start = resumed_start(manifest, settings)
+            if start != settings.start:
+                mode = classify(start, settings.finish, now)
+                hooks.mode(mode.value)
             store.start(manifest)
+            # The first write records the run's DB, before any log file is written.
+            await store.flush(force=True)
+            await store.check_owner()
+            await abort_stale_uploads(bucket, settings.run_id)
             report = SyncReport(run_id=settings.run_id, mode=mode, totals=RunTotals())
             report.instances = target.instances
             recorder = Recorder(
                 window=Window(
-                    start_s=settings.start.timestamp(),
+                    start_s=start.timestamp(),
                     finish_s=settings.finish.timestamp() if settings.finish else None,
                     mode=mode,
                 ),
@@ -209,7 +217,16 @@ async def run_sync(
                 per_instance_keys=target.kind == "cluster",
                 lister=rds,
                 resolver=_TargetResolver(rds, target),
-                copier=Copier(downloader, bucket, uploader, hooks, clock, settings.run_id),
+                copier=Copier(
+                    downloader,
+                    bucket,
+                    uploader,
+                    hooks,
+                    clock,
+                    settings.run_id,
+                    lister=rds,
+                    owner_check=store.check_owner,
+                ),
                 manifest=store,
                 hooks=hooks,
                 clock=clock,
@@ -219,6 +236,7 @@ async def run_sync(
                 finish_grace_s=settings.finish_grace_s,
                 shutdown_grace_s=settings.shutdown_grace_s,
                 include_plain=settings.include_plain,
+                include_series=settings.include_series,
             )
             try:
                 await _record(aws, rds, recorder, store, settings, mode, hooks, clock, stop, report)
@@ -230,6 +248,61 @@ async def run_sync(
     return report
 
 
+def resumed_start(manifest: Manifest, settings: SyncSettings) -> pendulum.DateTime:
+    """Where a run starts: a resumed run id goes on from its manifest's window start when that
+    is earlier than ``--start`` (a relative start such as ``now-1h`` evaluated at a restart
+    would skip what rotated while nothing ran); an earlier ``--start`` widens the window."""
+    try:
+        recorded = pendulum.parse(manifest.window_start)
+    except (ValueError, TypeError):
+        return settings.start
+    assert isinstance(recorded, pendulum.DateTime)
+    if recorded >= settings.start:
+        if recorded > settings.start:
+            manifest.window_start = iso(settings.start)
+        return settings.start
+    log.info(
+        "run %s resumes from its manifest's window start %s (--start says %s): nothing that "
+        "rotated while no process ran is skipped",
+        settings.run_id,
+        human(recorded),
+        human(settings.start),
+    )
+    return recorded
+
+
+async def abort_stale_uploads(bucket: Bucket, run_id: str) -> int:
+    """Aborts the multipart uploads left under ``<RUNID>/`` (a process killed with -9): this run
+    owns the prefix. AbortMultipartUpload may be denied (it is not in the seed's IAM list): said
+    once. Returns how many were aborted."""
+    try:
+        uploads = await bucket.list_multipart_uploads(f"{run_id}/")
+    except RdsRecorderError as exc:
+        log.warning("cannot list the multipart uploads under %s/ (%s)", run_id, exc)
+        return 0
+    aborted = 0
+    for upload in uploads:
+        try:
+            await bucket.call(
+                "abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"]
+            )
+        except RdsRecorderError as exc:
+            log.warning(
+                "%d unfinished multipart upload(s) under s3://%s/%s/ stay billed: aborting "
+                "them failed (%s); allow s3:AbortMultipartUpload or add an "
+                "AbortIncompleteMultipartUpload lifecycle rule",
+                len(uploads) - aborted,
+                bucket.name,
+                run_id,
+                exc,
+            )
+            return aborted
+        aborted += 1
+    if aborted:
+        log.info("aborted %d unfinished multipart upload(s) of an earlier process", aborted)
+    return aborted
+
+
 async def _open_manifest(
     store: ManifestStore, settings: SyncSettings, mode: Mode, target: Target, clock: Clock
 ) -> Manifest:
@@ -237,7 +310,7 @@ async def _open_manifest(
     now_iso = iso(clock.now())
     if existing is not None:
         if existing.db_identifier != settings.db_identifier:
-            raise ConfigError(
+            raise OwnerError(
                 f"run id {settings.run_id!r} already holds logs of {existing.db_identifier!r} in "
                 f"s3://{settings.bucket}; choose another --run-id"
             )
@@ -295,6 +368,7 @@ def _summary_counts(t: RunTotals) -> dict[str, int]:
         "skipped": t.skipped,
         "failed": t.failed,
         "lost": t.lost,
+        "changed": t.changed,
         "aborted": t.aborted,
         "bytes": t.bytes,
         "truncated_lines": t.truncated_lines,

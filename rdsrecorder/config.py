@@ -14,6 +14,7 @@ import math
 import re
 import secrets
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import pendulum
@@ -90,6 +91,9 @@ class SyncSettings:
     part_size_bytes: int = DEFAULT_PART_SIZE_BYTES
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     include_plain: bool = False  # also copy the non-.csv twins
+    # Log series copied besides postgresql.log ("audit.log" for error/audit.log.<date>.csv), each
+    # under keys that name it (see recorder.py).
+    include_series: tuple[str, ...] = ()
     # Where parts wait while they fill and upload: None = the system temp dir (in memory when it
     # is not writable), "memory" = in memory, else a directory (checked by ``build_sync``).
     spool_dir: str | None = None
@@ -229,6 +233,26 @@ def default_spool_dir() -> str:
     return tempfile.gettempdir()
 
 
+_SERIES_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+def _series(names: Sequence[str]) -> tuple[str, ...]:
+    out: list[str] = []
+    for raw in names:
+        for name in str(raw).split(","):
+            name = name.strip()
+            if not name:
+                continue
+            if not _SERIES_RE.fullmatch(name):
+                raise ConfigError(
+                    f"invalid --include-series {name!r}: a log series such as 'audit.log' "
+                    "(letters, digits, '.', '_', '-')"
+                )
+            if name not in out:
+                out.append(name)
+    return tuple(out)
+
+
 # -- one builder per command -----------------------------------------------------------------------
 def build_sync(
     *,
@@ -257,6 +281,7 @@ def build_sync(
     log_format: LogFormat,
     progress: bool | None,
     debug: bool,
+    include_series: Sequence[str] | None = None,
 ) -> SyncSettings:
     db = _required(db_identifier, "--db-identifier", "RDSRECORDER_DB_IDENTIFIER")
     bucket_name = _bucket(bucket)
@@ -298,6 +323,7 @@ def build_sync(
         part_size_bytes=part_size_mib * MIB,
         shutdown_grace_s=shutdown_grace_s,
         include_plain=include_plain,
+        include_series=_series(include_series or ()),
         spool_dir=check_spool_dir(spool_dir),
         aws=AwsSettings(
             region=_region(region),

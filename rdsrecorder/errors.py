@@ -10,6 +10,10 @@
     │   ├── ThrottledError
     │   └── LogFileGoneError         the log file vanished (expired / rotated away)
     ├── DownloadError                exit 1  a download misbehaved (marker stuck, binary data ...)
+    │   ├── ShortBodyError           a whole-file stream ended cleanly before the listed size
+    │   ├── SourceChangedError       the file ended short, shrank or changed while being read
+    │   └── UnsafeNameError          a file name from the API that cannot be put in a URL
+    ├── OwnerError                   exit 3  the run id belongs to another DB (checked per write)
     ├── UploadError                  exit 1  an S3 upload failed (multipart aborted)
     ├── SnapshotError                exit 5  snapshot could not be created / failed
     └── VerifyError                  exit 6  `verify` found a problem
@@ -34,6 +38,7 @@ EXIT_SNAPSHOT = 5
 EXIT_VERIFY = 6
 EXIT_INTERRUPTED = 130
 MAX_MESSAGE_CHARS = 300  # an error in a log line or the manifest: one bounded line
+MAX_ERROR_CHARS = 1000  # any error's text, whatever it quotes
 
 
 def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
@@ -44,6 +49,12 @@ def one_line(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
 
 class RdsRecorderError(Exception):
     exit_code = EXIT_FAILURE
+
+    def __init__(self, *args: object) -> None:
+        # Messages may quote AWS answers (an XML body, a log line): bounded at the source.
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (one_line(args[0], MAX_ERROR_CHARS),)
+        super().__init__(*args)
 
 
 class ConfigError(RdsRecorderError):
@@ -85,6 +96,27 @@ class LogFileGoneError(AwsError):
 
 class DownloadError(RdsRecorderError):
     pass
+
+
+class ShortBodyError(DownloadError):
+    """The whole-file stream ended cleanly with fewer bytes than listed (retried, then portions)."""
+
+
+class SourceChangedError(DownloadError):
+    """The file did not arrive as listed: it ended short, or its size or LastWritten changed while
+    it was read. ``current`` is how RDS lists it now (None when the listing could not tell)."""
+
+    def __init__(self, message: str, current: object = None) -> None:
+        super().__init__(message)
+        self.current = current
+
+
+class UnsafeNameError(DownloadError):
+    """A log file name that cannot be used in the whole-file URL (``..``, empty segments)."""
+
+
+class OwnerError(PreflightError):
+    """The run id's manifest names another DB: this process must not write under it."""
 
 
 class UploadError(RdsRecorderError):

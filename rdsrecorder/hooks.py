@@ -38,6 +38,12 @@ class Hooks:
 
     def truncated_lines(self, instance: str, count: int) -> None: ...
 
+    def conflict(self, instance: str) -> None:
+        """A finished copy of another file held the key: kept, this file written beside it."""
+
+    def retry_scheduled(self, instance: str) -> None:
+        """A file that failed is to be copied again in a later round (follow mode)."""
+
     # -- run ---------------------------------------------------------------------------------
     def mode(self, mode: str) -> None:
         """The sync mode (see window.Mode), set once at start."""
@@ -88,6 +94,14 @@ class MultiHooks(Hooks):
     def truncated_lines(self, instance: str, count: int) -> None:
         for h in self._hooks:
             h.truncated_lines(instance, count)
+
+    def conflict(self, instance: str) -> None:
+        for h in self._hooks:
+            h.conflict(instance)
+
+    def retry_scheduled(self, instance: str) -> None:
+        for h in self._hooks:
+            h.retry_scheduled(instance)
 
     def mode(self, mode: str) -> None:
         for h in self._hooks:

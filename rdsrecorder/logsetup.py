@@ -1,6 +1,10 @@
 """Logging: human-readable lines by default, one JSON object per line with ``--log-format json``
 (for containers), and a filter that redacts anything that looks like an AWS secret (defence in
-depth: the code never logs credentials on purpose)."""
+depth: the code never logs credentials on purpose).
+
+Names from the API are data: a log file name with a newline must not forge a log line, so the
+text formatter escapes control characters in messages (``\\n`` -> ``\\x0a``); JSON escapes them
+anyway."""
 
 from __future__ import annotations
 
@@ -21,7 +25,13 @@ _SECRET_PATTERNS = (
     re.compile(r"(?i)(x-amz-security-token)(\s*[=:]\s*)(\S+)"),
     re.compile(r"(Signature=)([0-9a-f]{16,})()"),
 )
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(0x20), 0x7F, 0x85, 0x2028, 0x2029]}
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+def escape_controls(text: str) -> str:
+    """Control characters (and Unicode line separators) as ``\\xNN``: one message, one line."""
+    return text.translate(_CONTROL)
 
 
 def redact(text: str) -> str:
@@ -43,6 +53,10 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%dT%H:%M:%SZ")
         self.converter = time.gmtime
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape_controls(record.message)
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):

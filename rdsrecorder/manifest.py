@@ -10,6 +10,9 @@ files land. ``verify`` and ``ls`` read it; a re-run with the same run id resumes
   flushes never interleave and a change made during a write is written by the next flush.
 * A failed (or cancelled) write marks the manifest dirty again: it is logged and retried by the
   next flush, never raised into the run.
+* One owner: the first write records the run's DB; ``check_owner`` (called before every write of
+  a log file) reads the head of the manifest in S3 again and raises ``OwnerError`` when it names
+  another DB (another process took the run id). From then on this store writes nothing.
 
 Schema: ``schema`` holds ``SCHEMA_VERSION``; readers ignore fields they do not know, so a newer
 writer can add fields without breaking older readers.
@@ -21,17 +24,20 @@ import asyncio
 import dataclasses
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rdsrecorder.clock import Clock
-from rdsrecorder.errors import RdsRecorderError
+from rdsrecorder.errors import OwnerError, RdsRecorderError
 from rdsrecorder.models import FileStatus
 from rdsrecorder.times import iso
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+OWNER_HEAD_BYTES = 4096  # the manifest's keys are sorted: db_identifier is in its first lines
+_DB_RE = re.compile(r'"db_identifier":\s*("(?:[^"\\]|\\.)*")')
 CLOSE_ATTEMPTS = 3
 CLOSE_RETRY_DELAY_S = 1.0
 
@@ -121,7 +127,19 @@ class ManifestStorage(Protocol):
 
     async def put_bytes(self, key: str, data: bytes, content_type: str) -> None: ...
 
-    async def get_bytes(self, key: str) -> bytes | None: ...
+    async def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes | None: ...
+
+
+def owner_of(head: bytes) -> str | None:
+    """The db_identifier named in the first bytes of a manifest, if it can be read there."""
+    m = _DB_RE.search(head.decode("utf-8", "replace"))
+    if m is None:
+        return None
+    try:
+        value = json.loads(m.group(1))
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
 
 
 class ManifestStore:
@@ -139,6 +157,7 @@ class ManifestStore:
         self._lock = asyncio.Lock()
         self.writes = 0  # successful writes, for logs and tests
         self.failed_writes = 0
+        self._foreign: str | None = None  # the DB another process wrote into this run id
 
     @property
     def manifest(self) -> Manifest | None:
@@ -163,6 +182,24 @@ class ManifestStore:
     def start(self, manifest: Manifest) -> None:
         self._manifest = manifest
         self._dirty = True
+
+    def _owner_error(self, other: str) -> OwnerError:
+        mine = self._require().db_identifier
+        return OwnerError(
+            f"run id {self._run_id!r} now holds logs of {other!r} (another process uses it); "
+            f"this run of {mine!r} stops before writing more: give each DB its own --run-id"
+        )
+
+    async def check_owner(self) -> None:
+        """Raises ``OwnerError`` when the manifest in S3 names another DB than this run's."""
+        if self._foreign is not None:
+            raise self._owner_error(self._foreign)
+        head = await self._sink.get_bytes(self._key, max_bytes=OWNER_HEAD_BYTES)
+        other = owner_of(head) if head else None
+        if other is not None and other != self._require().db_identifier:
+            self._foreign = other
+            log.error("%s names %r now: this run writes nothing more", self._key, other)
+            raise self._owner_error(other)
 
     def _require(self) -> Manifest:
         if self._manifest is None:
@@ -199,7 +236,7 @@ class ManifestStore:
         self._dirty = True
 
     def _due(self, force: bool) -> bool:
-        if self._manifest is None or not self._dirty:
+        if self._manifest is None or not self._dirty or self._foreign is not None:
             return False
         return force or self._clock.now() - self._last_write_s >= self._min_interval_s
 
@@ -230,7 +267,7 @@ class ManifestStore:
 
     async def close(self, finished: bool) -> None:
         """The final write, whatever the interval; retried a few times."""
-        if self._manifest is None:
+        if self._manifest is None or self._foreign is not None:
             return
         if finished:
             self._manifest.finished_at = iso(self._clock.now())

@@ -62,6 +62,14 @@ class PrometheusHooks(Hooks):
             "Lines over 1 MB cut by DownloadDBLogFilePortion (their tail is lost).",
         )
         self.files = counter("rdsrecorder_files_total", "Files handled, by outcome.")
+        self.conflicts = counter(
+            "rdsrecorder_conflicts_total",
+            "Files written beside a finished copy of another file under their key (kept).",
+        )
+        self.retries_scheduled = counter(
+            "rdsrecorder_file_retries_total",
+            "Files that failed and are copied again in a later round (follow mode).",
+        )
         self.pending = gauge("rdsrecorder_files_pending", "Files of the window not copied yet.")
         self.in_flight = gauge("rdsrecorder_files_in_flight", "Files being copied now.")
         self.duration = Histogram(
@@ -99,6 +107,8 @@ class PrometheusHooks(Hooks):
             self.downloaded_bytes,
             self.uploaded_bytes,
             self.truncated,
+            self.conflicts,
+            self.retries_scheduled,
         ):
             c.add(db, 0)
         for outcome in FILE_OUTCOMES:
@@ -156,6 +166,14 @@ class PrometheusHooks(Hooks):
     def truncated_lines(self, instance: str, count: int) -> None:
         self._init_instance(instance)
         self.truncated.add({"db_instance": instance}, count)
+
+    def conflict(self, instance: str) -> None:
+        self._init_instance(instance)
+        self.conflicts.inc({"db_instance": instance})
+
+    def retry_scheduled(self, instance: str) -> None:
+        self._init_instance(instance)
+        self.retries_scheduled.inc({"db_instance": instance})
 
     def mode(self, mode: str) -> None:
         for m in MODES:

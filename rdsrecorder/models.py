@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from urllib.parse import quote, unquote
 
 MIB = 1024 * 1024
 
@@ -16,6 +17,9 @@ class FileStatus(enum.StrEnum):
     SKIPPED = "skipped"  # a complete copy was already in S3
     FAILED = "failed"  # could not be copied (after retries)
     LOST = "lost"  # vanished from RDS (expired) before it could be copied
+    # Did not arrive as listed: it ended short, shrank, or its size / LastWritten changed while it
+    # was read, on every attempt. Nothing was written for it (a follower tries again later).
+    CHANGED = "changed"
 
     @property
     def landed(self) -> bool:
@@ -53,6 +57,8 @@ class DownloadStats:
     bytes: int = 0
     truncated_lines: int = 0  # lines the portion API cut and we could not recover
     recovered_truncations: int = 0  # cuts recovered by asking for fewer lines
+    false_ends: int = 0  # "no more data" answers before the listed size, gone on from the marker
+    overlap_bytes: int = 0  # bytes a page repeated from the previous one, dropped
     warnings: list[str] = field(default_factory=list)
 
 
@@ -82,3 +88,17 @@ META_SOURCE_LAST_WRITTEN = "source-last-written-ms"
 META_SHA256 = "sha256"  # hex sha256 of the object bytes; present only on a finished copy
 META_RUN_ID = "run-id"
 META_COMPLETE = "complete"  # "true" when the source file had rotated, "false" if copied live
+
+# Printable ASCII that S3 metadata carries as it is; everything else (non-ASCII, control
+# characters, and "%" itself) is percent-encoded, so a name from the API always fits a header.
+_META_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def meta_encode(value: str) -> str:
+    """An object metadata value: S3 headers take ASCII only (non-ASCII fails every retry)."""
+    return quote(value, safe=_META_SAFE)
+
+
+def meta_decode(value: str) -> str:
+    """The inverse of ``meta_encode`` (what verify, ls and the skip check compare)."""
+    return unquote(value) if "%" in value else value

@@ -14,7 +14,19 @@ Backfill is simply the first round; following is the next rounds. Copies run in 
 flight: see the README, "Speed and memory").
 
 A stop ``Event`` (SIGTERM / SIGINT) ends the loop: no new copy starts, copies in flight get
-``shutdown_grace_s`` to finish and are then cancelled (their multipart uploads are aborted).
+``shutdown_grace_s`` to finish and are then cancelled (their multipart uploads are aborted). The
+stop is honoured in every mode, a backfill's drain included.
+
+Series: only ``postgresql.log`` files (the PostgreSQL log, csv and, with ``include_plain``, its
+plain twin) are copied and own the documented key ``rds_log_<RUNID>_<unix>``. Files of another
+series (``error/audit.log.2024-03-04-17.csv``, say) are copied only when named in
+``include_series``, and then under a key that names their series (``..._<unix>_audit.log``), so
+they never take the key of a PostgreSQL log.
+
+Following: a file that failed (or kept changing) is copied again in later rounds, after
+``RETRY_FIRST_S`` doubling up to ``RETRY_MAX_S``, until it lands or RDS stops listing it (its
+manifest entry stays ``failed`` meanwhile). A run with a finish keeps retrying until
+``finish + grace``.
 """
 
 from __future__ import annotations
@@ -22,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import re
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -35,6 +48,7 @@ from rdsrecorder.logfiles import (
     assign_spans,
     is_complete,
     object_key,
+    parse_name,
     rotation_period_s,
     select,
 )
@@ -51,6 +65,21 @@ LISTING_MARGIN_MS = 5 * 60 * 1000  # LastWritten is updated lazily: look back a 
 GRACE_EXTRA_S = 5 * 60
 IN_FLIGHT = "in-flight"
 ABORTED = "aborted"
+POSTGRES_SERIES = "postgresql.log"
+RETRY_FIRST_S = 30.0  # a failed file's first retry in a later round (follow mode)
+RETRY_MAX_S = 15 * 60.0
+RETRIED = (FileStatus.FAILED, FileStatus.CHANGED)
+
+
+def series_of(name: str) -> str:
+    """The series a log file belongs to: ``postgresql.log`` for ``error/postgresql.log.<date>``."""
+    parsed = parse_name(name)
+    base = parsed.base if parsed is not None else name
+    return base.rsplit("/", 1)[-1]
+
+
+def series_suffix(series: str) -> str:
+    return "_" + re.sub(r"[^A-Za-z0-9.-]", "-", series)
 
 
 class Lister(Protocol):
@@ -80,6 +109,7 @@ class RunTotals:
     skipped: int = 0
     failed: int = 0
     lost: int = 0
+    changed: int = 0  # ended short or changed while read, on every attempt (nothing written)
     bytes: int = 0
     truncated_lines: int = 0
     not_started: int = 0  # ready, but the run was stopped before their copy began
@@ -89,24 +119,35 @@ class RunTotals:
 
     def add(self, entry: FileEntry) -> None:
         self.entries.append(entry)
+        self._count(entry, 1)
+
+    def replace(self, old: FileEntry, new: FileEntry) -> None:
+        """A retried file's new ending replaces its earlier one (a failure that later landed is
+        not a failure of the run)."""
+        if old in self.entries:
+            self.entries.remove(old)
+            self._count(old, -1)
+        self.add(new)
+
+    def _count(self, entry: FileEntry, n: int) -> None:
         status = FileStatus(entry.status)
-        if status is FileStatus.COPIED:
-            self.copied += 1
-        elif status is FileStatus.PARTIAL:
-            self.partial += 1
-        elif status is FileStatus.SKIPPED:
-            self.skipped += 1
-        elif status is FileStatus.LOST:
-            self.lost += 1
-        else:
-            self.failed += 1
+        name = {
+            FileStatus.COPIED: "copied",
+            FileStatus.PARTIAL: "partial",
+            FileStatus.SKIPPED: "skipped",
+            FileStatus.LOST: "lost",
+            FileStatus.CHANGED: "changed",
+        }.get(status, "failed")
+        setattr(self, name, getattr(self, name) + n)
         if status in (FileStatus.COPIED, FileStatus.PARTIAL):
-            self.bytes += entry.size
-        self.truncated_lines += entry.truncated_lines
+            self.bytes += n * entry.size
+        self.truncated_lines += n * entry.truncated_lines
 
     @property
     def ok(self) -> bool:
-        return not (self.failed or self.lost or self.truncated_lines or self.interrupted)
+        return not (
+            self.failed or self.lost or self.changed or self.truncated_lines or self.interrupted
+        )
 
 
 class Recorder:
@@ -128,6 +169,7 @@ class Recorder:
         finish_grace_s: float | None,
         shutdown_grace_s: float,
         include_plain: bool = False,
+        include_series: tuple[str, ...] = (),
     ) -> None:
         self._window = window
         self._run_id = run_id
@@ -144,6 +186,11 @@ class Recorder:
         self._finish_grace_s = finish_grace_s
         self._shutdown_grace_s = shutdown_grace_s
         self._include_plain = include_plain
+        self._series = frozenset({POSTGRES_SERIES, *include_series})
+        self._skipped_series: set[tuple[str, str]] = set()
+        self._retry_at: dict[tuple[str, str], float] = {}
+        self._retries: dict[tuple[str, str], int] = {}
+        self._ended: dict[tuple[str, str], FileEntry] = {}
         self._known: dict[tuple[str, str], LogFile] = {}
         # IN_FLIGHT, ABORTED or the FileStatus a copy ended with
         self._state: dict[tuple[str, str], str] = {}
@@ -206,6 +253,9 @@ class Recorder:
         key = object_key(
             self._run_id, sf.timestamp_s, sf.instance if self._per_instance_keys else None
         )
+        series = series_of(sf.name)
+        if series != POSTGRES_SERIES:
+            key += series_suffix(series)
         if not sf.name.endswith(".csv"):
             key += "_stderr"  # the plain twin (--include-plain) shares the csv file's timestamp
         ident = (sf.instance, sf.name)
@@ -225,8 +275,13 @@ class Recorder:
         waiting: list[SpannedFile] = []
         finish_s = self._window.finish_s
         for sf in selected:
-            if (sf.instance, sf.name) in self._state:
-                continue
+            ident = (sf.instance, sf.name)
+            if ident in self._state:
+                if not self._retry_due(ident, now_s):
+                    if ident in self._retry_at and self._retrying(now_s, periods[sf.instance]):
+                        waiting.append(sf)  # the run waits for its retry
+                    continue
+                del self._state[ident]
             period_s = periods[sf.instance]
             if is_complete(sf, now_s, period_s):
                 ready.append((sf, True))
@@ -249,6 +304,57 @@ class Recorder:
             else:
                 waiting.append(sf)
         return ready, waiting
+
+    def _retry_due(self, ident: tuple[str, str], now_s: float) -> bool:
+        at = self._retry_at.get(ident)
+        return at is not None and now_s >= at and self._state.get(ident) in RETRIED
+
+    def _retrying(self, now_s: float, period_s: int) -> bool:
+        """Failed files are retried while the run follows: forever without a finish, until
+        finish + grace with one."""
+        finish_s = self._window.finish_s
+        return finish_s is None or now_s < finish_s + self._grace_s(period_s)
+
+    def _schedule_retry(self, sf: SpannedFile, entry: FileEntry) -> None:
+        ident = (sf.instance, sf.name)
+        if self._window.mode is Mode.DOWNLOAD_AND_FINISH or entry.status not in RETRIED:
+            self._retry_at.pop(ident, None)
+            self._retries.pop(ident, None)
+            return
+        n = self._retries.get(ident, 0) + 1
+        self._retries[ident] = n
+        delay_s = min(RETRY_MAX_S, RETRY_FIRST_S * 2 ** (n - 1))
+        self._retry_at[ident] = self._clock.now() + delay_s
+        self._hooks.retry_scheduled(sf.instance)
+        log.warning(
+            "%s %s ended %s (%s); retry %d in %.0f s (the manifest says %s meanwhile)",
+            sf.instance,
+            sf.name,
+            entry.status,
+            entry.error or "no detail",
+            n,
+            delay_s,
+            entry.status,
+        )
+
+    def _wanted(self, spanned: list[SpannedFile]) -> list[SpannedFile]:
+        """Files of the series this run copies; the others are said once each."""
+        out = []
+        for sf in spanned:
+            series = series_of(sf.name)
+            if series in self._series:
+                out.append(sf)
+            elif (sf.instance, series) not in self._skipped_series:
+                self._skipped_series.add((sf.instance, series))
+                log.info(
+                    "%s: files of series %s (%s, ...) are not copied (--include-series %s "
+                    "copies them)",
+                    sf.instance,
+                    series,
+                    sf.name,
+                    series,
+                )
+        return out
 
     def _record_gaps(self, selected: list[SpannedFile], spanned: list[SpannedFile]) -> None:
         by_instance: dict[str, list[SpannedFile]] = {}
@@ -294,7 +400,13 @@ class Recorder:
                 self.totals.aborted += 1
                 raise
         self._state[ident] = entry.status
-        self.totals.add(entry)
+        earlier = self._ended.get(ident)
+        if earlier is None:
+            self.totals.add(entry)
+        else:
+            self.totals.replace(earlier, entry)
+        self._ended[ident] = entry
+        self._schedule_retry(sf, entry)
         self._manifest.record(entry)
         await self._manifest.flush()
 
@@ -351,9 +463,11 @@ class Recorder:
     def _round(
         self, tg: asyncio.TaskGroup, now_s: float, instances: list[str]
     ) -> list[SpannedFile]:
-        spanned = assign_spans(
-            (f for (inst, _), f in self._known.items() if inst in instances),
-            include_plain=self._include_plain,
+        spanned = self._wanted(
+            assign_spans(
+                (f for (inst, _), f in self._known.items() if inst in instances),
+                include_plain=self._include_plain,
+            )
         )
         periods = {
             inst: rotation_period_s(s for s in spanned if s.instance == inst) for inst in instances
@@ -378,8 +492,15 @@ class Recorder:
         if not self._tasks:
             return
         if not self._stop.is_set():
-            await asyncio.wait(set(self._tasks))
-            return
+            # A backfill's last round ends here: its copies must still see a stop.
+            stopped = asyncio.ensure_future(self._stop.wait())
+            try:
+                while self._tasks and not self._stop.is_set():
+                    await asyncio.wait({*self._tasks, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopped.cancel()
+            if not self._tasks:
+                return
         in_flight = [k for k, v in self._state.items() if v == IN_FLIGHT]
         log.warning(
             "stopping: %d file(s) in flight get %.0f s to finish; the rest is aborted "
@@ -397,7 +518,9 @@ class Recorder:
 def summary_line(t: RunTotals) -> str:
     return (
         f"{t.copied} copied, {t.partial} copied while still written, {t.skipped} already in S3, "
-        f"{t.failed} failed, {t.lost} lost, {t.truncated_lines} truncated line(s), "
+        f"{t.failed} failed, {t.lost} lost, "
+        + (f"{t.changed} changed while read, " if t.changed else "")
+        + f"{t.truncated_lines} truncated line(s), "
         f"{t.bytes} bytes"
         + (f", {t.aborted} aborted by the stop" if t.aborted else "")
         + (f", {t.not_started} not started before the stop" if t.not_started else "")

@@ -27,6 +27,7 @@ def render_summary(report: SyncReport, console: Console | None = None) -> None:
     table.add_column("already in S3", justify="right")
     table.add_column("failed", justify="right")
     table.add_column("lost", justify="right")
+    table.add_column("changed", justify="right")
     table.add_column("truncated lines", justify="right")
     table.add_column("bytes", justify="right")
     table.add_row(
@@ -35,19 +36,22 @@ def render_summary(report: SyncReport, console: Console | None = None) -> None:
         str(t.skipped),
         str(t.failed),
         str(t.lost),
+        str(t.changed),
         str(t.truncated_lines),
         f"{t.bytes:,}",
     )
     console.print(table)
     for entry in t.entries:
-        if entry.status in (FileStatus.FAILED, FileStatus.LOST):
+        if entry.status in (FileStatus.FAILED, FileStatus.LOST, FileStatus.CHANGED):
             console.print(f"  {entry.status}: {entry.instance} {entry.source}: {entry.error}")
     if report.snapshot is not None:
         console.print(f"snapshot: {report.snapshot.snapshot_id} {report.snapshot.arn}")
     if report.snapshot_error:
         console.print(f"snapshot failed: {report.snapshot_error}")
     if report.interrupted or t.interrupted:
-        console.print(f"interrupted: re-run with --run-id {report.run_id} to resume")
+        troubles = t.failed + t.lost + t.changed
+        before = f"; {troubles} file(s) had failed or were lost before the stop" if troubles else ""
+        console.print(f"interrupted{before}: re-run with --run-id {report.run_id} to resume")
 
 
 def render_verify(report: VerifyReport, console: Console | None = None) -> None:

@@ -4,17 +4,42 @@ and turn every ending into a manifest entry. Never raises except on cancellation
 
 Retries: each AWS call already had its attempts (``rdsrecorder.retry``); the copier restarts a
 file only for a ``DownloadError`` (a stream that broke, a marker that stopped), so attempts never
-multiply."""
+multiply.
+
+Contracts kept here, whatever the download path:
+
+* **Size.** A file must arrive with at least the bytes RDS listed (a rotated one: exactly). When
+  it does not (it ended short, it shrank, it came out longer than a rotated file can), the
+  generator fails before its last chunk, so nothing is written; the file is listed again and
+  the copy redone from the start with what RDS says now. A file that keeps changing ends as
+  ``changed``, never ``copied``.
+* **A complete copy is never overwritten with other bytes.** A finished object under the key
+  that holds another file (another source name, instance or size: a recreated instance, another
+  DB) is kept; the file goes beside it under ``<key>_v<n>``, with a warning and
+  ``Hooks.conflict``.
+* **One owner.** ``owner_check`` (the manifest still names this run's DB) runs before every
+  write; its ``OwnerError`` ends the run.
+* **Names are data.** Metadata values are percent-encoded to ASCII (``models.meta_encode``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from rdsrecorder.clock import Clock
-from rdsrecorder.errors import DownloadError, LogFileGoneError, RdsRecorderError, one_line
+from rdsrecorder.errors import (
+    DownloadError,
+    LogFileGoneError,
+    OwnerError,
+    RdsRecorderError,
+    ShortBodyError,
+    SourceChangedError,
+    UnsafeNameError,
+    one_line,
+)
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.logfiles import SpannedFile
 from rdsrecorder.manifest import FileEntry
@@ -31,6 +56,8 @@ from rdsrecorder.models import (
     LogFile,
     ObjectInfo,
     UploadResult,
+    meta_decode,
+    meta_encode,
 )
 from rdsrecorder.times import iso, iso_or_none
 
@@ -39,6 +66,12 @@ log = logging.getLogger(__name__)
 
 class Source(Protocol):
     def download(self, f: LogFile, stats: DownloadStats) -> AsyncIterator[bytes]: ...
+
+
+class FileLister(Protocol):
+    async def describe_file(self, instance: str, name: str) -> LogFile | None:
+        """How RDS lists one file now (None: not listed any more)."""
+        ...
 
 
 class Reader(Protocol):
@@ -57,16 +90,41 @@ class Writer(Protocol):
     ) -> UploadResult: ...
 
 
+MAX_CONFLICT_KEYS = 20  # versions of one key kept beside each other before giving up
+
+
 def already_copied(info: ObjectInfo, sf: SpannedFile, complete: bool) -> bool:
     """A finished copy of the same source, as large as RDS lists it now. An object without the
     sha256 metadata is an interrupted copy (the hash is added last) and is copied again."""
     meta = info.metadata
-    if not meta.get(META_SHA256) or meta.get(META_SOURCE) != sf.name:
+    if not meta.get(META_SHA256) or meta_decode(meta.get(META_SOURCE, "")) != sf.name:
         return False
-    if meta.get(META_SOURCE_SIZE) != str(sf.file.size):
+    if meta.get(META_INSTANCE, sf.instance) != sf.instance:
+        return False
+    if meta.get(META_SOURCE_SIZE) != str(sf.file.size) or info.size < sf.file.size:
         return False
     # A copy taken while the file was still being written is replaced once the file is complete.
     return meta.get(META_COMPLETE) == "true" or not complete
+
+
+def holds_other_file(info: ObjectInfo, sf: SpannedFile) -> bool:
+    """The object is a finished copy that must be kept: of another file (source name, instance),
+    or a complete copy of a same-name file with another size (a recreated instance's file)."""
+    meta = info.metadata
+    if not meta.get(META_SHA256):
+        return False  # an interrupted copy: nothing to keep
+    if meta_decode(meta.get(META_SOURCE, "")) != sf.name:
+        return True
+    if meta.get(META_INSTANCE, sf.instance) != sf.instance:
+        return True
+    return meta.get(META_COMPLETE) == "true" and meta.get(META_SOURCE_SIZE) != str(sf.file.size)
+
+
+def _as_listed_now(sf: SpannedFile, current: object) -> SpannedFile:
+    """The file as RDS lists it now: the next attempt copies that, from the start."""
+    if isinstance(current, LogFile) and current != sf.file:
+        return dataclasses.replace(sf, file=current)
+    return sf
 
 
 class Copier:
@@ -81,6 +139,8 @@ class Copier:
         *,
         max_attempts: int = 3,
         retry_delay_s: float = 2.0,
+        lister: FileLister | None = None,
+        owner_check: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._source = source
         self._reader = reader
@@ -90,6 +150,8 @@ class Copier:
         self._run_id = run_id
         self._max_attempts = max_attempts
         self._retry_delay_s = retry_delay_s
+        self._lister = lister
+        self._owner_check = owner_check
 
     def _entry(self, sf: SpannedFile, key: str, **fields: object) -> FileEntry:
         entry = FileEntry(
@@ -111,8 +173,8 @@ class Copier:
 
     def _metadata(self, sf: SpannedFile, complete: bool) -> dict[str, str]:
         return {
-            META_SOURCE: sf.name,
-            META_INSTANCE: sf.instance,
+            META_SOURCE: meta_encode(sf.name),
+            META_INSTANCE: meta_encode(sf.instance),
             META_SOURCE_SIZE: str(sf.file.size),
             META_SOURCE_LAST_WRITTEN: str(sf.file.last_written_ms),
             META_RUN_ID: self._run_id,
@@ -132,42 +194,120 @@ class Copier:
                 sf.instance, outcome, time.monotonic() - started, float(sf.timestamp_s)
             )
 
-    async def _copy(self, sf: SpannedFile, key: str, complete: bool) -> FileEntry:
+    async def _head(self, key: str) -> ObjectInfo | None:
         try:
-            existing = await self._reader.head(key)
+            return await self._reader.head(key)
         except RdsRecorderError as exc:
             log.warning("cannot check s3 object %s (%s); copying again", key, exc)
-            existing = None
-        if existing is not None and already_copied(existing, sf, complete):
-            log.info("skip %s %s: already in s3 as %s", sf.instance, sf.name, key)
-            return self._entry(
-                sf,
+            return None
+
+    async def _free_key(self, sf: SpannedFile, key: str) -> tuple[str, ObjectInfo | None]:
+        """The key this file is written to: ``key``, or the first ``<key>_v<n>`` that does not
+        hold another file's finished copy; and what is there now."""
+        candidate, existing = key, await self._head(key)
+        n = 1
+        while existing is not None and holds_other_file(existing, sf):
+            n += 1
+            if n > MAX_CONFLICT_KEYS:
+                raise DownloadError(
+                    f"{key} and {MAX_CONFLICT_KEYS - 1} versions beside it hold other files"
+                )
+            candidate = f"{key}_v{n}"
+            existing = await self._head(candidate)
+        if candidate != key:
+            self._hooks.conflict(sf.instance)
+            log.warning(
+                "s3 %s holds a finished copy of another file than %s %s (%d bytes listed): "
+                "kept; this one goes to %s",
                 key,
-                size=existing.size,
-                sha256=existing.metadata.get(META_SHA256, ""),
-                method="skipped",
-                status=FileStatus.SKIPPED,
-                complete=existing.metadata.get(META_COMPLETE) == "true",
+                sf.instance,
+                sf.name,
+                sf.file.size,
+                candidate,
             )
+        return candidate, existing
+
+    async def _checked(
+        self, sf: SpannedFile, complete: bool, stats: DownloadStats
+    ) -> AsyncIterator[bytes]:
+        """The download, held to the listed size: a failure raised here, before the last chunk
+        is handed on, means nothing is written."""
+        f = sf.file
+        try:
+            async for chunk in self._source.download(f, stats):
+                yield chunk
+        except ShortBodyError as exc:
+            current = await self._relist(f)
+            if current != f:  # it changed: the next attempt copies it as listed now
+                raise SourceChangedError(str(exc), current) from exc
+            raise
+        if stats.bytes == f.size or (stats.bytes > f.size and not complete):
+            return  # as listed (a file still being written may have grown)
+        current = await self._relist(f)
+        if stats.bytes < f.size:
+            what = f"{stats.bytes} of the {f.size} bytes listed arrived"
+        else:
+            what = f"{stats.bytes} bytes arrived, {f.size} were listed for a rotated file"
+        now = (
+            "; RDS no longer lists it"
+            if current is None
+            else f"; RDS lists {current.size} bytes now"
+            if current != f
+            else ""
+        )
+        raise SourceChangedError(f"{f.name}: {what}{now}", current)
+
+    async def _relist(self, f: LogFile) -> LogFile | None:
+        if self._lister is None:
+            return f
+        try:
+            return await self._lister.describe_file(f.instance, f.name)
+        except RdsRecorderError as exc:
+            log.warning("cannot list %s %s again (%s)", f.instance, f.name, exc)
+            return f
+
+    async def _copy(self, sf: SpannedFile, key: str, complete: bool) -> FileEntry:
+        key, existing = await self._free_key(sf, key)
+        if existing is not None and already_copied(existing, sf, complete):
+            return self._skipped(sf, key, existing)
+        return await self._attempts(sf, key, complete)
+
+    async def _attempts(self, sf: SpannedFile, key: str, complete: bool) -> FileEntry:
         last_error = ""
+        changed = False
         for attempt in range(1, self._max_attempts + 1):
             stats = DownloadStats()
             try:
+                if self._owner_check is not None:
+                    await self._owner_check()
                 result = await self._writer.upload(
                     key,
-                    self._source.download(sf.file, stats),
+                    self._checked(sf, complete, stats),
                     metadata=self._metadata(sf, complete),
                     instance=sf.instance,
                     size_hint_bytes=sf.file.size,
                 )
+            except OwnerError:
+                raise  # the run id belongs to another DB now: the run must end
             except LogFileGoneError as exc:
                 log.error("lost %s %s: %s", sf.instance, sf.name, exc)
                 return self._entry(
                     sf, key, status=FileStatus.LOST, error=str(exc), method=stats.method
                 )
+            except UnsafeNameError as exc:
+                log.error("failed %s %s: %s", sf.instance, sf.name, exc)
+                return self._failed(sf, key, str(exc), stats)
             except DownloadError as exc:
                 # Bytes were handed on before it broke: only a restart of the file can help.
                 last_error = str(exc)
+                changed = isinstance(exc, SourceChangedError)
+                if isinstance(exc, SourceChangedError):
+                    if exc.current is None:
+                        log.error("lost %s %s: %s", sf.instance, sf.name, exc)
+                        return self._entry(
+                            sf, key, status=FileStatus.LOST, error=str(exc), method=stats.method
+                        )
+                    sf = _as_listed_now(sf, exc.current)
                 if attempt < self._max_attempts:
                     log.warning(
                         "attempt %d/%d for %s %s failed: %s; retrying",
@@ -180,7 +320,7 @@ class Copier:
                     await self._clock.sleep(self._retry_delay_s * attempt)
                     continue
                 log.error("failed %s %s after %d attempts: %s", sf.instance, sf.name, attempt, exc)
-                return self._failed(sf, key, last_error, stats)
+                return self._failed(sf, key, last_error, stats, changed=changed)
             except RdsRecorderError as exc:
                 # An AWS call that used all its attempts, or an upload that failed: final.
                 log.error("failed %s %s: %s", sf.instance, sf.name, exc)
@@ -191,13 +331,31 @@ class Copier:
             return self._finished(sf, key, complete, stats, result)
         return self._failed(sf, key, last_error, None)  # pragma: no cover
 
+    def _skipped(self, sf: SpannedFile, key: str, existing: ObjectInfo) -> FileEntry:
+        log.info("skip %s %s: already in s3 as %s", sf.instance, sf.name, key)
+        return self._entry(
+            sf,
+            key,
+            size=existing.size,
+            sha256=existing.metadata.get(META_SHA256, ""),
+            method="skipped",
+            status=FileStatus.SKIPPED,
+            complete=existing.metadata.get(META_COMPLETE) == "true",
+        )
+
     def _failed(
-        self, sf: SpannedFile, key: str, error: str, stats: DownloadStats | None
+        self,
+        sf: SpannedFile,
+        key: str,
+        error: str,
+        stats: DownloadStats | None,
+        *,
+        changed: bool = False,
     ) -> FileEntry:
         return self._entry(
             sf,
             key,
-            status=FileStatus.FAILED,
+            status=FileStatus.CHANGED if changed else FileStatus.FAILED,
             error=one_line(error),
             method=stats.method if stats else "",
         )
@@ -212,6 +370,14 @@ class Copier:
     ) -> FileEntry:
         for warning in stats.warnings:
             log.warning("%s %s: %s", sf.instance, sf.name, warning)
+        if stats.false_ends or stats.overlap_bytes:
+            log.info(
+                "%s %s: %d false end(s) of data gone past, %d repeated byte(s) dropped",
+                sf.instance,
+                sf.name,
+                stats.false_ends,
+                stats.overlap_bytes,
+            )
         if stats.truncated_lines:
             log.warning(
                 "%s %s: %d line(s) longer than 1 MB were cut by DownloadDBLogFilePortion; the rest "

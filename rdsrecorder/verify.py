@@ -5,9 +5,10 @@
 * re-reads every object the manifest lists (streamed, a few at a time) and checks its size and
   sha256 against the manifest and against the object's own metadata. Row statuses:
   ``ok``, ``partial`` (intact, but copied while the source was still being written),
-  ``missing``, ``size``, ``corrupt``, ``unreadable`` (S3 refused the read), ``failed-in-run`` /
-  ``lost-in-run`` (the run itself could not copy the file) and ``unexpected`` (an object under
-  the run's prefix the manifest does not know);
+  ``missing``, ``size``, ``short`` (a complete copy smaller than the size RDS listed for the
+  file: the manifest's ``size`` < ``source_size``), ``corrupt``, ``unreadable`` (S3 refused the
+  read), ``failed-in-run`` / ``lost-in-run`` / ``changed-in-run`` (the run itself could not copy
+  the file) and ``unexpected`` (an object under the run's prefix the manifest does not know);
 * checks that the window has no holes: per instance, the spans of the files that landed, sorted,
   must chain (the end of one is the start of the next) from the window start to its finish,
   except where the manifest records a gap (``before-retention``: RDS had already deleted the
@@ -30,7 +31,7 @@ from typing import Any, Protocol, TypeVar
 from rdsrecorder.errors import AwsError, VerifyError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.manifest import FileEntry, Manifest, manifest_key
-from rdsrecorder.models import META_SHA256, META_SOURCE, FileStatus, ObjectInfo
+from rdsrecorder.models import META_SHA256, META_SOURCE, FileStatus, ObjectInfo, meta_decode
 from rdsrecorder.s3.bucket import NOT_FOUND
 from rdsrecorder.times import iso, parse_iso
 
@@ -41,7 +42,7 @@ VERIFY_CONCURRENCY = 4  # objects re-read at once (memory: one 1 MiB read chunk 
 LIST_CONCURRENCY = 8  # manifests read at once by ``list_runs``
 SPAN_SLACK_S = 1.0  # spans come from whole-second timestamps: allow rounding
 GOOD_STATUSES = frozenset({"ok", "partial"})
-NOT_LANDED = (FileStatus.FAILED, FileStatus.LOST)
+NOT_LANDED = (FileStatus.FAILED, FileStatus.LOST, FileStatus.CHANGED)
 
 
 class Store(Protocol):
@@ -112,15 +113,21 @@ def _check_entry(entry: FileEntry, sha_hex: str, size: int, meta: dict[str, str]
     meta_sha = meta.get(META_SHA256, "")
     if meta_sha and meta_sha != sha_hex:
         return row("corrupt", f"the object's sha256 metadata says {meta_sha[:16]}..")
-    meta_source = meta.get(META_SOURCE, "")
+    meta_source = meta_decode(meta.get(META_SOURCE, ""))
     if meta_source and meta_source != entry.source:
         return row("corrupt", f"the object holds {meta_source}")
+    complete = entry.complete and entry.status is not FileStatus.PARTIAL
+    if complete and entry.size < entry.source_size:
+        return row(
+            "short",
+            f"{entry.size} bytes, RDS listed {entry.source_size} for the file: data is missing",
+        )
     notes = []
     if entry.truncated_lines:
         notes.append(f"{entry.truncated_lines} truncated line(s)")
     if not meta_sha:
         notes.append("no sha256 metadata")
-    if not entry.complete or entry.status is FileStatus.PARTIAL:
+    if not complete:
         return row("partial", "; ".join(["copied while still being written", *notes]))
     return row("ok", "; ".join(notes))
 

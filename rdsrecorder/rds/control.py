@@ -82,3 +82,19 @@ class RdsControl:
                 return
             seen_markers.add(marker)
             params["Marker"] = marker
+
+    async def describe_file(self, instance: str, name: str) -> LogFile | None:
+        """How RDS lists one file now (one DescribeDBLogFiles call, ``FilenameContains``); None
+        when it is not listed any more."""
+        resp = await self._aws.call(
+            "rds", "describe_db_log_files", DBInstanceIdentifier=instance, FilenameContains=name
+        )
+        for item in resp.get("DescribeDBLogFiles", []):
+            if item.get("LogFileName") == name:
+                return LogFile(
+                    instance=instance,
+                    name=name,
+                    last_written_ms=int(item.get("LastWritten", 0)),
+                    size=int(item.get("Size", 0)),
+                )
+        return None

@@ -25,7 +25,22 @@ Two download paths:
   starting at the same time wait for that probe instead of each probing.
 
 Guards against the known infinite loops: the marker must advance, and a file gets at most
-``max_calls_for(size)`` calls."""
+``max_calls_for(size)`` calls.
+
+The listed size is a contract (what RDS says is there must arrive):
+
+* portion: ``AdditionalDataPending=false`` while fewer bytes than listed arrived is a false end
+  (aws-cli #2268, #3079): the download goes on from the returned marker as long as the marker
+  moves. A page that starts before the marker it was asked with (aws-cli #10319: it repeats the
+  end of the previous page) is recognised from the markers' byte offsets (``<n>:<offset>``) and
+  its repeated head, which must equal the tail already received, is dropped.
+* complete: a stream that ends cleanly short of the listed size is a failed attempt
+  (``ShortBodyError``); after ``SHORT_BODIES_BEFORE_PORTIONS`` of them the file is read with
+  portions.
+* A name with ``..`` (or an empty segment) is refused on the whole-file path (``UnsafeNameError``);
+  every segment of the REST path is percent-encoded.
+
+What still ends short (the file shrank, or was replaced) is judged by the copier."""
 
 from __future__ import annotations
 
@@ -41,7 +56,13 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
 from rdsrecorder.aws import Aws
-from rdsrecorder.errors import AwsError, DownloadError, LogFileGoneError
+from rdsrecorder.errors import (
+    AwsError,
+    DownloadError,
+    LogFileGoneError,
+    ShortBodyError,
+    UnsafeNameError,
+)
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.models import DownloadMethod, DownloadStats, LogFile
 from rdsrecorder.retry import TRANSIENT_HTTP_STATUSES, TransientHttpError
@@ -61,6 +82,31 @@ CUT_RETRY_FACTOR = 0.9  # first retry after a cut: most cuts overshoot the cap b
 COMPLETE_PATH = "v19/downloadCompleteLogFile"
 COMPLETE_OPERATION = "DownloadCompleteLogFile"
 STREAM_READ_BYTES = 256 * 1024
+SHORT_BODIES_BEFORE_PORTIONS = 2  # whole-file streams that ended short before portions are used
+OVERLAP_TAIL_BYTES = 256 * 1024  # the end of the previous page kept to recognise a repeated head
+
+
+def marker_offset(marker: str) -> int | None:
+    """The byte offset a portion marker points at (``"0"`` or ``"<n>:<offset>"``), if readable."""
+    if marker == "0":
+        return 0
+    head, sep, tail = marker.rpartition(":")
+    if not sep or not head or not tail.isdigit():
+        return None
+    return int(tail)
+
+
+def complete_path(instance: str, name: str) -> str:
+    """The REST path of a file: every segment percent-encoded; ``..``, ``.`` and empty segments
+    refused (a name is data from the API, never a path to walk)."""
+    segments = name.split("/")
+    if any(seg in ("", ".", "..") for seg in segments):
+        raise UnsafeNameError(
+            f"{instance}: log file name {name!r} has an empty, '.' or '..' path segment: "
+            "not fetched"
+        )
+    encoded = "/".join(quote(seg, safe="") for seg in segments)
+    return f"{COMPLETE_PATH}/{quote(instance, safe='')}/{encoded}"
 
 
 def portion_lines(bytes_per_line: float, remaining: int, *, first: bool = False) -> int:
@@ -85,6 +131,30 @@ def max_calls_for(size_bytes: int) -> int:
     """Cap on portion calls for one file: generous (a call may return as little as ~4 KiB when
     lines are long and cuts force tiny requests) but finite, so a stuck API cannot loop forever."""
     return size_bytes // 4096 + 100
+
+
+def _tail(tail: bytes, data: bytes) -> bytes:
+    """The last OVERLAP_TAIL_BYTES of what arrived, after ``data``."""
+    kept = data[-OVERLAP_TAIL_BYTES:]
+    return kept if len(kept) == OVERLAP_TAIL_BYTES else (tail + kept)[-OVERLAP_TAIL_BYTES:]
+
+
+def _false_end(f: LogFile, stats: DownloadStats, marker: str, next_marker: str) -> bool:
+    """``AdditionalDataPending=false`` with fewer bytes than listed and a marker that moved: a
+    false end (aws-cli #2268, #3079), so the caller asks again from it (bounded by max_calls)."""
+    if stats.bytes >= f.size or not next_marker or next_marker == marker:
+        return False
+    stats.false_ends += 1
+    log.info(
+        "%s %s: DownloadDBLogFilePortion said no more data after %d of the %d bytes listed; "
+        "going on from marker %s",
+        f.instance,
+        f.name,
+        stats.bytes,
+        f.size,
+        next_marker,
+    )
+    return True
 
 
 class _Coalescer:
@@ -127,6 +197,7 @@ class RdsDownloader:
         self._chunk_target_bytes = chunk_target_bytes
         self._max_connections = max_connections
         self._portion_only: set[str] = set()  # instances where the complete endpoint is denied
+        self._short_bodies: dict[tuple[str, str], int] = {}  # whole-file streams that ended short
         # Bytes per line seen on each instance: a file's first portion is sized from it, so only
         # the first file of an instance pays for a small probing call.
         self._bytes_per_line: dict[str, float] = {}
@@ -154,6 +225,17 @@ class RdsDownloader:
         use_complete = self._method is DownloadMethod.COMPLETE or (
             self._method is DownloadMethod.AUTO and f.instance not in self._portion_only
         )
+        shorts = self._short_bodies.get((f.instance, f.name), 0)
+        if use_complete and self._method is DownloadMethod.AUTO:
+            if shorts >= SHORT_BODIES_BEFORE_PORTIONS:
+                log.warning(
+                    "%s %s: the whole-file stream ended short %d times; reading it with "
+                    "DownloadDBLogFilePortion",
+                    f.instance,
+                    f.name,
+                    shorts,
+                )
+                use_complete = False
         if use_complete:
             try:
                 async for chunk in self._download_complete(f, stats):
@@ -190,7 +272,7 @@ class RdsDownloader:
 
     async def _open_complete(self, f: LogFile) -> aiohttp.ClientResponse:
         base = str(self._aws.rds.meta.endpoint_url).rstrip("/")
-        url = f"{base}/{COMPLETE_PATH}/{quote(f.instance, safe='')}/{quote(f.name, safe='/')}"
+        url = f"{base}/{complete_path(f.instance, f.name)}"
 
         async def once() -> aiohttp.ClientResponse:
             resp = await self._session().get(url, headers=await self._signed_headers(url))
@@ -233,6 +315,15 @@ class RdsDownloader:
             ) from exc
         finally:
             resp.release()
+        if stats.bytes < f.size:
+            # A clean end (chunked or gzip) says nothing about missing data: a proxy or the server
+            # may close early. Not passed on: the attempt fails, the next one starts over.
+            ident = (f.instance, f.name)
+            self._short_bodies[ident] = self._short_bodies.get(ident, 0) + 1
+            raise ShortBodyError(
+                f"whole-file stream of {f.name} ended after {stats.bytes} of the {f.size} bytes "
+                "listed"
+            )
         rest = coalescer.take()
         if rest is not None:
             yield rest
@@ -271,6 +362,7 @@ class RdsDownloader:
         self, f: LogFile, stats: DownloadStats, marker: str, lines: int
     ) -> AsyncIterator[bytes]:
         recovering = False
+        tail = b""  # the end of what arrived, to recognise a page that repeats it
         max_calls = max_calls_for(max(f.size, 1))
         # A portion is already a big chunk (~1 MB): passed on as it is, without a join; only
         # small ones (cuts, the probe, a file's end) are gathered.
@@ -320,7 +412,11 @@ class RdsDownloader:
                 stats.recovered_truncations += 1
                 recovering = False
             data = text.encode("utf-8")
+            cut = TRUNCATION_NOTICE in text
             del text  # up to 4 bytes a character: not kept while the consumer writes the chunk
+            if data and not cut:
+                data = self._drop_overlap(f, stats, data, marker, next_marker, tail)
+                tail = _tail(tail, data)
             if data:
                 size, newlines = len(data), data.count(b"\n")
                 stats.bytes += size
@@ -332,9 +428,9 @@ class RdsDownloader:
                 if chunk is not None:
                     yield chunk
                     del chunk
-            if not pending:
+            if not pending and not _false_end(f, stats, marker, next_marker):
                 break
-            if not next_marker or next_marker == marker:
+            if pending and (not next_marker or next_marker == marker):
                 raise DownloadError(
                     f"{f.name}: DownloadDBLogFilePortion marker stuck at {marker!r} "
                     f"after {stats.bytes} bytes"
@@ -343,6 +439,35 @@ class RdsDownloader:
         rest = coalescer.take()
         if rest is not None:
             yield rest
+
+    @staticmethod
+    def _drop_overlap(
+        f: LogFile, stats: DownloadStats, data: bytes, marker: str, next_marker: str, tail: bytes
+    ) -> bytes:
+        """A page longer than the span between its two markers started before the marker it was
+        asked with: its head repeats the end of the previous page. Dropped only when it does
+        (never on a guess)."""
+        start, end = marker_offset(marker), marker_offset(next_marker)
+        if start is None or end is None or end < start:
+            return data
+        extra = len(data) - (end - start)
+        if extra <= 0:
+            return data
+        if extra <= len(tail) and data[:extra] == tail[-extra:]:
+            stats.overlap_bytes += extra
+            log.debug(
+                "%s %s: the page at marker %s repeated %d bytes of the previous one; dropped",
+                f.instance,
+                f.name,
+                marker,
+                extra,
+            )
+            return data[extra:]
+        stats.warnings.append(
+            f"the page at marker {marker} is {extra} bytes longer than its markers say and does "
+            "not repeat the previous page; kept as it came"
+        )
+        return data
 
     def _learn(self, instance: str, size: int, newlines: int) -> None:
         if newlines >= 100:

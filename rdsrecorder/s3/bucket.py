@@ -77,9 +77,18 @@ class Bucket:
             return None
         return ObjectInfo(key, int(resp.get("ContentLength", 0)), dict(resp.get("Metadata", {})))
 
-    async def get_bytes(self, key: str) -> bytes | None:
-        """The whole object (for small ones: the manifest); None if it does not exist."""
-        resp = await self._call_unless_missing("get_object", key)
+    async def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes | None:
+        """The whole object (for small ones: the manifest), or its first ``max_bytes``; None if
+        it does not exist."""
+        if max_bytes is None:
+            resp = await self._call_unless_missing("get_object", key)
+        else:
+            try:
+                resp = await self.call("get_object", Key=key, Range=f"bytes=0-{max_bytes - 1}")
+            except AwsError as exc:
+                if exc.code in NOT_FOUND:
+                    return None
+                raise
         if resp is None:
             return None
         try:
