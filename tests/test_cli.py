@@ -177,3 +177,42 @@ def test_malloc_arenas_are_limited_unless_the_user_set_them(
     assert runtime.limit_malloc_arenas() is sys.platform.startswith("linux")
     monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
     assert runtime.limit_malloc_arenas() is False
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ([*BASE, "--start", "now-99999999999d", "--finish", "now"], "out of range"),
+        ([*BASE, "--start", "9999-01-01"], "more than a year ahead"),
+        ([*BASE, "--start", "now-1h", "--poll-interval", "nan"], "finite number"),
+        ([*BASE, "--start", "now-1h", "--poll-interval", "inf"], "finite number"),
+        ([*BASE, "--start", "now-1h", "--max-api-rps", "nan"], "finite number"),
+        ([*BASE, "--start", "now-1h", "--run-id", "r\n"], "invalid --run-id"),
+        ([*BASE, "--start", "now-1h", "--metrics-port", "70000"], "--metrics-port"),
+        ([*BASE, "--start", "now-1h", "--region", "us east"], "invalid --region"),
+        ([*BASE, "--start", "now-1h", "--concurrency", "abc"], "--concurrency"),
+        ([*BASE, "--start", "now-1h", "--include-series", "../x"], "--include-series"),
+        (
+            ["sync", "--db-identifier", "db", "--bucket", "Bad_Bucket", "--start", "now-1h"],
+            "bucket",
+        ),
+        (
+            ["snapshot", "--db-identifier", "db", "--start", "now+1h", "--metrics-port", "-1"],
+            "port",
+        ),
+        (["lab", "serve", "--port", "70000"], "--port"),
+        (["lab", "serve", "--s3-port", "70000"], "--s3-port"),
+        (["lab", "serve", "--data", "/dev/null"], "not a directory"),
+        (["lab", "demo", "--hours", "1"], "--hours"),
+        (["no-such-command"], "No such command"),
+    ],
+)
+def test_hostile_input_is_one_line_and_exit_2_before_any_aws_call(
+    args: list[str], message: str
+) -> None:
+    # An endpoint nobody listens on: any AWS call would fail differently (exit 3, other lines).
+    proc = run(*args, env={"AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_ACCESS_KEY_ID": "x"})
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+    assert message in lines[0]

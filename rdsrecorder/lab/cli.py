@@ -262,8 +262,10 @@ def demo(
     try:
         if concurrency < 1:
             raise ConfigError(f"--concurrency must be at least 1, not {concurrency}")
-        if hours < 1:
-            raise ConfigError(f"--hours must be at least 1, not {hours}")
+        if not 2 <= hours <= 7 * 24:
+            # The demo's window ends where the newest (still written) file starts: one hour of
+            # logs leaves nothing to copy.
+            raise ConfigError(f"--hours must be from 2 to 168, not {hours}")
     except ConfigError as exc:
         raise _fail(exc) from None
     from rdsrecorder.demo import demo_main

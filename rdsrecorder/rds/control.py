@@ -8,11 +8,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rdsrecorder.aws import Aws
-from rdsrecorder.errors import AwsError, DbNotFoundError
+from rdsrecorder.errors import AwsError, DbNotFoundError, PreflightError
 from rdsrecorder.models import LogFile
 
 INSTANCE_NOT_FOUND = frozenset({"DBInstanceNotFound", "DBInstanceNotFoundFault"})
 CLUSTER_NOT_FOUND = frozenset({"DBClusterNotFoundFault", "DBClusterNotFound"})
+ACCESS_DENIED = frozenset({"AccessDenied", "AccessDeniedException", "UnauthorizedOperation"})
+
+
+class ListingDeniedError(PreflightError):
+    """DescribeDBLogFiles is not allowed: nothing can be copied (exit 3, at once in every mode)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +74,14 @@ class RdsControl:
             params["FileLastWritten"] = int(since_ms)
         seen_markers: set[str] = set()
         while True:
-            resp = await self._aws.call("rds", "describe_db_log_files", **params)
+            try:
+                resp = await self._aws.call("rds", "describe_db_log_files", **params)
+            except AwsError as exc:
+                if exc.code in ACCESS_DENIED:
+                    raise ListingDeniedError(
+                        f"{exc} (allow rds:DescribeDBLogFiles on {instance})"
+                    ) from exc
+                raise
             for item in resp.get("DescribeDBLogFiles", []):
                 yield LogFile(
                     instance=instance,

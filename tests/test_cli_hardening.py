@@ -1,0 +1,212 @@
+"""Issue 14 through the CLI, as a user meets it: engine errors are one ``error:`` line with a
+documented exit code in backfill and follow mode, a run id owned by another DB is refused before
+writing, SIGTERM in Download interval & Finish honours --shutdown-grace and the summary still
+names what failed before it, one-shot commands serve no metrics unless asked."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pendulum
+import pytest
+
+from rdsrecorder.lab import LabThread
+from tests.e2e import Written, objects, s3_client, write_hourly
+
+pytestmark = pytest.mark.realtime  # real processes and signals
+
+DB = "cli-db"
+
+
+@pytest.fixture(scope="module")
+def lab_files(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[LabThread, list[Written], pendulum.DateTime]]:
+    root = tmp_path_factory.mktemp("clilab")
+    now = pendulum.now("UTC")
+    first = now.start_of("hour").subtract(hours=3)
+    files = write_hourly(root, DB, first, [3_000_000, 3_000_000, 200_000, 1000], now)
+    with LabThread(root, s3="moto") as lab:
+        yield lab, files, first
+
+
+def sync(
+    lab: LabThread, *args: str, signal_after_s: float | None = None
+) -> tuple[int, list[str], float]:
+    """Runs ``rdsrecorder sync``: exit code, stderr lines, seconds (from the signal, if any)."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "rdsrecorder",
+            "sync",
+            "--metrics-port",
+            "0",
+            "--no-progress",
+            *args,
+        ],
+        env={**os.environ, **lab.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started = time.monotonic()
+    if signal_after_s is not None:
+        time.sleep(signal_after_s)
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+    out, err = proc.communicate(timeout=120)
+    return proc.returncode, (out + err).splitlines(), time.monotonic() - started
+
+
+def window(first: pendulum.DateTime, hours: int = 2) -> list[str]:
+    return ["--start", first.to_iso8601_string(), "--finish", first.add(hours=hours).isoformat()]
+
+
+def error_lines(lines: list[str]) -> list[str]:
+    return [line for line in lines if line.startswith("error:")]
+
+
+@pytest.mark.parametrize("follow", [False, True], ids=["backfill", "follow"])
+def test_listing_denied_is_one_line_and_exit_3(
+    lab_files: tuple[LabThread, list[Written], pendulum.DateTime], follow: bool
+) -> None:
+    lab, _, first = lab_files
+    lab.set_faults(list_error="AccessDenied")
+    try:
+        span = window(first, hours=24 if follow else 2)
+        code, lines, _ = sync(lab, "--db-identifier", DB, "--run-id", f"deny-{follow}", *span)
+    finally:
+        lab.set_faults()
+    (line,) = error_lines(lines)
+    assert "DescribeDBLogFiles" in line and "allow rds:DescribeDBLogFiles" in line
+    assert code == 3
+    assert not any("ExceptionGroup" in x or "Traceback" in x for x in lines)
+
+
+def test_a_run_id_of_another_db_is_refused_with_one_line(
+    lab_files: tuple[LabThread, list[Written], pendulum.DateTime],
+) -> None:
+    lab, files, first = lab_files
+    code, _, _ = sync(
+        lab, "--db-identifier", DB, "--run-id", "owned", *window(first.add(hours=2), 1)
+    )
+    assert code == 0
+    lab.add_instance("cli-db2")
+    lab.append_file("cli-db2", files[2].name, b"another db\n")
+    before = objects(s3_client(lab.env), lab.bucket, "owned/")
+    code, lines, _ = sync(
+        lab, "--db-identifier", "cli-db2", "--run-id", "owned", *window(first.add(hours=2), 1)
+    )
+    (line,) = error_lines(lines)
+    assert "'cli-db'" in line and "--run-id" in line
+    assert code == 3
+    assert objects(s3_client(lab.env), lab.bucket, "owned/") == before
+
+
+def test_sigterm_in_a_backfill_honours_the_shutdown_grace(
+    lab_files: tuple[LabThread, list[Written], pendulum.DateTime],
+) -> None:
+    lab, _, first = lab_files
+    lab.set_faults(portion_ms_per_mb=4000)  # 3 MB files take over 12 s
+    try:
+        code, lines, after_s = sync(
+            lab,
+            "--db-identifier",
+            DB,
+            "--run-id",
+            "grace",
+            "--shutdown-grace",
+            "1",
+            "--download-method",
+            "portion",
+            *window(first),
+            signal_after_s=2.5,
+        )
+    finally:
+        lab.set_faults()
+    assert code == 130
+    assert after_s < 4.0, after_s  # 1 s of grace, then the abort (measured 8.6 s before)
+    assert any("aborted by the stop" in line for line in lines)
+
+
+def test_interrupted_run_still_names_what_failed_before_the_stop(
+    lab_files: tuple[LabThread, list[Written], pendulum.DateTime],
+) -> None:
+    lab, files, first = lab_files
+    # The first file's portions say "binary data": it fails after its 3 attempts (2 + 4 s of
+    # delay); the second is slow (3 MB at 8 s a MB).
+    lab.set_faults(binary_files=[files[0].name], portion_ms_per_mb=8000)
+    try:
+        code, lines, _ = sync(
+            lab,
+            "--db-identifier",
+            DB,
+            "--run-id",
+            "fail-then-stop",
+            "--shutdown-grace",
+            "0",
+            "--download-method",
+            "portion",
+            *window(first),
+            signal_after_s=9.0,
+        )
+    finally:
+        lab.set_faults()
+    assert code == 130
+    text = "\n".join(lines)
+    assert "1 failed" in text and f"failed: {DB} {files[0].name}" in text
+    assert "had failed or were lost before the stop" in text
+
+
+def test_one_shot_commands_serve_no_metrics_unless_asked(
+    lab_files: tuple[LabThread, list[Written], pendulum.DateTime],
+) -> None:
+    lab, _, _ = lab_files
+    env = {**os.environ, **lab.env}
+    taken = socket.socket()
+    taken.bind(("0.0.0.0", 9445))  # a running sync's default port
+    taken.listen()
+    try:
+        snap = [sys.executable, "-m", "rdsrecorder", "snapshot", "--db-identifier", DB]
+        snap += ["--start", "now+2s", "--run-id", "snap1"]
+        done = subprocess.run(snap, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert "metrics" not in done.stderr  # no server, so nothing to say
+        asked = subprocess.run(
+            [*snap[:-1], "snap2", "--metrics-port", "9445"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert asked.returncode == 0, asked.stderr
+        assert "cannot serve metrics on 0.0.0.0:9445" in asked.stderr  # a warning, goes on
+        ls = subprocess.run(
+            [sys.executable, "-m", "rdsrecorder", "ls"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert ls.returncode == 0, ls.stderr
+    finally:
+        taken.close()
+
+
+def test_cli_help_mentions_include_series(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "rdsrecorder", "sync", "--help"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "200"},
+        check=True,
+    ).stdout
+    assert "--include-series" in out
