@@ -18,7 +18,8 @@ class FileStatus(enum.StrEnum):
     FAILED = "failed"  # could not be copied (after retries)
     LOST = "lost"  # vanished from RDS (expired) before it could be copied
     # Did not arrive as listed: it ended short, shrank, or its size / LastWritten changed while it
-    # was read, on every attempt. Nothing was written for it (a follower tries again later).
+    # was read, on every attempt. When RDS kept listing it unchanged, the bytes that did arrive
+    # are kept under its key; otherwise nothing was written. A follower tries again later.
     CHANGED = "changed"
 
     @property

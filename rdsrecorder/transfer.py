@@ -228,10 +228,12 @@ class Copier:
         return candidate, existing
 
     async def _checked(
-        self, sf: SpannedFile, complete: bool, stats: DownloadStats
+        self, sf: SpannedFile, complete: bool, stats: DownloadStats, *, keep: bool = False
     ) -> AsyncIterator[bytes]:
         """The download, held to the listed size: a failure raised here, before the last chunk
-        is handed on, means nothing is written."""
+        is handed on, means nothing is written. ``keep`` (the last attempt, after RDS kept
+        listing the file unchanged while serving other sizes): what arrives is kept, and the
+        entry says ``changed``."""
         f = sf.file
         try:
             async for chunk in self._source.download(f, stats):
@@ -241,7 +243,7 @@ class Copier:
             if current != f:  # it changed: the next attempt copies it as listed now
                 raise SourceChangedError(str(exc), current) from exc
             raise
-        if stats.bytes == f.size or (stats.bytes > f.size and not complete):
+        if stats.bytes == f.size or (stats.bytes > f.size and not complete) or keep:
             return  # as listed (a file still being written may have grown)
         current = await self._relist(f)
         if stats.bytes < f.size:
@@ -275,14 +277,16 @@ class Copier:
     async def _attempts(self, sf: SpannedFile, key: str, complete: bool) -> FileEntry:
         last_error = ""
         changed = False
+        steady = False  # the last attempt ended with another size while the listing stayed
         for attempt in range(1, self._max_attempts + 1):
             stats = DownloadStats()
+            keep = steady and attempt == self._max_attempts
             try:
                 if self._owner_check is not None:
                     await self._owner_check()
                 result = await self._writer.upload(
                     key,
-                    self._checked(sf, complete, stats),
+                    self._checked(sf, complete, stats, keep=keep),
                     metadata=self._metadata(sf, complete),
                     instance=sf.instance,
                     size_hint_bytes=sf.file.size,
@@ -301,6 +305,9 @@ class Copier:
                 # Bytes were handed on before it broke: only a restart of the file can help.
                 last_error = str(exc)
                 changed = isinstance(exc, SourceChangedError)
+                steady = isinstance(exc, (SourceChangedError, ShortBodyError)) and (
+                    getattr(exc, "current", sf.file) == sf.file
+                )
                 if isinstance(exc, SourceChangedError):
                     if exc.current is None:
                         log.error("lost %s %s: %s", sf.instance, sf.name, exc)
@@ -385,6 +392,22 @@ class Copier:
                 sf.instance,
                 sf.name,
                 stats.truncated_lines,
+            )
+        if complete and result.size != sf.file.size:
+            error = (
+                f"{sf.name}: {result.size} bytes arrived on every attempt, RDS lists "
+                f"{sf.file.size}; what arrived is kept in s3 {key}"
+            )
+            log.error("changed %s %s: %s", sf.instance, sf.name, error)
+            return self._entry(
+                sf,
+                key,
+                size=result.size,
+                sha256=result.sha256,
+                method=stats.method,
+                status=FileStatus.CHANGED,
+                error=one_line(error),
+                truncated_lines=stats.truncated_lines,
             )
         log.info(
             "copied %s %s -> s3 %s (%d bytes, %s%s)",

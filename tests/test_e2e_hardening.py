@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pendulum
 import pytest
 
-from rdsrecorder.commands import run_sync
+from rdsrecorder.commands import open_bucket, run_sync
+from rdsrecorder.config import AwsSettings
 from rdsrecorder.errors import OwnerError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.lab import LabThread
-from rdsrecorder.models import FileStatus
+from rdsrecorder.models import META_SOURCE, FileStatus, meta_decode
 from rdsrecorder.verify import verify_run
 from tests.e2e import (
     Written,
@@ -61,8 +63,6 @@ def files(lab_data: tuple[Path, list[Written]]) -> Iterator[list[Written]]:
     written = lab_data[1]
     saved = [(f.path, f.path.read_bytes(), f.path.stat().st_mtime) for f in written]
     yield written
-    import os
-
     for path, data, mtime in saved:
         if path.read_bytes() != data:
             path.write_bytes(data)
@@ -272,11 +272,40 @@ async def test_verify_fails_on_a_short_copied_entry_in_s3(
     entry["size"], entry["sha256"] = len(half), hashlib.sha256(half).hexdigest()
     client.put_object(Bucket=bucket, Key=entry["key"], Body=half)
     client.put_object(Bucket=bucket, Key="h-verify/manifest.json", Body=json.dumps(m).encode())
-    from rdsrecorder.commands import open_bucket
-    from rdsrecorder.config import AwsSettings
-
     async with open_bucket(bucket, AwsSettings(region="us-east-1"), Hooks()) as b:
         report = await verify_run(b, "h-verify")
     assert not report.ok
     assert [r.status for r in report.rows] == ["short"]
     assert FileStatus.COPIED == entry["status"]
+
+
+async def test_a_non_ascii_file_name_lands_and_verifies(
+    env: dict[str, str], lab: LabThread, lab_data: tuple[Path, list[Written]]
+) -> None:
+    root, files = lab_data
+    ts = pendulum.from_timestamp(files[0].timestamp_s, tz="UTC").subtract(hours=2)
+    name = f"error/zoë ミナ/postgresql.log.{ts.format('YYYY-MM-DD-HH')}.csv"
+    data = csv_block(ts, 50_000, seed=5)
+    path = root / DB / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    stamp = ts.add(minutes=59).timestamp()
+    os.utime(path, (stamp, stamp))
+    for method in ("complete", "portion"):
+        run_id = f"h-name-{method}"
+        s = sync_settings(
+            db=DB,
+            bucket=env["AWS_S3_BUCKET_NAME"],
+            start=ts,
+            finish=ts.add(minutes=59),
+            run_id=run_id,
+            download_method=method,
+        )
+        report = await run_sync(s)
+        assert report.exit_code == 0, report.totals
+        got = landed(env, run_id)
+        assert got == {f"{run_id}/rds_log_{run_id}_{int(ts.timestamp())}": data}
+        head = s3_client(env).head_object(Bucket=env["AWS_S3_BUCKET_NAME"], Key=next(iter(got)))
+        assert meta_decode(head["Metadata"][META_SOURCE]) == name
+        async with open_bucket(env["AWS_S3_BUCKET_NAME"], AwsSettings(), Hooks()) as b:
+            assert (await verify_run(b, run_id)).ok

@@ -18,8 +18,8 @@ from botocore.exceptions import ClientError
 
 from rdsrecorder.aws import translate
 from rdsrecorder.clock import FakeClock
-from rdsrecorder.commands import resumed_start
-from rdsrecorder.errors import OwnerError, UnsafeNameError, UploadError
+from rdsrecorder.commands import abort_stale_uploads, resumed_start
+from rdsrecorder.errors import AwsError, OwnerError, UnsafeNameError, UploadError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.logsetup import setup_logging
 from rdsrecorder.manifest import FileEntry, ManifestStore, manifest_key
@@ -252,10 +252,20 @@ async def test_a_file_that_arrives_short_is_never_copied() -> None:
         source, sink, clock, start_s=T0, finish_s=T0 + HOUR, mode=Mode.DOWNLOAD_AND_FINISH
     )
     totals = await rec.run()
-    assert sink.objects == {}
     entry = manifest_sink.entries[key(10)]
-    assert entry.status is FileStatus.CHANGED and "bytes listed arrived" in entry.error
+    assert entry.status is FileStatus.CHANGED and "RDS lists" in entry.error
     assert totals.changed == 1 and not totals.ok
+    assert source.downloads.count("error/postgresql.log.2024-02-04-10.csv") == 3
+    # RDS kept listing it unchanged: the last attempt keeps what arrived (nothing RDS served is
+    # dropped), and the entry says it is short.
+    data, _ = sink.objects[key(10)]
+    assert entry.size == len(data) < entry.source_size
+    # a re-run does not take that short object for a finished copy
+    rec2, manifest2 = recorder(
+        source, sink, clock, start_s=T0, finish_s=T0 + HOUR, mode=Mode.DOWNLOAD_AND_FINISH
+    )
+    assert (await rec2.run()).skipped == 0
+    assert manifest2.entries[key(10)].status is FileStatus.CHANGED
 
 
 def test_resumed_run_keeps_its_window_start(caplog: pytest.LogCaptureFixture) -> None:
@@ -371,3 +381,31 @@ def test_conflict_and_retry_counters_are_exported() -> None:
     text = hooks.render().decode()
     assert 'rdsrecorder_conflicts_total{db_instance="db",run_id="r"} 1' in text
     assert 'rdsrecorder_file_retries_total{db_instance="db",run_id="r"} 1' in text
+
+
+class DeniedAbortBucket:
+    """ListMultipartUploads works; AbortMultipartUpload is denied (not in the seed's IAM list)."""
+
+    name = "logs"
+
+    def __init__(self) -> None:
+        self.aborts = 0
+
+    async def list_multipart_uploads(self, prefix: str = "") -> list[dict[str, str]]:
+        assert prefix == "run1/"
+        return [{"Key": f"run1/k{i}", "UploadId": str(i)} for i in range(3)]
+
+    async def call(self, method: str, **params: object) -> dict[str, object]:
+        assert method == "abort_multipart_upload"
+        self.aborts += 1
+        raise AwsError("s3 AbortMultipartUpload failed: AccessDenied", code="AccessDenied")
+
+
+async def test_denied_abort_of_stale_uploads_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
+    bucket = DeniedAbortBucket()
+    with caplog.at_level(logging.WARNING):
+        assert await abort_stale_uploads(bucket, "run1") == 0  # type: ignore[arg-type]
+    assert bucket.aborts == 1
+    (record,) = [r for r in caplog.records if "multipart" in r.getMessage()]
+    assert "3 unfinished multipart upload(s)" in record.getMessage()
+    assert "AbortIncompleteMultipartUpload" in record.getMessage()
