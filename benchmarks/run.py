@@ -22,86 +22,19 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
+from common import MB, CpuMeter, check_exact, clients, machine, run_sync
 
 from rdsrecorder.lab import LabThread, generate
 from rdsrecorder.lab.s3local import find_weed
-
-MB = 1_000_000
-MIB = 1 << 20
-
-
-def _proc_cpu_s(pid: int | None) -> float:
-    """utime + stime of a process (0 when unknown or gone)."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-class CpuMeter:
-    """CPU seconds spent by the lab (this process's threads other than the main one) and by the
-    S3 server process, between start() and stop()."""
-
-    def __init__(self, s3_pid: int | None) -> None:
-        self.s3_pid = s3_pid
-        self._lab0 = self._s30 = 0.0
-
-    @staticmethod
-    def _lab_now() -> float:
-        return time.process_time() - time.thread_time()
-
-    def start(self) -> None:
-        self._lab0, self._s30 = self._lab_now(), _proc_cpu_s(self.s3_pid)
-
-    def stop(self) -> tuple[float, float]:
-        return self._lab_now() - self._lab0, _proc_cpu_s(self.s3_pid) - self._s30
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM, Python {platform.python_version()}, "
-        f"{dt.datetime.now(dt.UTC):%Y-%m-%d}"
-    )
-
-
-def clients(env: dict[str, str]) -> tuple[Any, Any]:
-    cfg = Config(retries={"max_attempts": 10, "mode": "standard"}, s3={"addressing_style": "path"})
-    kw = dict(
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        region_name="us-east-1",
-        config=cfg,
-    )
-    return (
-        boto3.client("rds", endpoint_url=env["AWS_ENDPOINT_URL_RDS"], **kw),
-        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], **kw),
-    )
 
 
 def baseline(env: dict[str, str], instance: str, names: list[str], bucket: str) -> float:
@@ -121,73 +54,6 @@ def baseline(env: dict[str, str], instance: str, names: list[str], bucket: str) 
         body = "".join(parts).encode()
         s3.put_object(Bucket=bucket, Key=f"baseline/{name}", Body=body)
     return time.monotonic() - t0
-
-
-def _vm_hwm_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def run_sync(env: dict[str, str], args: list[str]) -> tuple[float, float, int, str, float]:
-    """Run `rdsrecorder sync`; returns (seconds, peak RSS in MB, exit code, stderr tail, CPU s).
-
-    Peak RSS is the child's VmHWM, polled every 20 ms until it exits (VmHWM belongs to the
-    address space created at exec; wait4's ru_maxrss would also count the forked parent's pages).
-    CPU is the child's own user + system time, from wait4.
-    """
-    t0 = time.monotonic()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rdsrecorder",
-            "sync",
-            *args,
-            "--metrics-port",
-            "0",
-            "--no-progress",
-        ],
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    stderr_lines: list[str] = []
-    reader = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr or []), daemon=True)
-    reader.start()
-    peak = 0.0
-    while True:
-        hwm = _vm_hwm_mib(proc.pid)
-        if hwm is not None:
-            peak = max(peak, hwm)
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            break
-        time.sleep(0.02)
-    elapsed = time.monotonic() - t0
-    reader.join(5)
-    cpu = usage.ru_utime + usage.ru_stime
-    return elapsed, peak * MIB / MB, proc.returncode, "".join(stderr_lines[-5:]), cpu
-
-
-def check_exact(
-    s3: Any, bucket: str, prefix: str, files: list[Any], leaf: str = "rds_log_"
-) -> bool:
-    want = sorted(f.sha256 for f in files)
-    got = []
-    for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=f"{prefix}/{leaf}"
-    ):
-        for obj in page.get("Contents", []):
-            body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-            got.append(hashlib.sha256(body).hexdigest())
-    return sorted(got) == want
 
 
 def throughput_table(args: argparse.Namespace, out: list[str]) -> dict[str, Any]:
@@ -235,7 +101,7 @@ def throughput_table(args: argparse.Namespace, out: list[str]) -> dict[str, Any]
                 f"{'yes' if base_exact else 'NO: cut 10,000-line portions lost data'} |"
             )
             results["baseline_s"] = base_s
-            empty_s, empty_rss, _, _, empty_cpu = run_sync(
+            empty = run_sync(
                 env,
                 [
                     "--db-identifier",
@@ -249,7 +115,7 @@ def throughput_table(args: argparse.Namespace, out: list[str]) -> dict[str, Any]
                 ],
             )
             out.append(
-                f"| rdsrecorder, empty window (start-up, checks, listing) | - | 1 | {empty_s:.1f} | - | - | {empty_rss:.0f} | - | {empty_cpu:.1f} / - / - | - |"
+                f"| rdsrecorder, empty window (start-up, checks, listing) | - | 1 | {empty.seconds:.1f} | - | - | {empty.peak_rss_mb:.0f} | - | {empty.cpu_s:.1f} / - / - | - |"
             )
             runs = [(m, c, "") for m in args.methods for c in args.concurrency]
             if args.memory_row and "complete" in args.methods:
@@ -258,7 +124,7 @@ def throughput_table(args: argparse.Namespace, out: list[str]) -> dict[str, Any]
                 run_id = f"bench-{method}-{conc}-{spool or 'disk'}-{int(time.time())}"
                 lab.reset_stats()
                 meter.start()
-                secs, rss, rc, tail, cpu = run_sync(
+                run = run_sync(
                     env,
                     [
                         "--db-identifier",
@@ -279,6 +145,8 @@ def throughput_table(args: argparse.Namespace, out: list[str]) -> dict[str, Any]
                     ],
                 )
                 lab_cpu, s3_cpu = meter.stop()
+                secs, rss, rc, cpu = run.seconds, run.peak_rss_mb, run.returncode, run.cpu_s
+                tail = run.stderr_tail
                 calls = lab.stats()["calls"].get("DownloadDBLogFilePortion", 0)
                 exact = rc == 0 and check_exact(s3, lab.bucket, run_id, files)
                 results[(method, conc, spool)] = (secs, rss, calls / total_mb, exact)
