@@ -31,6 +31,11 @@ MIN_PART_SIZE_MIB = 5  # S3's minimum part size
 MAX_PART_SIZE_MIB = 5 * 1024  # S3's maximum part size
 DEFAULT_PART_SIZE_BYTES = DEFAULT_PART_SIZE_MIB * MIB
 DEFAULT_MAX_API_RPS = 8.0  # under the account's ~12 req/s refill, leaves room for other tools
+# Calls that may go at once after a pause, before --max-api-rps paces them. The account's bucket
+# (AWS: 300 calls) is shared with every other tool and the console: 20 lets a short backfill start
+# at full speed while leaving the rest of it to them. See the README, "Speed and memory".
+DEFAULT_MAX_API_BURST = 20
+MAX_API_BURST = 300  # the account's whole bucket: more could never be used
 DEFAULT_POLL_INTERVAL_S = 30.0
 MIN_POLL_INTERVAL_S = 1.0
 DEFAULT_METRICS_PORT = 9445
@@ -64,6 +69,7 @@ class AwsSettings:
     sse: Sse | None = None
     sse_kms_key_id: str | None = None
     max_api_rps: float = DEFAULT_MAX_API_RPS
+    max_api_burst: int = DEFAULT_MAX_API_BURST
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
 
 
@@ -274,6 +280,7 @@ def build_sync(
     sse: Sse | None,
     sse_kms_key_id: str | None,
     shutdown_grace_s: float,
+    max_api_burst: int = DEFAULT_MAX_API_BURST,
     include_plain: bool,
     spool_dir: str | None,
     metrics_address: str,
@@ -301,6 +308,11 @@ def build_sync(
         raise ConfigError(f"--poll-interval must be at least 1 second, not {poll_interval_s}")
     if _finite(max_api_rps, "--max-api-rps") <= 0:
         raise ConfigError(f"--max-api-rps must be positive, not {max_api_rps}")
+    if not 1 <= max_api_burst <= MAX_API_BURST:
+        raise ConfigError(
+            f"--max-api-burst must be between 1 and {MAX_API_BURST} (the account's own bucket), "
+            f"not {max_api_burst}"
+        )
     if finish_grace_s is not None and _finite(finish_grace_s, "--finish-grace") < 0:
         raise ConfigError("--finish-grace must not be negative")
     if _finite(shutdown_grace_s, "--shutdown-grace") < 0:
@@ -331,6 +343,7 @@ def build_sync(
             sse=sse,
             sse_kms_key_id=sse_kms_key_id or None,
             max_api_rps=max_api_rps,
+            max_api_burst=max_api_burst,
         ),
         obs=_observability(
             debug=debug,
