@@ -38,9 +38,13 @@ def lab_files(
 
 
 def sync(
-    lab: LabThread, *args: str, signal_after_s: float | None = None
+    lab: LabThread,
+    *args: str,
+    signal_after_s: float | None = None,
+    signal_on: str | None = None,
 ) -> tuple[int, list[str], float]:
-    """Runs ``rdsrecorder sync``: exit code, stderr lines, seconds (from the signal, if any)."""
+    """Runs ``rdsrecorder sync``: exit code, output lines, seconds (from the signal, if any).
+    SIGTERM goes after ``signal_after_s`` or once a line containing ``signal_on`` is logged."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -58,12 +62,22 @@ def sync(
         text=True,
     )
     started = time.monotonic()
-    if signal_after_s is not None:
+    seen: list[str] = []
+    if signal_on is not None:
+        assert proc.stderr is not None
+        deadline = time.monotonic() + 90
+        for line in proc.stderr:  # ends at EOF; bounded by the deadline below
+            seen.append(line.rstrip("\n"))
+            if signal_on in line or time.monotonic() > deadline:
+                break
+        proc.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+    elif signal_after_s is not None:
         time.sleep(signal_after_s)
         proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
     out, err = proc.communicate(timeout=120)
-    return proc.returncode, (out + err).splitlines(), time.monotonic() - started
+    return proc.returncode, seen + (out + err).splitlines(), time.monotonic() - started
 
 
 def window(first: pendulum.DateTime, hours: int = 2) -> list[str]:
@@ -115,7 +129,7 @@ def test_sigterm_in_a_backfill_honours_the_shutdown_grace(
     lab_files: tuple[LabThread, list[Written], pendulum.DateTime],
 ) -> None:
     lab, _, first = lab_files
-    lab.set_faults(portion_ms_per_mb=4000)  # 3 MB files take over 12 s
+    lab.set_faults(portion_ms_per_mb=8000)  # 3 MB files take over 24 s
     try:
         code, lines, after_s = sync(
             lab,
@@ -133,7 +147,7 @@ def test_sigterm_in_a_backfill_honours_the_shutdown_grace(
     finally:
         lab.set_faults()
     assert code == 130
-    assert after_s < 4.0, after_s  # 1 s of grace, then the abort (measured 8.6 s before)
+    assert after_s < 6.0, after_s  # 1 s of grace, then the abort (the files need 20 s more)
     assert any("aborted by the stop" in line for line in lines)
 
 
@@ -142,8 +156,8 @@ def test_interrupted_run_still_names_what_failed_before_the_stop(
 ) -> None:
     lab, files, first = lab_files
     # The first file's portions say "binary data": it fails after its 3 attempts (2 + 4 s of
-    # delay); the second is slow (3 MB at 8 s a MB).
-    lab.set_faults(binary_files=[files[0].name], portion_ms_per_mb=8000)
+    # delay); the second is slow (3 MB at 30 s a MB), so the stop comes while it is in flight.
+    lab.set_faults(binary_files=[files[0].name], portion_ms_per_mb=30_000)
     try:
         code, lines, _ = sync(
             lab,
@@ -156,7 +170,7 @@ def test_interrupted_run_still_names_what_failed_before_the_stop(
             "--download-method",
             "portion",
             *window(first),
-            signal_after_s=9.0,
+            signal_on=f"failed {DB} {files[0].name}",
         )
     finally:
         lab.set_faults()
