@@ -13,7 +13,8 @@ copied them.
   one decompressed piece per object), decompressed when ``.gz``, and checked against the
   manifest's size and sha256 of the log's bytes before they count. Files go to
   ``<output_dir>/<instance>/<RDS file name>``
-  (``.../prod-db/error/postgresql.log.2024-02-04-13.csv``) through a ``.part`` file renamed once checked, so a file that is there is whole and right.
+  (``.../prod-db/error/postgresql.log.2024-02-04-13.csv``) through a ``.part`` file renamed
+  once checked, so a file that is there is whole and right.
   Names that would leave the directory (``..``, absolute) are refused.
 * **stdout.** Files in time order, each spooled to an anonymous temporary file and checked before
   its first byte reaches the pipe; the next ones are fetched meanwhile (the same bound).

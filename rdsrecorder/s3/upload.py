@@ -31,9 +31,10 @@ Upload (``Uploader.upload``), with tasks named after the S3 calls they make:
   memory". botocore reads a file-like body from where it stands, so every attempt rewinds it
   first (``_rewind_part_body``).
 * Every write carries a checksum header (``x-amz-checksum-*`` with
-  ``x-amz-sdk-checksum-algorithm``), which S3 Object Lock requires. The values are computed here: the client's
-  ``request_checksum_calculation="when_required"`` only stops botocore from adding checksums of
-  its own (some S3-compatible servers reject the aws-chunked trailers it would use).
+  ``x-amz-sdk-checksum-algorithm``), which S3 Object Lock requires. The values are computed
+  here: the client's ``request_checksum_calculation="when_required"`` only stops botocore from
+  adding checksums of its own (some S3-compatible servers reject the aws-chunked trailers it
+  would use).
 
 Part size (``part_size_for`` and ``grown_part_size``): S3 allows parts of 5 MiB to 5 GiB (the last
 may be smaller, and parts need not be equal) and at most 10,000 parts. The part size is the
