@@ -20,7 +20,7 @@ from rdsrecorder.commands import SyncReport, open_bucket, run_sync
 from rdsrecorder.config import AwsSettings, ObservabilitySettings, SyncSettings
 from rdsrecorder.errors import EXIT_OK, EXIT_VERIFY
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.lab import LabThread, generate
+from rdsrecorder.lab import LAB_REGION, LabThread, generate
 from rdsrecorder.logfiles import object_key
 from rdsrecorder.times import human
 from rdsrecorder.verify import VerifyReport, verify_run
@@ -74,7 +74,7 @@ def demo_main(concurrency: int = 4, hours: int = 6) -> int:
                 finish=finish,
                 run_id=run_id,
                 concurrency=concurrency,
-                aws=AwsSettings(region="us-east-1"),
+                aws=AwsSettings(region=LAB_REGION),
                 obs=ObservabilitySettings(metrics_port=0),
             )
             report, verified, got = asyncio.run(_run(settings))

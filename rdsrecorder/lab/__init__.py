@@ -6,7 +6,8 @@ PostgreSQL writing live, minute-rotated logs. See ``runner`` for the entry point
 and ``portion`` for what is emulated (and how faithfully), ``faults`` for the fault knobs.
 
 Lab credentials: ``LAB_ACCESS_KEY_ID`` = ``LABACCESSKEY``, ``LAB_SECRET_ACCESS_KEY`` =
-``labsecret``, region ``us-east-1``.
+``labsecret``, region ``eu-west-1`` (not us-east-1, where the AWS CLI v1 ignores
+``AWS_ENDPOINT_URL_RDS``).
 """
 
 from rdsrecorder.lab.emulator import (
@@ -17,7 +18,7 @@ from rdsrecorder.lab.emulator import (
     RdsEmulator,
 )
 from rdsrecorder.lab.faults import Faults
-from rdsrecorder.lab.generate import GeneratedFile, Rotation, generate
+from rdsrecorder.lab.generate import GeneratedFile, Rotation, generate, generate_fleet
 from rdsrecorder.lab.portion import MAX_LINES_PER_PORTION, MAX_PORTION_BYTES, TRUNCATION_NOTICE
 from rdsrecorder.lab.runner import Lab, LabThread, generate_main, lab_main
 
@@ -36,6 +37,7 @@ __all__ = [
     "RdsEmulator",
     "Rotation",
     "generate",
+    "generate_fleet",
     "generate_main",
     "lab_main",
 ]

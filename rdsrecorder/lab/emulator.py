@@ -8,7 +8,8 @@ memory.
 Endpoints
 ---------
 ``POST /`` (or ``GET /?Action=...``)
-    RDS 2014-10-31: DescribeDBInstances, DescribeDBClusters, DescribeDBLogFiles,
+    RDS 2014-10-31: DescribeDBInstances, DescribeDBClusters, DescribeDBParameters,
+    DescribeDBLogFiles,
     DownloadDBLogFilePortion, CreateDBSnapshot, CreateDBClusterSnapshot, DescribeDBSnapshots,
     DescribeDBClusterSnapshots, AddTagsToResource, ListTagsForResource.
     STS 2011-06-15: GetCallerIdentity.
@@ -16,7 +17,16 @@ Endpoints
     The whole file, streamed chunked, gzip when ``Accept-Encoding`` allows it.
 ``GET|POST|PATCH /_lab/faults``, ``GET /_lab/stats``, ``POST /_lab/stats/reset``
     The lab's own JSON control plane (not AWS): read, replace (POST) or update (PATCH) the fault
-    knobs (see ``faults``), read or reset the counters.
+    knobs (see ``faults``), read or reset the counters (``calls``, ``calls_by_instance``
+    {instance: {action: n}}, ``throttled``, ``throttled_by_action``, ``faults``, per-file counters).
+``POST /_lab/files``
+    Change a log file while the lab runs: ``{"instance", "name", "action": "append" | "truncate"
+    | "replace" | "delete", "data" (text) or "data_base64", "size" (truncate),
+    "last_written_ms"}``; answers ``{"instance", "name", "size", "last_written_ms"}`` or
+    ``{"instance", "name", "deleted": true}`` (see ``Catalog.change_file``).
+``GET|POST /_lab/instances``
+    List instances, or ``{"action": "add", "instance", "engine", "tags", "cluster",
+    "log_retention_period_min", "parameter_group"}`` / ``{"action": "remove", "instance"}``.
 
 Every AWS request must be signed (SigV4) with the lab's credentials (``LAB_ACCESS_KEY_ID`` /
 ``LAB_SECRET_ACCESS_KEY``, or extra ones given to the emulator): unsigned or wrongly signed
@@ -45,9 +55,15 @@ Behaviour emulated (see ``portion`` for the portion API's details)
   Errors are XML ``ErrorResponse`` bodies. The file is read to its end at the time of reading,
   so a growing file yields what has been written so far.
 
-Not emulated: IAM policies (beyond the knob above), quotas, instance state changes, DB
-parameter groups, retention (files are served until someone deletes them), regions (any region
-in the credential scope is accepted and echoed in ARNs).
+* DescribeDBInstances / DescribeDBClusters without an identifier list everything, 100 per page
+  (``MaxRecords`` 20-100, ``Marker``), with ``Engine``, ``TagList`` (lab.json's tags, then those
+  added with AddTagsToResource), ``DBParameterGroups``; DescribeDBParameters gives each group's
+  ``rds.log_retention_period`` (lab.json, default 4320 minutes).
+
+Not emulated: IAM policies (beyond the knobs), quotas other than the account token bucket,
+instance state changes, retention (files are served until someone deletes them: the retention
+parameter is reported, not applied), regions (any region in the credential scope is accepted and
+echoed in ARNs; the lab's env says ``eu-west-1``).
 """
 
 from __future__ import annotations
