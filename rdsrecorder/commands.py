@@ -1,5 +1,5 @@
 """What each command does, given its settings: ``run_sync`` (preflight checks, the mode, the wait,
-the snapshot timer, the recorder), ``run_snapshot``, ``run_verify`` and ``run_ls``.
+the snapshot timer, the recorder), ``run_snapshot``, ``run_verify``, ``run_get`` and ``run_ls``.
 
 ``rdsrecorder.runtime`` calls these coroutines with the settings, the hooks and the stop event;
 they never read env vars and never print (they log)."""
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from rdsrecorder.aws import Aws
 from rdsrecorder.clock import Clock
 from rdsrecorder.config import (
     AwsSettings,
+    GetSettings,
     LsSettings,
     SnapshotSettings,
     SyncSettings,
@@ -33,6 +35,7 @@ from rdsrecorder.errors import (
     RdsRecorderError,
     SnapshotError,
 )
+from rdsrecorder.get import GetReport, get_window
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.manifest import Manifest, ManifestStore
 from rdsrecorder.rds.control import RdsControl, Target
@@ -183,7 +186,12 @@ async def run_sync(
     async with Aws(settings.aws, hooks, max_pool_connections=pool, clock=clock) as aws:
         bucket = _bucket(aws, settings.bucket, settings.aws)
         uploader = Uploader(
-            bucket, hooks, part_size_bytes=settings.part_size_bytes, spool_dir=spool_dir
+            bucket,
+            hooks,
+            part_size_bytes=settings.part_size_bytes,
+            spool_dir=spool_dir,
+            single_put_max_bytes=settings.single_put_max_bytes,
+            storage_class=settings.storage_class,
         )
         rds = RdsControl(aws)
         async with RdsDownloader(aws, hooks, method=settings.download_method) as downloader:
@@ -204,7 +212,7 @@ async def run_sync(
             # The first write records the run's DB, before any log file is written.
             await store.flush(force=True)
             await store.check_owner()
-            await abort_stale_uploads(bucket, settings.run_id)
+            await abort_stale_uploads(bucket, settings.run_id, hooks)
             report = SyncReport(run_id=settings.run_id, mode=mode, totals=RunTotals())
             report.instances = target.instances
             recorder = Recorder(
@@ -226,6 +234,8 @@ async def run_sync(
                     settings.run_id,
                     lister=rds,
                     owner_check=store.check_owner,
+                    compression=settings.compress,
+                    known=lambda key: manifest.files.get(key),
                 ),
                 manifest=store,
                 hooks=hooks,
@@ -271,7 +281,7 @@ def resumed_start(manifest: Manifest, settings: SyncSettings) -> pendulum.DateTi
     return recorded
 
 
-async def abort_stale_uploads(bucket: Bucket, run_id: str) -> int:
+async def abort_stale_uploads(bucket: Bucket, run_id: str, hooks: Hooks | None = None) -> int:
     """Aborts the multipart uploads left under ``<RUNID>/`` (a process killed with -9): this run
     owns the prefix. AbortMultipartUpload may be denied (it is not in the seed's IAM list): said
     once. Returns how many were aborted."""
@@ -287,6 +297,8 @@ async def abort_stale_uploads(bucket: Bucket, run_id: str) -> int:
                 "abort_multipart_upload", Key=upload["Key"], UploadId=upload["UploadId"]
             )
         except RdsRecorderError as exc:
+            if hooks is not None and getattr(exc, "code", "") in ("AccessDenied", "403"):
+                hooks.multipart_abort_denied()
             log.warning(
                 "%d unfinished multipart upload(s) under s3://%s/%s/ stay billed: aborting "
                 "them failed (%s); allow s3:AbortMultipartUpload or add an "
@@ -423,7 +435,22 @@ async def open_bucket(name: str, settings: AwsSettings, hooks: Hooks) -> AsyncIt
 async def run_verify(settings: VerifySettings, hooks: Hooks | None = None) -> VerifyReport:
     hooks = hooks or Hooks()
     async with open_bucket(settings.bucket, settings.aws, hooks) as bucket:
-        return await verify_run(bucket, settings.run_id, hooks)
+        return await verify_run(bucket, settings.run_id, hooks, download=settings.download)
+
+
+async def run_get(settings: GetSettings, hooks: Hooks | None = None) -> GetReport:
+    hooks = hooks or Hooks()
+    async with open_bucket(settings.bucket, settings.aws, hooks) as bucket:
+        return await get_window(
+            bucket,
+            settings.db_identifier,
+            settings.start.timestamp(),
+            settings.finish.timestamp(),
+            output_dir=settings.output_dir,
+            stdout=sys.stdout.buffer if settings.stdout else None,
+            concurrency=settings.concurrency,
+            hooks=hooks,
+        )
 
 
 async def run_ls(settings: LsSettings, hooks: Hooks | None = None) -> list[RunSummary]:

@@ -44,6 +44,10 @@ class Hooks:
     def retry_scheduled(self, instance: str) -> None:
         """A file that failed is to be copied again in a later round (follow mode)."""
 
+    def multipart_abort_denied(self) -> None:
+        """S3 refused an AbortMultipartUpload (AccessDenied): an upload stays open until the
+        bucket's lifecycle rule removes it."""
+
     # -- run ---------------------------------------------------------------------------------
     def mode(self, mode: str) -> None:
         """The sync mode (see window.Mode), set once at start."""
@@ -102,6 +106,10 @@ class MultiHooks(Hooks):
     def retry_scheduled(self, instance: str) -> None:
         for h in self._hooks:
             h.retry_scheduled(instance)
+
+    def multipart_abort_denied(self) -> None:
+        for h in self._hooks:
+            h.multipart_abort_denied()
 
     def mode(self, mode: str) -> None:
         for h in self._hooks:

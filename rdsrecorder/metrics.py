@@ -61,6 +61,11 @@ class PrometheusHooks(Hooks):
             "rdsrecorder_truncated_lines_total",
             "Lines over 1 MB cut by DownloadDBLogFilePortion (their tail is lost).",
         )
+        self.abort_denied = counter(
+            "rdsrecorder_multipart_abort_denied_total",
+            "AbortMultipartUpload calls S3 denied (uploads left for the lifecycle rule).",
+        )
+        self.abort_denied.set({}, 0)
         self.files = counter("rdsrecorder_files_total", "Files handled, by outcome.")
         self.conflicts = counter(
             "rdsrecorder_conflicts_total",
@@ -174,6 +179,9 @@ class PrometheusHooks(Hooks):
     def retry_scheduled(self, instance: str) -> None:
         self._init_instance(instance)
         self.retries_scheduled.inc({"db_instance": instance})
+
+    def multipart_abort_denied(self) -> None:
+        self.abort_denied.inc({})
 
     def mode(self, mode: str) -> None:
         for m in MODES:

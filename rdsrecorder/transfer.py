@@ -11,12 +11,13 @@ Contracts kept here, whatever the download path:
 * **Size.** A file must arrive with at least the bytes RDS listed (a rotated one: exactly). When
   it does not (it ended short, it shrank, it came out longer than a rotated file can), the
   generator fails before its last chunk, so nothing is written; the file is listed again and
-  the copy redone from the start with what RDS says now. A file that keeps changing ends as
-  ``changed``, never ``copied``.
-* **A complete copy is never overwritten with other bytes.** A finished object under the key
-  that holds another file (another source name, instance or size: a recreated instance, another
-  DB) is kept; the file goes beside it under ``<key>_v<n>``, with a warning and
-  ``Hooks.conflict``.
+  the copy redone from the start with what RDS says now. A file that keeps arriving otherwise
+  than listed ends as ``changed``, never ``copied`` (when RDS kept listing it unchanged, the last
+  attempt keeps what arrived).
+* **A complete copy is never overwritten with other bytes.** An object under the key that holds
+  another file (another source name or instance, or a complete copy with another listed size: a
+  recreated instance, another DB) is kept; the file goes beside it under ``<key>_v<n>``, with a
+  warning and ``Hooks.conflict``.
 * **One owner.** ``owner_check`` (the manifest still names this run's DB) runs before every
   write; its ``OwnerError`` ends the run.
 * **Names are data.** Metadata values are percent-encoded to ASCII (``models.meta_encode``)."""
@@ -30,6 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from rdsrecorder.clock import Clock
+from rdsrecorder.compression import Compression
 from rdsrecorder.errors import (
     DownloadError,
     LogFileGoneError,
@@ -45,9 +47,11 @@ from rdsrecorder.logfiles import SpannedFile
 from rdsrecorder.manifest import FileEntry
 from rdsrecorder.models import (
     META_COMPLETE,
+    META_COMPRESSION,
     META_INSTANCE,
     META_RUN_ID,
     META_SHA256,
+    META_SIZE,
     META_SOURCE,
     META_SOURCE_LAST_WRITTEN,
     META_SOURCE_SIZE,
@@ -87,35 +91,64 @@ class Writer(Protocol):
         metadata: dict[str, str],
         instance: str,
         size_hint_bytes: int | None = None,
+        compression: Compression = Compression.NONE,
     ) -> UploadResult: ...
+
+
+def already_copied(
+    info: ObjectInfo, sf: SpannedFile, complete: bool, known: FileEntry | None = None
+) -> str | None:
+    """The sha256 of the log's bytes when ``info`` is a finished copy of the same source, as large
+    as RDS lists it now; None when the file must be copied (again).
+
+    Objects appear whole (a PutObject or a completed multipart upload; never a rewrite), so an
+    object that exists holds a stream that ended normally. Its sha256 comes from its metadata
+    (single PutObject) or, for a multipart object, from the run's manifest entry for the key,
+    which must name the same source and the same stored size. A multipart object the manifest
+    does not know (the process died between CompleteMultipartUpload and the next manifest write)
+    is copied again: nothing else proves what it holds."""
+    meta = info.metadata
+    if meta_decode(meta.get(META_SOURCE, "")) != sf.name:
+        return None
+    if meta.get(META_SOURCE_SIZE) != str(sf.file.size):
+        return None
+    if meta_decode(meta.get(META_INSTANCE, sf.instance)) != sf.instance:
+        return None
+    # A copy that kept a short download (status changed) is not a finished copy.
+    log_size = meta.get(META_SIZE, "")
+    if log_size.isdigit() and int(log_size) < sf.file.size:
+        return None
+    if META_COMPRESSION not in meta and info.size < sf.file.size:
+        return None  # uncompressed: the object's size is the log's
+    if known is not None and known.status is FileStatus.CHANGED:
+        return None
+    # A copy taken while the file was still being written is replaced once the file is complete.
+    if complete and meta.get(META_COMPLETE) != "true":
+        return None
+    if meta.get(META_SHA256):
+        return meta[META_SHA256]
+    if (
+        known is not None
+        and known.status.landed
+        and known.sha256
+        and known.source == sf.name
+        and known.stored_bytes == info.size
+    ):
+        return known.sha256
+    return None
 
 
 MAX_CONFLICT_KEYS = 20  # versions of one key kept beside each other before giving up
 
 
-def already_copied(info: ObjectInfo, sf: SpannedFile, complete: bool) -> bool:
-    """A finished copy of the same source, as large as RDS lists it now. An object without the
-    sha256 metadata is an interrupted copy (the hash is added last) and is copied again."""
-    meta = info.metadata
-    if not meta.get(META_SHA256) or meta_decode(meta.get(META_SOURCE, "")) != sf.name:
-        return False
-    if meta.get(META_INSTANCE, sf.instance) != sf.instance:
-        return False
-    if meta.get(META_SOURCE_SIZE) != str(sf.file.size) or info.size < sf.file.size:
-        return False
-    # A copy taken while the file was still being written is replaced once the file is complete.
-    return meta.get(META_COMPLETE) == "true" or not complete
-
-
 def holds_other_file(info: ObjectInfo, sf: SpannedFile) -> bool:
-    """The object is a finished copy that must be kept: of another file (source name, instance),
-    or a complete copy of a same-name file with another size (a recreated instance's file)."""
+    """The object must be kept: objects appear whole, and this one holds another file (source
+    name, instance) or is a complete copy of a same-name file with another listed size (a
+    recreated instance's file)."""
     meta = info.metadata
-    if not meta.get(META_SHA256):
-        return False  # an interrupted copy: nothing to keep
     if meta_decode(meta.get(META_SOURCE, "")) != sf.name:
         return True
-    if meta.get(META_INSTANCE, sf.instance) != sf.instance:
+    if meta_decode(meta.get(META_INSTANCE, sf.instance)) != sf.instance:
         return True
     return meta.get(META_COMPLETE) == "true" and meta.get(META_SOURCE_SIZE) != str(sf.file.size)
 
@@ -139,6 +172,8 @@ class Copier:
         *,
         max_attempts: int = 3,
         retry_delay_s: float = 2.0,
+        compression: Compression = Compression.NONE,
+        known: Callable[[str], FileEntry | None] | None = None,
         lister: FileLister | None = None,
         owner_check: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
@@ -150,6 +185,9 @@ class Copier:
         self._run_id = run_id
         self._max_attempts = max_attempts
         self._retry_delay_s = retry_delay_s
+        self._compression = compression
+        # What the run's manifest knows of a key (resume): proves a multipart object complete.
+        self._known = known or (lambda key: None)
         self._lister = lister
         self._owner_check = owner_check
 
@@ -172,7 +210,7 @@ class Copier:
         return entry
 
     def _metadata(self, sf: SpannedFile, complete: bool) -> dict[str, str]:
-        return {
+        meta = {
             META_SOURCE: meta_encode(sf.name),
             META_INSTANCE: meta_encode(sf.instance),
             META_SOURCE_SIZE: str(sf.file.size),
@@ -180,8 +218,13 @@ class Copier:
             META_RUN_ID: self._run_id,
             META_COMPLETE: "true" if complete else "false",
         }
+        if self._compression is not Compression.NONE:
+            meta[META_COMPRESSION] = self._compression.value
+        return meta
 
     async def copy(self, sf: SpannedFile, key: str, *, complete: bool) -> FileEntry:
+        """Copies ``sf`` to ``key`` (plus the compression's suffix: ``.gz``)."""
+        key += self._compression.suffix
         started = time.monotonic()
         self._hooks.file_started(sf.instance)
         outcome = FileStatus.FAILED.outcome
@@ -202,8 +245,10 @@ class Copier:
             return None
 
     async def _free_key(self, sf: SpannedFile, key: str) -> tuple[str, ObjectInfo | None]:
-        """The key this file is written to: ``key``, or the first ``<key>_v<n>`` that does not
-        hold another file's finished copy; and what is there now."""
+        """The key this file is written to: ``key``, or the first ``<key>_v<n>`` (before the
+        compression's suffix) that does not hold another file; and what is there now."""
+        suffix = self._compression.suffix
+        stem = key[: len(key) - len(suffix)] if suffix and key.endswith(suffix) else key
         candidate, existing = key, await self._head(key)
         n = 1
         while existing is not None and holds_other_file(existing, sf):
@@ -212,13 +257,13 @@ class Copier:
                 raise DownloadError(
                     f"{key} and {MAX_CONFLICT_KEYS - 1} versions beside it hold other files"
                 )
-            candidate = f"{key}_v{n}"
+            candidate = f"{stem}_v{n}{suffix}"
             existing = await self._head(candidate)
         if candidate != key:
             self._hooks.conflict(sf.instance)
             log.warning(
-                "s3 %s holds a finished copy of another file than %s %s (%d bytes listed): "
-                "kept; this one goes to %s",
+                "s3 %s holds a copy of another file than %s %s (%d bytes listed): kept; this "
+                "one goes to %s",
                 key,
                 sf.instance,
                 sf.name,
@@ -270,9 +315,30 @@ class Copier:
 
     async def _copy(self, sf: SpannedFile, key: str, complete: bool) -> FileEntry:
         key, existing = await self._free_key(sf, key)
-        if existing is not None and already_copied(existing, sf, complete):
-            return self._skipped(sf, key, existing)
+        if existing is not None:
+            known = self._known(key)
+            sha = already_copied(existing, sf, complete, known)
+            if sha is not None:
+                return self._skipped(sf, key, existing, known, sha)
         return await self._attempts(sf, key, complete)
+
+    def _skipped(
+        self, sf: SpannedFile, key: str, existing: ObjectInfo, known: FileEntry | None, sha: str
+    ) -> FileEntry:
+        log.info("skip %s %s: already in s3 as %s", sf.instance, sf.name, key)
+        meta_size = existing.metadata.get(META_SIZE, "")
+        return self._entry(
+            sf,
+            key,
+            size=int(meta_size) if meta_size.isdigit() else known.size if known else existing.size,
+            stored_size=existing.size,
+            sha256=sha,
+            checksum=existing.checksum or (known.checksum if known else ""),
+            compression=existing.metadata.get(META_COMPRESSION, "none"),
+            method="skipped",
+            status=FileStatus.SKIPPED,
+            complete=existing.metadata.get(META_COMPLETE) == "true",
+        )
 
     async def _attempts(self, sf: SpannedFile, key: str, complete: bool) -> FileEntry:
         last_error = ""
@@ -290,6 +356,7 @@ class Copier:
                     metadata=self._metadata(sf, complete),
                     instance=sf.instance,
                     size_hint_bytes=sf.file.size,
+                    compression=self._compression,
                 )
             except OwnerError:
                 raise  # the run id belongs to another DB now: the run must end
@@ -338,18 +405,6 @@ class Copier:
             return self._finished(sf, key, complete, stats, result)
         return self._failed(sf, key, last_error, None)  # pragma: no cover
 
-    def _skipped(self, sf: SpannedFile, key: str, existing: ObjectInfo) -> FileEntry:
-        log.info("skip %s %s: already in s3 as %s", sf.instance, sf.name, key)
-        return self._entry(
-            sf,
-            key,
-            size=existing.size,
-            sha256=existing.metadata.get(META_SHA256, ""),
-            method="skipped",
-            status=FileStatus.SKIPPED,
-            complete=existing.metadata.get(META_COMPLETE) == "true",
-        )
-
     def _failed(
         self,
         sf: SpannedFile,
@@ -393,6 +448,7 @@ class Copier:
                 sf.name,
                 stats.truncated_lines,
             )
+        stored_size = result.stored_size if result.stored_size >= 0 else result.size
         if complete and result.size != sf.file.size:
             error = (
                 f"{sf.name}: {result.size} bytes arrived on every attempt, RDS lists "
@@ -404,6 +460,9 @@ class Copier:
                 key,
                 size=result.size,
                 sha256=result.sha256,
+                stored_size=stored_size,
+                checksum=result.checksum,
+                compression=result.compression,
                 method=stats.method,
                 status=FileStatus.CHANGED,
                 error=one_line(error),
@@ -423,6 +482,9 @@ class Copier:
             key,
             size=result.size,
             sha256=result.sha256,
+            stored_size=stored_size,
+            checksum=result.checksum,
+            compression=result.compression,
             method=stats.method,
             status=FileStatus.COPIED if complete else FileStatus.PARTIAL,
             truncated_lines=stats.truncated_lines,

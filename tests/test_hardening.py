@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 
 from rdsrecorder.aws import translate
 from rdsrecorder.clock import FakeClock
+from rdsrecorder.compression import Compression
 from rdsrecorder.commands import abort_stale_uploads, resumed_start
 from rdsrecorder.errors import AwsError, OwnerError, UnsafeNameError, UploadError
 from rdsrecorder.hooks import Hooks
@@ -61,6 +62,7 @@ class OutageSink(FakeSink):
         metadata: dict[str, str],
         instance: str,
         size_hint_bytes: int | None = None,
+        compression: Compression = Compression.NONE,
     ) -> UploadResult:
         if self.clock.now() < self.back_at_s:
             self.refused += 1
@@ -68,7 +70,12 @@ class OutageSink(FakeSink):
                 pass
             raise UploadError("s3 PutObject failed: ServiceUnavailable (after retries)")
         return await super().upload(
-            key, chunks, metadata=metadata, instance=instance, size_hint_bytes=size_hint_bytes
+            key,
+            chunks,
+            metadata=metadata,
+            instance=instance,
+            size_hint_bytes=size_hint_bytes,
+            compression=compression,
         )
 
 
