@@ -12,12 +12,14 @@ from pathlib import Path
 import pendulum
 import pytest
 
+from rdsrecorder.clock import FakeClock
 from rdsrecorder.commands import open_bucket, run_sync
 from rdsrecorder.config import AwsSettings
 from rdsrecorder.errors import OwnerError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.lab import LabThread
 from rdsrecorder.models import META_SOURCE, FileStatus, meta_decode
+from rdsrecorder.runtime import report_error
 from rdsrecorder.verify import verify_run
 from tests.e2e import (
     Written,
@@ -310,3 +312,32 @@ async def test_a_non_ascii_file_name_lands_and_verifies(
         assert meta_decode(head["Metadata"][META_SOURCE]) == name
         async with open_bucket(env["AWS_S3_BUCKET_NAME"], AwsSettings(), Hooks()) as b:
             assert (await verify_run(b, run_id)).ok
+
+
+@pytest.mark.parametrize("follow", [False, True], ids=["backfill", "follow"])
+async def test_persistent_listing_errors_end_in_one_line(
+    env: dict[str, str],
+    lab: LabThread,
+    files: list[Written],
+    follow: bool,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    lab.set_faults(list_error="InternalFailure")
+    start = pendulum.from_timestamp(files[0].timestamp_s, tz="UTC")
+    s = sync_settings(
+        db=DB,
+        bucket=env["AWS_S3_BUCKET_NAME"],
+        start=start,
+        finish=pendulum.now("UTC").add(hours=1) if follow else start.add(hours=1),
+        run_id=f"h-list500-{follow}",
+        max_attempts=2,
+        poll_interval_s=60.0,
+    )
+    # FakeClock: the follower's rounds and the retries' backoff pass at once.
+    clock = FakeClock(pendulum.now("UTC").timestamp())
+    with pytest.raises(BaseException) as raised:
+        await run_sync(s, clock=clock)
+    capsys.readouterr()
+    assert report_error(raised.value, debug=False) == 1
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: rds DescribeDBLogFiles failed: InternalFailure")

@@ -18,8 +18,8 @@ from botocore.exceptions import ClientError
 
 from rdsrecorder.aws import translate
 from rdsrecorder.clock import FakeClock
-from rdsrecorder.compression import Compression
 from rdsrecorder.commands import abort_stale_uploads, resumed_start
+from rdsrecorder.compression import Compression
 from rdsrecorder.errors import AwsError, OwnerError, UnsafeNameError, UploadError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.logsetup import setup_logging
