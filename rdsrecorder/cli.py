@@ -12,6 +12,7 @@ import typer
 from rdsrecorder import __version__, config, runtime
 from rdsrecorder.config import (
     DEFAULT_CONCURRENCY,
+    DEFAULT_DISCOVER_INTERVAL_S,
     DEFAULT_MAX_API_RPS,
     DEFAULT_METRICS_PORT,
     DEFAULT_PART_SIZE_MIB,
@@ -90,13 +91,48 @@ def sync(
     ] = None,
     bucket: BucketOpt = None,
     db_identifier: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--db-identifier",
             "-d",
             envvar=ENV + "DB_IDENTIFIER",
-            help="Required. DB instance id, or an Aurora cluster id (then every member's logs "
-            "are copied).",
+            help="DB instance id, or an Aurora cluster id (then every member's logs are "
+            "copied). Repeatable and comma-separated (-d a -d b,c). Required unless "
+            "--discover-tag selects the DBs.",
+        ),
+    ] = None,
+    discover_tag: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar=ENV + "DISCOVER_TAG",
+            help="KEY=VALUE: follow every PostgreSQL instance of the region with this tag (an "
+            "Aurora member also through its cluster's tags). Repeatable, comma-separated; all "
+            "must match.",
+        ),
+    ] = None,
+    discover_interval: Annotated[
+        float,
+        typer.Option(
+            envvar=ENV + "DISCOVER_INTERVAL",
+            help="Seconds between discoveries while following (DBs that appear are picked up, "
+            "DBs that disappear finish).",
+        ),
+    ] = DEFAULT_DISCOVER_INTERVAL_S,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENV + "SHARD",
+            help="I/N: copy only this process's share of the DBs (0-based; rendezvous hashing "
+            "of the instance or cluster id). N processes with the same run id cover the fleet "
+            "once.",
+        ),
+    ] = None,
+    retention_hours: Annotated[
+        float | None,
+        typer.Option(
+            envvar=ENV + "RETENTION_HOURS",
+            help="How long RDS keeps log files, for the retention headroom metric (default: "
+            "rds.log_retention_period of the DB's parameter group, else 72).",
         ),
     ] = None,
     concurrency: Annotated[
@@ -215,6 +251,10 @@ def sync(
                 finish=finish,
                 bucket=bucket,
                 db_identifier=db_identifier,
+                discover_tag=discover_tag,
+                discover_interval_s=discover_interval,
+                shard_spec=shard,
+                retention_hours=retention_hours,
                 concurrency=concurrency,
                 run_id=run_id,
                 region=region,

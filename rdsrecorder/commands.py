@@ -14,7 +14,6 @@ from dataclasses import dataclass
 
 import pendulum
 
-from rdsrecorder import __version__
 from rdsrecorder.aws import Aws
 from rdsrecorder.clock import Clock
 from rdsrecorder.config import (
@@ -29,19 +28,18 @@ from rdsrecorder.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SNAPSHOT,
-    ConfigError,
     RdsRecorderError,
     SnapshotError,
 )
+from rdsrecorder.fleet import Db, Fleet, FleetManifests
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.manifest import Manifest, ManifestStore
-from rdsrecorder.rds.control import RdsControl, Target
+from rdsrecorder.rds.control import RdsControl
 from rdsrecorder.rds.download import RdsDownloader
 from rdsrecorder.recorder import Recorder, RunTotals, summary_line
 from rdsrecorder.s3.bucket import Bucket
 from rdsrecorder.s3.upload import Uploader, resolve_spool_dir
 from rdsrecorder.snapshots import SnapshotResult, create_snapshot, wait_available
-from rdsrecorder.times import human, iso
+from rdsrecorder.times import human
 from rdsrecorder.transfer import Copier
 from rdsrecorder.verify import RunSummary, VerifyReport, list_runs, verify_run
 from rdsrecorder.window import Mode, Window, classify
@@ -73,26 +71,6 @@ class SyncReport:
         return EXIT_OK
 
 
-class _TargetResolver:
-    """Re-resolves a cluster each round so that members joining or leaving are followed."""
-
-    def __init__(self, rds: RdsControl, target: Target) -> None:
-        self._rds = rds
-        self._target = target
-        self._seen: tuple[str, ...] = target.instances
-
-    async def instances(self) -> tuple[str, ...]:
-        if self._target.kind != "cluster":
-            return self._target.instances
-        current = (await self._rds.resolve(self._target.identifier)).instances
-        for joined in sorted(set(current) - set(self._seen)):
-            log.info("cluster %s: member %s joined", self._target.identifier, joined)
-        for left in sorted(set(self._seen) - set(current)):
-            log.info("cluster %s: member %s left", self._target.identifier, left)
-        self._seen = current
-        return current
-
-
 async def wait_until(
     clock: Clock, deadline: pendulum.DateTime, stop: asyncio.Event, what: str
 ) -> bool:
@@ -117,7 +95,7 @@ async def _fire_snapshot(
     at: pendulum.DateTime,
     hooks: Hooks,
     report: SyncReport,
-    store: ManifestStore,
+    store: FleetManifests,
 ) -> None:
     try:
         result = await create_snapshot(aws, rds, settings.db_identifier, at, settings.run_id, hooks)
@@ -130,21 +108,21 @@ async def _fire_snapshot(
     store.note("snapshot", {"id": result.snapshot_id, "arn": result.arn, "kind": result.kind})
 
 
-async def _preflight(aws: Aws, bucket: Bucket, rds: RdsControl, identifier: str) -> Target:
-    """Credentials, bucket and DB checked at once (one round trip each), failures reported in
-    the order a user fixes them: credentials first, then the bucket, then the DB."""
-    identity, checked, target = await asyncio.gather(
+async def _preflight(aws: Aws, bucket: Bucket, fleet: Fleet) -> dict[str, Db]:
+    """Credentials, bucket and DBs checked at once (one round trip each), failures reported in
+    the order a user fixes them: credentials first, then the bucket, then the DBs."""
+    identity, checked, dbs = await asyncio.gather(
         aws.check_credentials(),
         bucket.check_bucket(),
-        rds.resolve(identifier),
+        fleet.start(),
         return_exceptions=True,
     )
-    for outcome in (identity, checked, target):
+    for outcome in (identity, checked, dbs):
         if isinstance(outcome, BaseException):
             raise outcome
-    assert isinstance(identity, str) and isinstance(target, Target)
+    assert isinstance(identity, str) and isinstance(dbs, dict)
     log.debug("credentials ok: %s", identity)
-    return target
+    return dbs
 
 
 def _bucket(aws: Aws, name: str, settings: AwsSettings) -> Bucket:
@@ -155,6 +133,17 @@ def _bucket(aws: Aws, name: str, settings: AwsSettings) -> Bucket:
         sse=settings.sse,
         sse_kms_key_id=settings.sse_kms_key_id,
     )
+
+
+def _what(settings: SyncSettings) -> str:
+    parts = list(settings.targets)
+    if settings.discover_tags:
+        parts.append(
+            "the PostgreSQL instances tagged "
+            + " ".join(f"{k}={v}" for k, v in settings.discover_tags)
+        )
+    what = ", ".join(parts)
+    return f"{what} (shard {settings.shard})" if settings.shard.count > 1 else what
 
 
 async def run_sync(
@@ -174,7 +163,7 @@ async def run_sync(
         "run %s: %s for %s, window %s .. %s",
         settings.run_id,
         mode.label,
-        settings.db_identifier,
+        _what(settings),
         human(settings.start),
         human(settings.finish) if settings.finish else "forever (no --finish)",
     )
@@ -186,19 +175,37 @@ async def run_sync(
             bucket, hooks, part_size_bytes=settings.part_size_bytes, spool_dir=spool_dir
         )
         rds = RdsControl(aws)
+        fleet = Fleet(
+            rds,
+            targets=settings.targets,
+            tags=settings.discover_tags,
+            shard=settings.shard,
+            # One DB: a cluster is re-read every look (members join and leave); a fleet every
+            # --discover-interval.
+            refresh_s=settings.discover_interval_s if settings.fleet else settings.poll_interval_s,
+            clock=clock,
+            hooks=hooks,
+            retention_s=settings.retention_hours * 3600 if settings.retention_hours else None,
+        )
         async with RdsDownloader(aws, hooks, method=settings.download_method) as downloader:
-            target = await _preflight(aws, bucket, rds, settings.db_identifier)
-            log.info(
-                "%s %s: instance(s) %s",
-                target.kind,
-                target.identifier,
-                ", ".join(target.instances) or "none yet",
-            )
-            store = ManifestStore(bucket, settings.run_id, clock)
-            manifest = await _open_manifest(store, settings, mode, target, clock)
-            store.start(manifest)
+            dbs = await _preflight(aws, bucket, fleet)
+            for db in dbs.values():
+                log.info(
+                    "%s %s: instance(s) %s",
+                    db.kind,
+                    db.id,
+                    ", ".join(db.instances) or "none yet",
+                )
+            if settings.fleet:
+                log.info(
+                    "following %d DB(s) (%d instance(s))", len(dbs), len(fleet.instances_now())
+                )
+            store = FleetManifests(bucket, settings, mode, clock, fleet.owner)
+            fleet.attach(store)
+            await fleet.instances()  # opens (or resumes) every DB's manifest before any copy
             report = SyncReport(run_id=settings.run_id, mode=mode, totals=RunTotals())
-            report.instances = target.instances
+            report.instances = fleet.instances_now()
+            single_cluster = not settings.fleet and any(d.kind == "cluster" for d in dbs.values())
             recorder = Recorder(
                 window=Window(
                     start_s=settings.start.timestamp(),
@@ -206,9 +213,9 @@ async def run_sync(
                     mode=mode,
                 ),
                 run_id=settings.run_id,
-                per_instance_keys=target.kind == "cluster",
+                per_instance_keys=settings.fleet or single_cluster,
                 lister=rds,
-                resolver=_TargetResolver(rds, target),
+                resolver=fleet,
                 copier=Copier(downloader, bucket, uploader, hooks, clock, settings.run_id),
                 manifest=store,
                 hooks=hooks,
@@ -219,56 +226,27 @@ async def run_sync(
                 finish_grace_s=settings.finish_grace_s,
                 shutdown_grace_s=settings.shutdown_grace_s,
                 include_plain=settings.include_plain,
+                retention_s=fleet.retention_s,
+                fleet=settings.fleet,
             )
             try:
                 await _record(aws, rds, recorder, store, settings, mode, hooks, clock, stop, report)
             finally:
                 report.interrupted = report.interrupted or stop.is_set()
-                store.set_summary(_summary_counts(report.totals))
+                store.set_summaries(
+                    report.totals.entries,
+                    {} if settings.fleet else {"aborted": report.totals.aborted},
+                )
                 await store.close(finished=not report.interrupted)
     log.info("run %s done: %s", settings.run_id, summary_line(report.totals))
     return report
-
-
-async def _open_manifest(
-    store: ManifestStore, settings: SyncSettings, mode: Mode, target: Target, clock: Clock
-) -> Manifest:
-    existing = await store.load()
-    now_iso = iso(clock.now())
-    if existing is not None:
-        if existing.db_identifier != settings.db_identifier:
-            raise ConfigError(
-                f"run id {settings.run_id!r} already holds logs of {existing.db_identifier!r} in "
-                f"s3://{settings.bucket}; choose another --run-id"
-            )
-        log.info("resuming run %s (manifest has %d file(s))", settings.run_id, len(existing.files))
-        existing.finished_at = None
-        existing.updated_at = now_iso
-        existing.instances = sorted(set(existing.instances) | set(target.instances))
-        return existing
-    return Manifest(
-        run_id=settings.run_id,
-        db_identifier=settings.db_identifier,
-        bucket=settings.bucket,
-        window_start=iso(settings.start),
-        window_finish=iso(settings.finish) if settings.finish else None,
-        mode=mode.value,
-        version=__version__,
-        started_at=now_iso,
-        updated_at=now_iso,
-        finished_at=None,
-        files={},
-        gaps=[],
-        instances=list(target.instances),
-        summary={},
-    )
 
 
 async def _record(
     aws: Aws,
     rds: RdsControl,
     recorder: Recorder,
-    store: ManifestStore,
+    store: FleetManifests,
     settings: SyncSettings,
     mode: Mode,
     hooks: Hooks,
@@ -282,23 +260,12 @@ async def _record(
         report.interrupted = True
         return
     async with asyncio.TaskGroup() as tg:
-        if mode is Mode.WAIT_AND_SYNC and settings.snapshot:
+        if mode is Mode.WAIT_AND_SYNC and settings.snapshot and settings.fleet:
+            log.info("no snapshot: snapshots are taken for a run over one DB only")
+        elif mode is Mode.WAIT_AND_SYNC and settings.snapshot:
             # Fired at start, beside the recorder: a slow CreateDBSnapshot must not delay copying.
             tg.create_task(_fire_snapshot(aws, rds, settings, settings.start, hooks, report, store))
         report.totals = await recorder.run()
-
-
-def _summary_counts(t: RunTotals) -> dict[str, int]:
-    return {
-        "copied": t.copied,
-        "partial": t.partial,
-        "skipped": t.skipped,
-        "failed": t.failed,
-        "lost": t.lost,
-        "aborted": t.aborted,
-        "bytes": t.bytes,
-        "truncated_lines": t.truncated_lines,
-    }
 
 
 async def run_snapshot(

@@ -32,6 +32,9 @@ DEFAULT_PART_SIZE_BYTES = DEFAULT_PART_SIZE_MIB * MIB
 DEFAULT_MAX_API_RPS = 8.0  # under the account's ~12 req/s refill, leaves room for other tools
 DEFAULT_POLL_INTERVAL_S = 30.0
 MIN_POLL_INTERVAL_S = 1.0
+DEFAULT_DISCOVER_INTERVAL_S = 300.0
+MIN_DISCOVER_INTERVAL_S = 10.0
+MAX_RETENTION_HOURS = 7 * 24  # RDS keeps PostgreSQL logs at most 7 days (rds.log_retention_period)
 DEFAULT_METRICS_PORT = 9445
 DEFAULT_SHUTDOWN_GRACE_S = 5.0
 DEFAULT_MAX_ATTEMPTS = 8  # per AWS call, with exponential backoff + jitter
@@ -44,6 +47,8 @@ _IP_RE = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
 _REGION_RE = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
 _ACCOUNT_RE = re.compile(r"\d{12}")
 _KMS_KEY_RE = re.compile(r"[A-Za-z0-9:/_.+=@-]{1,2048}")
+_DB_ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,62}")
+_SHARD_RE = re.compile(r"(\d{1,4})/(\d{1,4})")
 
 
 class LogFormat(enum.StrEnum):
@@ -76,8 +81,19 @@ class ObservabilitySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Shard:
+    """This process's share of the fleet: shard ``index`` of ``count`` (0-based)."""
+
+    index: int = 0
+    count: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+@dataclass(frozen=True, slots=True)
 class SyncSettings:
-    db_identifier: str
+    db_identifier: str  # the only (or first) DB given; "" when only discovery selects the DBs
     bucket: str
     start: pendulum.DateTime
     finish: pendulum.DateTime | None  # None = follow forever
@@ -95,6 +111,24 @@ class SyncSettings:
     spool_dir: str | None = None
     aws: AwsSettings = field(default_factory=AwsSettings)
     obs: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    # -- many DBs (see rdsrecorder.fleet) --
+    db_identifiers: tuple[str, ...] = ()  # every -d given (instances or Aurora clusters)
+    discover_tags: tuple[tuple[str, str], ...] = ()  # every KEY=VALUE must match
+    discover_interval_s: float = DEFAULT_DISCOVER_INTERVAL_S
+    shard: Shard = field(default_factory=Shard)
+    retention_hours: float | None = None  # None: rds.log_retention_period, else 3 days
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The DBs named on the command line (instances or clusters), in order, no repeats."""
+        if self.db_identifiers:
+            return self.db_identifiers
+        return (self.db_identifier,) if self.db_identifier else ()
+
+    @property
+    def fleet(self) -> bool:
+        """More than one DB, or discovery: per-DB folders and manifests (``<RUNID>/<db>/``)."""
+        return len(self.targets) > 1 or bool(self.discover_tags)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +218,56 @@ def _account(value: str | None) -> str | None:
     return value.strip()
 
 
+def db_identifiers(values: list[str] | None) -> tuple[str, ...]:
+    """``-d a -d b,c`` (and ``RDSRECORDER_DB_IDENTIFIER=a,b,c``): every id once, in order."""
+    out: dict[str, None] = {}
+    for value in values or []:
+        for part in value.split(","):
+            ident = part.strip()
+            if not ident:
+                continue
+            if not _DB_ID_RE.fullmatch(ident):
+                raise ConfigError(
+                    f"invalid --db-identifier {ident!r}: a DB instance or cluster id has 1-63 "
+                    "letters, digits or '-' and starts with a letter"
+                )
+            out[ident] = None
+    return tuple(out)
+
+
+def discover_tags(values: list[str] | None) -> tuple[tuple[str, str], ...]:
+    """``--discover-tag KEY=VALUE`` (repeatable, or comma-separated in the env var)."""
+    out: dict[tuple[str, str], None] = {}
+    for value in values or []:
+        for part in value.split(","):
+            item = part.strip()
+            if not item:
+                continue
+            key, sep, tag_value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"invalid --discover-tag {item!r}: expected KEY=VALUE")
+            if len(key.strip()) > 128 or len(tag_value.strip()) > 256:
+                raise ConfigError(
+                    f"invalid --discover-tag {item!r}: a tag key has at most 128 characters, "
+                    "a value at most 256"
+                )
+            out[(key.strip(), tag_value.strip())] = None
+    return tuple(out)
+
+
+def shard(value: str | None) -> Shard:
+    """``--shard I/N``: 0 <= I < N."""
+    if value is None or not value.strip():
+        return Shard()
+    m = _SHARD_RE.fullmatch(value.strip())
+    if m is None:
+        raise ConfigError(f"invalid --shard {value!r}: expected I/N, e.g. 0/2")
+    index, count = int(m.group(1)), int(m.group(2))
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"invalid --shard {value!r}: needs N >= 1 and 0 <= I < N")
+    return Shard(index, count)
+
+
 def _when(text: str, now: pendulum.DateTime, option: str) -> pendulum.DateTime:
     when = parse_when(text, now, option=option)
     if (when - now).total_seconds() > MAX_FUTURE_S:
@@ -236,7 +320,7 @@ def build_sync(
     start: str | None,
     finish: str | None,
     bucket: str | None,
-    db_identifier: str | None,
+    db_identifier: list[str] | str | None,
     concurrency: int,
     run_id: str | None,
     region: str | None,
@@ -257,8 +341,30 @@ def build_sync(
     log_format: LogFormat,
     progress: bool | None,
     debug: bool,
+    discover_tag: list[str] | None = None,
+    discover_interval_s: float = DEFAULT_DISCOVER_INTERVAL_S,
+    shard_spec: str | None = None,
+    retention_hours: float | None = None,
 ) -> SyncSettings:
-    db = _required(db_identifier, "--db-identifier", "RDSRECORDER_DB_IDENTIFIER")
+    ids = db_identifiers([db_identifier] if isinstance(db_identifier, str) else db_identifier)
+    tags = discover_tags(discover_tag)
+    if not ids and not tags:
+        raise ConfigError(
+            "missing --db-identifier (or env RDSRECORDER_DB_IDENTIFIER) or --discover-tag "
+            "(or env RDSRECORDER_DISCOVER_TAG)"
+        )
+    if _finite(discover_interval_s, "--discover-interval") < MIN_DISCOVER_INTERVAL_S:
+        raise ConfigError(
+            f"--discover-interval must be at least {MIN_DISCOVER_INTERVAL_S:.0f} seconds, "
+            f"not {discover_interval_s}"
+        )
+    if retention_hours is not None and not (
+        0 < _finite(retention_hours, "--retention-hours") <= MAX_RETENTION_HOURS
+    ):
+        raise ConfigError(
+            f"--retention-hours must be between 0 and {MAX_RETENTION_HOURS}, not {retention_hours}"
+        )
+    shard_of = shard(shard_spec)
     bucket_name = _bucket(bucket)
     start_at = _when(_required(start, "--start", "RDSRECORDER_START"), now, "--start")
     finish_at = _when(finish, now, "--finish") if finish else None
@@ -285,7 +391,12 @@ def build_sync(
     if sse_kms_key_id and not _KMS_KEY_RE.fullmatch(sse_kms_key_id):
         raise ConfigError(f"invalid --sse-kms-key-id {sse_kms_key_id!r}")
     return SyncSettings(
-        db_identifier=db,
+        db_identifier=ids[0] if ids else "",
+        db_identifiers=ids,
+        discover_tags=tags,
+        discover_interval_s=discover_interval_s,
+        shard=shard_of,
+        retention_hours=retention_hours,
         bucket=bucket_name,
         start=start_at,
         finish=finish_at,
