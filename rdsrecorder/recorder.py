@@ -14,7 +14,9 @@ Backfill is simply the first round; following is the next rounds.
 Listing is scheduled per instance (500 DBs listed every 30 s would spend more than the account's
 API budget): an instance is listed again ``ROTATION_SLACK_S`` after its next expected rotation
 (the newest file's timestamp + the rotation period learnt from the names), with an exponential
-back-off from ``poll_interval_s`` when the rotation is late, and at least every ``idle_poll_s``.
+back-off from ``poll_interval_s`` when the rotation is late (up to ``idle_poll_s``); a period
+learnt from minute names (which an idle spell may distort) is never trusted for longer than
+``idle_poll_s``, while an hourly or daily name cannot change before its hour or day is over.
 Readiness by idleness is judged at the time of the instance's last listing, never on stale data.
 
 Copies run in one ``asyncio.TaskGroup``, at most ``concurrency`` at a time for the whole process
@@ -47,6 +49,7 @@ from rdsrecorder.errors import AwsError, DbNotFoundError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.logfiles import (
     IDLE_SLACK_S,
+    NOMINAL_PERIOD_S,
     SpannedFile,
     assign_spans,
     is_complete,
@@ -229,13 +232,21 @@ class Recorder:
         newest_s = max((sf.timestamp_s for sf in files), default=None)
         old_newest_s = max((sf.timestamp_s for sf in before), default=None)
         if newest_s is None:
-            due_s = now_s + self._backoff_s(instance)
-        else:
-            if old_newest_s is None or newest_s > old_newest_s:
-                self._late[instance] = 0
-            expected_s = newest_s + rotation_period_s(files) + ROTATION_SLACK_S
-            due_s = expected_s if expected_s > now_s else now_s + self._backoff_s(instance)
-        self._next_list_s[instance] = min(due_s, now_s + self._idle_poll_s)
+            self._next_list_s[instance] = now_s + self._backoff_s(instance)
+            return
+        if old_newest_s is None or newest_s > old_newest_s:
+            self._late[instance] = 0
+        newest = max(files, key=lambda sf: sf.timestamp_s)
+        learnt = NOMINAL_PERIOD_S[newest.granularity] is None
+        if learnt and len({sf.timestamp_s for sf in files}) < 2:
+            # One minute-named file tells nothing of the period: look again soon.
+            self._next_list_s[instance] = now_s + self._backoff_s(instance)
+            return
+        expected_s = newest_s + rotation_period_s(files) + ROTATION_SLACK_S
+        due_s = expected_s if expected_s > now_s else now_s + self._backoff_s(instance)
+        # An hourly or daily name cannot change before its hour or day is over; a period learnt
+        # from minute names may be wrong (an idle spell): then the idle poll bounds the wait.
+        self._next_list_s[instance] = min(due_s, now_s + self._idle_poll_s) if learnt else due_s
 
     def _backoff_s(self, instance: str) -> float:
         late = self._late.get(instance, 0)
@@ -281,8 +292,9 @@ class Recorder:
         self._next_list_s.pop(instance, None)
 
     async def _list_due(self, instances: list[str]) -> bool:
-        """Lists the instances that are due, queueing each one's ready files as soon as it is
-        listed. False when a listing failed."""
+        """Lists the instances that are due. An instance listed before queues its ready files
+        at once; the first listings (the backfill) all come first, so that the oldest file of
+        the whole fleet goes first, not the first DB listed. False when a listing failed."""
         failure: AwsError | None = None
         for instance in instances:
             now_s = self._clock.now()
@@ -298,7 +310,8 @@ class Recorder:
                     continue
                 failure = failure or exc  # the others are still listed: one DB must not block all
                 continue
-            self._evaluate([instance])
+            if self._listings[instance] > 1:
+                self._evaluate([instance])  # queued at once: its rotation is what we waited for
         if failure is not None:
             self._failed_listing(failure)
             return False
