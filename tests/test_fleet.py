@@ -79,7 +79,7 @@ def test_two_shards_side_by_side_copy_every_tagged_file_once(tmp_path: Path) -> 
             for i in range(2)
         ]
         outs = [p.communicate(timeout=120) for p in procs]
-        for p, (out, err) in zip(procs, outs, strict=True):
+        for p, (_out, err) in zip(procs, outs, strict=True):
             assert p.returncode == 0, err
         got = objects(s3_client(env), lab.bucket, "fleet-logs/")
         stats = lab.stats()

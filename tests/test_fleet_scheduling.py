@@ -155,7 +155,7 @@ async def test_hourly_dbs_are_listed_about_once_an_hour() -> None:
     names = [f"h-{i}" for i in range(10)]
     clock = FakeClock(T0 + 120)
     source = FakeSource(clock, fleet_of(*(rotating_db(T0, 3600, instance=name) for name in names)))
-    rec, sink = recorder(source, clock, StaticResolver(*names), start_s=T0, finish_s=T0 + 5 * 3600)
+    rec, _ = recorder(source, clock, StaticResolver(*names), start_s=T0, finish_s=T0 + 5 * 3600)
     totals = await rec.run()
     assert totals.copied == 5 * len(names) and totals.ok
     # 30 s polling would have listed each DB 600 times in these five hours.
