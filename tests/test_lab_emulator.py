@@ -201,10 +201,13 @@ async def test_instances_and_files_added_at_runtime_appear(tmp_path: Path) -> No
 
 
 # -- DescribeDBLogFiles ----------------------------------------------------------------------------
+MAX_PAGES = 100  # a listing that never ends must fail the test, not hang it
+
+
 async def all_files(rds: Any, **kwargs: Any) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     marker = None
-    while True:
+    for _ in range(MAX_PAGES):
         page = await rds.describe_db_log_files(
             DBInstanceIdentifier=INSTANCE, **kwargs, **({"Marker": marker} if marker else {})
         )
@@ -212,6 +215,7 @@ async def all_files(rds: Any, **kwargs: Any) -> list[dict[str, Any]]:
         marker = page.get("Marker")
         if not marker:
             return out
+    raise AssertionError(f"DescribeDBLogFiles still had a Marker after {MAX_PAGES} pages")
 
 
 async def test_describe_log_files_matches_disk(rds: Any, data: LabData) -> None:
@@ -234,7 +238,7 @@ async def test_describe_log_files_matches_disk(rds: Any, data: LabData) -> None:
 async def test_describe_log_files_pages_in_no_particular_order(rds: Any) -> None:
     pages: list[list[str]] = []
     marker = None
-    while True:
+    for _ in range(MAX_PAGES):
         kwargs: dict[str, str] = {"Marker": marker} if marker else {}
         page = await rds.describe_db_log_files(
             DBInstanceIdentifier=INSTANCE, MaxRecords=4, **kwargs
@@ -243,6 +247,7 @@ async def test_describe_log_files_pages_in_no_particular_order(rds: Any) -> None
         marker = page.get("Marker")
         if not marker:
             break
+    assert not marker, f"still paging after {MAX_PAGES} pages"
     names = [n for page in pages for n in page]
     assert all(len(p) == 4 for p in pages[:-1]) and 1 <= len(pages[-1]) <= 4
     assert len(names) == len(set(names)) == len(await all_files(rds))

@@ -23,6 +23,7 @@ from rdsrecorder.manifest import (
 )
 from tests import s3_servers
 from tests.s3_servers import MIB, BucketSink, S3Server
+from tests.waits import until
 
 moto_server = s3_servers.moto_server
 moto = s3_servers.moto
@@ -197,8 +198,7 @@ async def test_concurrent_flushes_are_serialised_and_lose_nothing() -> None:
     store.start(manifest())
     storage.gate = asyncio.Event()
     first = asyncio.create_task(store.flush())
-    while storage.writing == 0:
-        await asyncio.sleep(0)
+    await until(lambda: storage.writing > 0, "the first write started")
     store.record(entry(21))  # lands while the first write is in flight
     second = asyncio.create_task(store.flush())
     await asyncio.sleep(0.01)
@@ -215,8 +215,7 @@ async def test_a_cancelled_write_leaves_the_manifest_dirty() -> None:
     store.start(manifest())
     storage.gate = asyncio.Event()
     task = asyncio.create_task(store.flush())
-    while storage.writing == 0:
-        await asyncio.sleep(0)
+    await until(lambda: storage.writing > 0, "the first write started")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task

@@ -40,6 +40,7 @@ from tests.s3_servers import (
     blob,
     chunked,
 )
+from tests.waits import until
 
 moto_server = s3_servers.moto_server
 seaweed_server = s3_servers.seaweed_server
@@ -494,8 +495,9 @@ async def test_cancel_while_create_multipart_upload_is_in_flight(
         task = asyncio.create_task(
             sink.upload("early", chunked(blob(6 * MIB)), metadata={}, instance="db")
         )
-        while "CreateMultipartUpload" not in gateway.operations():
-            await asyncio.sleep(0.01)
+        await until(
+            lambda: "CreateMultipartUpload" in gateway.operations(), "CreateMultipartUpload sent"
+        )
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
