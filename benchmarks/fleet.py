@@ -32,14 +32,14 @@ import boto3
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from rdsrecorder.clock import FakeClock  # noqa: E402
-from rdsrecorder.hooks import Hooks  # noqa: E402
-from rdsrecorder.lab import LabThread  # noqa: E402
-from rdsrecorder.lab.generate import generate_fleet  # noqa: E402
-from rdsrecorder.models import DownloadStats, LogFile, ObjectInfo, UploadResult  # noqa: E402
-from rdsrecorder.recorder import Recorder  # noqa: E402
-from rdsrecorder.transfer import Copier  # noqa: E402
-from rdsrecorder.window import Mode, Window  # noqa: E402
+from rdsrecorder.clock import FakeClock
+from rdsrecorder.hooks import Hooks
+from rdsrecorder.lab import LabThread
+from rdsrecorder.lab.generate import generate_fleet
+from rdsrecorder.models import DownloadStats, LogFile, ObjectInfo, UploadResult
+from rdsrecorder.recorder import Recorder
+from rdsrecorder.transfer import Copier
+from rdsrecorder.window import Mode, Window
 
 
 def vm_hwm_kib(pid: int) -> int:
@@ -80,16 +80,18 @@ def backfill(dbs: int, size_mb: tuple[float, float], concurrency: int) -> dict[s
                 str(concurrency),
                 "--no-progress",
             ]
-            started = time.monotonic()
-            proc = subprocess.Popen(
-                args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-            peak = 0
-            while proc.poll() is None:
-                peak = max(peak, vm_hwm_kib(proc.pid))
-                time.sleep(0.02)
-            elapsed = time.monotonic() - started
-            _, err = proc.communicate()
+            log_path = root / "sync.log"  # a file, not a pipe: 100 DBs' logs would fill a pipe
+            with open(log_path, "w") as log_file:
+                started = time.monotonic()
+                proc = subprocess.Popen(
+                    args, env=env, stdout=log_file, stderr=subprocess.STDOUT, text=True
+                )
+                peak = 0
+                while proc.poll() is None:
+                    peak = max(peak, vm_hwm_kib(proc.pid))
+                    time.sleep(0.02)
+                elapsed = time.monotonic() - started
+            err = log_path.read_text()
             if proc.returncode != 0:
                 raise SystemExit(f"rdsrecorder sync failed ({proc.returncode}):\n{err[-3000:]}")
             calls = dict(lab.stats()["calls"])
@@ -262,7 +264,9 @@ def main() -> None:
     )
     f = asyncio.run(follow(args.dbs, args.rotations, 30.0))
     print("\n### Following: minute rotation, simulated (FakeClock, instant copies)\n")
-    print("| DBs | rotations | listings / DB / rotation | every 30 s would be | tail lag median | max |")
+    print(
+        "| DBs | rotations | listings / DB / rotation | every 30 s would be | tail lag median | max |"
+    )
     print("|---|---|---|---|---|---|")
     print(
         f"| {f['dbs']} | {f['rotations']} | {f['listings_per_db_per_rotation']:.2f} | "

@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pendulum
 import pytest
@@ -27,12 +27,13 @@ from rdsrecorder.verify import list_runs
 from tests.e2e import objects, s3_client, sync_settings
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.Popen[str]:
+def cli(env: dict[str, str], log: IO[str], *args: str) -> subprocess.Popen[str]:
+    """Output to a file: two processes writing to pipes read one after the other can block."""
     return subprocess.Popen(
         [sys.executable, "-m", "rdsrecorder", *args],
         env={**os.environ, **env, "RDSRECORDER_METRICS_PORT": "0"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stdout=log,
+        stderr=subprocess.STDOUT,
         text=True,
     )
 
@@ -74,11 +75,15 @@ def test_two_shards_side_by_side_copy_every_tagged_file_once(tmp_path: Path) -> 
     with LabThread(tmp_path, s3="moto") as lab:
         env = dict(lab.env)
         common = ["--discover-tag", "team=payments", "--start", "earliest", "--finish", "now"]
-        procs = [
-            cli(env, "sync", *common, "--shard", f"{i}/2", "--run-id", "fleet-logs")
-            for i in range(2)
-        ]
-        outs = [p.communicate(timeout=120) for p in procs]
+        logs = [tmp_path / f"shard-{i}.log" for i in range(2)]
+        with logs[0].open("w") as log0, logs[1].open("w") as log1:
+            procs = [
+                cli(env, log, "sync", *common, "--shard", f"{i}/2", "--run-id", "fleet-logs")
+                for i, log in enumerate((log0, log1))
+            ]
+            for p in procs:
+                p.wait(timeout=120)
+        outs = [("", log.read_text()) for log in logs]
         for p, (_out, err) in zip(procs, outs, strict=True):
             assert p.returncode == 0, err
         got = objects(s3_client(env), lab.bucket, "fleet-logs/")
