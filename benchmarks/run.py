@@ -1,4 +1,8 @@
-"""rdsrecorder benchmark (`make bench`): prints a markdown table; not a test.
+"""rdsrecorder benchmark (`make bench`): prints markdown tables; not a test.
+
+First the headline, the limits table (``limits.py``): both download methods and the AWS CLI on an
+emulation of the API's limits, each against the lower bound any copier has under them. Then the
+CPU-bound comparison below (no API limits, so it measures this machine more than AWS):
 
 Against the lab (emulated RDS log API with a per-call latency) and a real S3 server (SeaweedFS;
 moto when SeaweedFS is missing), in one run:
@@ -16,92 +20,28 @@ moto when SeaweedFS is missing), in one run:
     python benchmarks/run.py            # 8 x 24 MB, concurrency 1 2 4 8 16, 40 ms latency
     python benchmarks/run.py --quick    # smaller, for a smoke run
     python benchmarks/run.py --big      # also 8 x 200 MB files (memory independent of size)
+    python benchmarks/run.py --no-limits   # only the CPU-bound table
+    python benchmarks/limits.py         # only the limits table (about a minute and a half)
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
+from common import MB, CpuMeter, check_exact, clients, machine, run_sync
+from limits import add_arguments, limits_table, limits_targets
 
 from rdsrecorder.lab import LabThread, generate
 from rdsrecorder.lab.s3local import find_weed
-
-MB = 1_000_000
-MIB = 1 << 20
-
-
-def _proc_cpu_s(pid: int | None) -> float:
-    """utime + stime of a process (0 when unknown or gone)."""
-    if pid is None:
-        return 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-class CpuMeter:
-    """CPU seconds spent by the lab (this process's threads other than the main one) and by the
-    S3 server process, between start() and stop()."""
-
-    def __init__(self, s3_pid: int | None) -> None:
-        self.s3_pid = s3_pid
-        self._lab0 = self._s30 = 0.0
-
-    @staticmethod
-    def _lab_now() -> float:
-        return time.process_time() - time.thread_time()
-
-    def start(self) -> None:
-        self._lab0, self._s30 = self._lab_now(), _proc_cpu_s(self.s3_pid)
-
-    def stop(self) -> tuple[float, float]:
-        return self._lab_now() - self._lab0, _proc_cpu_s(self.s3_pid) - self._s30
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{cpu}, {os.cpu_count()} cores, {mem_gib:.0f} GiB RAM, Python {platform.python_version()}, "
-        f"{dt.datetime.now(dt.UTC):%Y-%m-%d}"
-    )
-
-
-def clients(env: dict[str, str]) -> tuple[Any, Any]:
-    cfg = Config(retries={"max_attempts": 10, "mode": "standard"}, s3={"addressing_style": "path"})
-    kw = dict(
-        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        region_name="us-east-1",
-        config=cfg,
-    )
-    return (
-        boto3.client("rds", endpoint_url=env["AWS_ENDPOINT_URL_RDS"], **kw),
-        boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], **kw),
-    )
 
 
 def baseline(env: dict[str, str], instance: str, names: list[str], bucket: str) -> float:
@@ -121,73 +61,6 @@ def baseline(env: dict[str, str], instance: str, names: list[str], bucket: str) 
         body = "".join(parts).encode()
         s3.put_object(Bucket=bucket, Key=f"baseline/{name}", Body=body)
     return time.monotonic() - t0
-
-
-def _vm_hwm_mib(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def run_sync(env: dict[str, str], args: list[str]) -> tuple[float, float, int, str, float]:
-    """Run `rdsrecorder sync`; returns (seconds, peak RSS in MB, exit code, stderr tail, CPU s).
-
-    Peak RSS is the child's VmHWM, polled every 20 ms until it exits (VmHWM belongs to the
-    address space created at exec; wait4's ru_maxrss would also count the forked parent's pages).
-    CPU is the child's own user + system time, from wait4.
-    """
-    t0 = time.monotonic()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rdsrecorder",
-            "sync",
-            *args,
-            "--metrics-port",
-            "0",
-            "--no-progress",
-        ],
-        env={**os.environ, **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    stderr_lines: list[str] = []
-    reader = threading.Thread(target=lambda: stderr_lines.extend(proc.stderr or []), daemon=True)
-    reader.start()
-    peak = 0.0
-    while True:
-        hwm = _vm_hwm_mib(proc.pid)
-        if hwm is not None:
-            peak = max(peak, hwm)
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)
-            break
-        time.sleep(0.02)
-    elapsed = time.monotonic() - t0
-    reader.join(5)
-    cpu = usage.ru_utime + usage.ru_stime
-    return elapsed, peak * MIB / MB, proc.returncode, "".join(stderr_lines[-5:]), cpu
-
-
-def check_exact(
-    s3: Any, bucket: str, prefix: str, files: list[Any], leaf: str = "rds_log_"
-) -> bool:
-    want = sorted(f.sha256 for f in files)
-    got = []
-    for page in s3.get_paginator("list_objects_v2").paginate(
-        Bucket=bucket, Prefix=f"{prefix}/{leaf}"
-    ):
-        for obj in page.get("Contents", []):
-            body = s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
-            got.append(hashlib.sha256(body).hexdigest())
-    return sorted(got) == want
 
 
 def throughput_table(args: argparse.Namespace, out: list[str]) -> dict[str, Any]:
@@ -235,7 +108,7 @@ def throughput_table(args: argparse.Namespace, out: list[str]) -> dict[str, Any]
                 f"{'yes' if base_exact else 'NO: cut 10,000-line portions lost data'} |"
             )
             results["baseline_s"] = base_s
-            empty_s, empty_rss, _, _, empty_cpu = run_sync(
+            empty = run_sync(
                 env,
                 [
                     "--db-identifier",
@@ -249,7 +122,7 @@ def throughput_table(args: argparse.Namespace, out: list[str]) -> dict[str, Any]
                 ],
             )
             out.append(
-                f"| rdsrecorder, empty window (start-up, checks, listing) | - | 1 | {empty_s:.1f} | - | - | {empty_rss:.0f} | - | {empty_cpu:.1f} / - / - | - |"
+                f"| rdsrecorder, empty window (start-up, checks, listing) | - | 1 | {empty.seconds:.1f} | - | - | {empty.peak_rss_mb:.0f} | - | {empty.cpu_s:.1f} / - / - | - |"
             )
             runs = [(m, c, "") for m in args.methods for c in args.concurrency]
             if args.memory_row and "complete" in args.methods:
@@ -258,7 +131,7 @@ def throughput_table(args: argparse.Namespace, out: list[str]) -> dict[str, Any]
                 run_id = f"bench-{method}-{conc}-{spool or 'disk'}-{int(time.time())}"
                 lab.reset_stats()
                 meter.start()
-                secs, rss, rc, tail, cpu = run_sync(
+                run = run_sync(
                     env,
                     [
                         "--db-identifier",
@@ -279,6 +152,8 @@ def throughput_table(args: argparse.Namespace, out: list[str]) -> dict[str, Any]
                     ],
                 )
                 lab_cpu, s3_cpu = meter.stop()
+                secs, rss, rc, cpu = run.seconds, run.peak_rss_mb, run.returncode, run.cpu_s
+                tail = run.stderr_tail
                 calls = lab.stats()["calls"].get("DownloadDBLogFilePortion", 0)
                 exact = rc == 0 and check_exact(s3, lab.bucket, run_id, files)
                 results[(method, conc, spool)] = (secs, rss, calls / total_mb, exact)
@@ -388,10 +263,17 @@ def main() -> int:
         action="store_false",
         help="skip the run with parts kept in memory (--spool-dir memory)",
     )
+    parser.add_argument("--no-limits", dest="limits", action="store_false")
+    add_arguments(parser)
     args = parser.parse_args()
     if args.quick:
         args.size_mb, args.concurrency, args.tail_files = 4.0, [1, 8], 2
     out = [f"## rdsrecorder benchmark\n\nMachine: {machine()}.\n"]
+    limits_ok = True
+    if args.limits:
+        out.append("### At the API's limits\n")
+        limits_ok = limits_targets(limits_table(args, out), out)
+        out.append("\n### CPU-bound (no API limits)\n")
     res = throughput_table(args, out)
     big: dict[str, Any] = {}
     if args.big:
@@ -441,7 +323,7 @@ def main() -> int:
     results_dir = Path(__file__).parent / "results"
     results_dir.mkdir(exist_ok=True)
     (results_dir / "latest.md").write_text(text)
-    return 0 if exact else 1
+    return 0 if exact and limits_ok else 1
 
 
 if __name__ == "__main__":

@@ -1,11 +1,19 @@
-"""AWS clients for one run: one aioboto3 session, the rds / s3 / sts clients, retries, the shared
-RDS rate limiter and error translation.
+"""AWS clients for one run: one aiobotocore session, the rds / s3 / sts clients, retries, the
+shared RDS rate limiter and error translation.
 
 Every request goes through ``Aws.run`` (SDK calls through ``Aws.call``): rate-limited (RDS only:
 the account's RDS API budget is shared with other tools), retried by the one policy of
 ``rdsrecorder.retry`` (botocore's own retries are off so that each retry is seen and counted), and
 translated once into ``rdsrecorder.errors``. Endpoint overrides (``AWS_ENDPOINT_URL_RDS`` ...) are
-honoured by botocore itself."""
+honoured by botocore itself.
+
+The RDS rate limiter is a token bucket like the account's own: ``--max-api-burst`` calls may go
+at once, then ``--max-api-rps`` a second. A ``Throttling`` answer empties it, so every task of the
+process slows down to the sustained rate, not only the call that was refused (which also backs
+off, by the retry policy). The number of throttled calls is logged when the clients close.
+
+aiobotocore is used directly (not aioboto3): importing boto3 as well costs start-up time and
+nothing here needs it."""
 
 from __future__ import annotations
 
@@ -17,8 +25,8 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, TypeVar
 
-import aioboto3
 from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -101,6 +109,11 @@ class RateLimiter:
                     return
                 await self._sleep((1 - self._tokens) / self.rate_per_s)
 
+    def throttled(self) -> None:
+        """The server refused a call for its rate: no burst until the bucket has refilled."""
+        self._tokens = 0.0
+        self._updated = self._monotonic()
+
 
 def _message(exc: BaseException) -> str:
     if isinstance(exc, ClientError):
@@ -122,7 +135,7 @@ def translate(exc: BaseException, service: str, operation: str) -> AwsError:
 
 
 class Aws:
-    """Owns the aioboto3 session and the clients of one run (rds, s3, sts)."""
+    """Owns the aiobotocore session and the clients of one run (rds, s3, sts)."""
 
     def __init__(
         self,
@@ -134,11 +147,10 @@ class Aws:
         self.settings = settings
         self.hooks = hooks
         self.clock = clock or Clock()
-        self.session = (
-            aioboto3.Session(region_name=settings.region) if settings.region else aioboto3.Session()
-        )
-        self.region = self.session.region_name or "us-east-1"
-        if not self.session.region_name:
+        self.session = AioSession()
+        configured_region = settings.region or self.session.get_config_variable("region")
+        self.region = configured_region or "us-east-1"
+        if not configured_region:
             log.warning("no AWS region configured (--region / AWS_REGION): using us-east-1")
         self._config = AioConfig(
             retries={"total_max_attempts": 1, "mode": "standard"},
@@ -150,7 +162,8 @@ class Aws:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        self.rate_limiter = RateLimiter(settings.max_api_rps, burst=max(1.0, settings.max_api_rps))
+        self.rate_limiter = RateLimiter(settings.max_api_rps, burst=settings.max_api_burst)
+        self.throttled_calls = 0  # answers that said Throttling (each then retried or failed)
         self._stack: Any = None
         self.rds: Any = None
         self.s3: Any = None
@@ -162,7 +175,7 @@ class Aws:
         try:
             for name in ("rds", "s3", "sts"):
                 client = await self._stack.enter_async_context(
-                    self.session.client(name, region_name=self.region, config=self._config)
+                    self.session.create_client(name, region_name=self.region, config=self._config)
                 )
                 setattr(self, name, client)
         except BaseException:
@@ -179,6 +192,17 @@ class Aws:
         if self._stack is not None:
             await self._stack.__aexit__(exc_type, exc, tb)
             self._stack = None
+        if self.throttled_calls:
+            log.warning(
+                "AWS throttled %d call(s); other tools share the account's RDS API "
+                "budget: lower --max-api-rps or --max-api-burst if this keeps happening",
+                self.throttled_calls,
+            )
+
+    def _throttled(self, service: str) -> None:
+        self.throttled_calls += 1
+        if service == "rds":
+            self.rate_limiter.throttled()
 
     def _client(self, service: str) -> Any:
         client = getattr(self, service, None)
@@ -212,7 +236,10 @@ class Aws:
             if exc is None:
                 return
             reason = error_code(exc)
-            self.hooks.aws_call(service, operation, "throttled" if is_throttling(exc) else "retry")
+            throttled = is_throttling(exc)
+            if throttled:
+                self._throttled(service)
+            self.hooks.aws_call(service, operation, "throttled" if throttled else "retry")
             self.hooks.retry(service, operation, reason)
             log.debug(
                 "%s %s: %s; retry %d in %.2f s",
@@ -239,6 +266,8 @@ class Aws:
                 "no AWS credentials found (env AWS_ACCESS_KEY_ID / AWS_PROFILE / instance role)"
             ) from exc
         except (ClientError, BotoCoreError, TransientHttpError, *NETWORK_ERRORS) as exc:
+            if is_throttling(exc):
+                self._throttled(service)
             self.hooks.aws_call(service, operation, "throttled" if is_throttling(exc) else "error")
             raise translate(exc, service, operation) from exc
         except AwsError:

@@ -13,6 +13,7 @@ from rdsrecorder import __version__, config, runtime
 from rdsrecorder.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DISCOVER_INTERVAL_S,
+    DEFAULT_MAX_API_BURST,
     DEFAULT_MAX_API_RPS,
     DEFAULT_METRICS_PORT,
     DEFAULT_PART_SIZE_MIB,
@@ -195,6 +196,14 @@ def sync(
             help="Cap on RDS API calls per second across all tasks (the account allows ~12/s).",
         ),
     ] = DEFAULT_MAX_API_RPS,
+    max_api_burst: Annotated[
+        int,
+        typer.Option(
+            envvar=ENV + "MAX_API_BURST",
+            help="RDS API calls that may go at once before --max-api-rps paces them (the "
+            "account's bucket, shared with other tools, holds ~300).",
+        ),
+    ] = DEFAULT_MAX_API_BURST,
     expected_bucket_owner: OwnerOpt = None,
     sse: Annotated[
         Sse | None, typer.Option(envvar=ENV + "SSE", help="Server-side encryption of objects.")
@@ -264,6 +273,7 @@ def sync(
                 download_method=download_method,
                 part_size_mib=part_size_mib,
                 max_api_rps=max_api_rps,
+                max_api_burst=max_api_burst,
                 expected_bucket_owner=expected_bucket_owner,
                 sse=sse,
                 sse_kms_key_id=sse_kms_key_id,

@@ -30,6 +30,11 @@ MIN_PART_SIZE_MIB = 5  # S3's minimum part size
 MAX_PART_SIZE_MIB = 5 * 1024  # S3's maximum part size
 DEFAULT_PART_SIZE_BYTES = DEFAULT_PART_SIZE_MIB * MIB
 DEFAULT_MAX_API_RPS = 8.0  # under the account's ~12 req/s refill, leaves room for other tools
+# Calls that may go at once after a pause, before --max-api-rps paces them. The account's bucket
+# (AWS: 300 calls) is shared with every other tool and the console: 20 lets a short backfill start
+# at full speed while leaving the rest of it to them. See the README, "Speed and memory".
+DEFAULT_MAX_API_BURST = 20
+MAX_API_BURST = 300  # the account's whole bucket: more could never be used
 DEFAULT_POLL_INTERVAL_S = 30.0
 MIN_POLL_INTERVAL_S = 1.0
 DEFAULT_DISCOVER_INTERVAL_S = 300.0
@@ -68,6 +73,7 @@ class AwsSettings:
     sse: Sse | None = None
     sse_kms_key_id: str | None = None
     max_api_rps: float = DEFAULT_MAX_API_RPS
+    max_api_burst: int = DEFAULT_MAX_API_BURST
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
 
 
@@ -268,6 +274,34 @@ def shard(value: str | None) -> Shard:
     return Shard(index, count)
 
 
+def _which_dbs(
+    db_identifier: list[str] | str | None,
+    discover_tag: list[str] | None,
+    discover_interval_s: float,
+    retention_hours: float | None,
+) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The fleet options of ``sync``: ids and tags (one of them needed), their intervals."""
+    ids = db_identifiers([db_identifier] if isinstance(db_identifier, str) else db_identifier)
+    tags = discover_tags(discover_tag)
+    if not ids and not tags:
+        raise ConfigError(
+            "missing --db-identifier (or env RDSRECORDER_DB_IDENTIFIER) or --discover-tag "
+            "(or env RDSRECORDER_DISCOVER_TAG)"
+        )
+    if _finite(discover_interval_s, "--discover-interval") < MIN_DISCOVER_INTERVAL_S:
+        raise ConfigError(
+            f"--discover-interval must be at least {MIN_DISCOVER_INTERVAL_S:.0f} seconds, "
+            f"not {discover_interval_s}"
+        )
+    if retention_hours is not None and not (
+        0 < _finite(retention_hours, "--retention-hours") <= MAX_RETENTION_HOURS
+    ):
+        raise ConfigError(
+            f"--retention-hours must be between 0 and {MAX_RETENTION_HOURS}, not {retention_hours}"
+        )
+    return ids, tags
+
+
 def _when(text: str, now: pendulum.DateTime, option: str) -> pendulum.DateTime:
     when = parse_when(text, now, option=option)
     if (when - now).total_seconds() > MAX_FUTURE_S:
@@ -334,6 +368,7 @@ def build_sync(
     sse: Sse | None,
     sse_kms_key_id: str | None,
     shutdown_grace_s: float,
+    max_api_burst: int = DEFAULT_MAX_API_BURST,
     include_plain: bool,
     spool_dir: str | None,
     metrics_address: str,
@@ -346,24 +381,7 @@ def build_sync(
     shard_spec: str | None = None,
     retention_hours: float | None = None,
 ) -> SyncSettings:
-    ids = db_identifiers([db_identifier] if isinstance(db_identifier, str) else db_identifier)
-    tags = discover_tags(discover_tag)
-    if not ids and not tags:
-        raise ConfigError(
-            "missing --db-identifier (or env RDSRECORDER_DB_IDENTIFIER) or --discover-tag "
-            "(or env RDSRECORDER_DISCOVER_TAG)"
-        )
-    if _finite(discover_interval_s, "--discover-interval") < MIN_DISCOVER_INTERVAL_S:
-        raise ConfigError(
-            f"--discover-interval must be at least {MIN_DISCOVER_INTERVAL_S:.0f} seconds, "
-            f"not {discover_interval_s}"
-        )
-    if retention_hours is not None and not (
-        0 < _finite(retention_hours, "--retention-hours") <= MAX_RETENTION_HOURS
-    ):
-        raise ConfigError(
-            f"--retention-hours must be between 0 and {MAX_RETENTION_HOURS}, not {retention_hours}"
-        )
+    ids, tags = _which_dbs(db_identifier, discover_tag, discover_interval_s, retention_hours)
     shard_of = shard(shard_spec)
     bucket_name = _bucket(bucket)
     start_at = _when(_required(start, "--start", "RDSRECORDER_START"), now, "--start")
@@ -382,6 +400,11 @@ def build_sync(
         raise ConfigError(f"--poll-interval must be at least 1 second, not {poll_interval_s}")
     if _finite(max_api_rps, "--max-api-rps") <= 0:
         raise ConfigError(f"--max-api-rps must be positive, not {max_api_rps}")
+    if not 1 <= max_api_burst <= MAX_API_BURST:
+        raise ConfigError(
+            f"--max-api-burst must be between 1 and {MAX_API_BURST} (the account's own bucket), "
+            f"not {max_api_burst}"
+        )
     if finish_grace_s is not None and _finite(finish_grace_s, "--finish-grace") < 0:
         raise ConfigError("--finish-grace must not be negative")
     if _finite(shutdown_grace_s, "--shutdown-grace") < 0:
@@ -416,6 +439,7 @@ def build_sync(
             sse=sse,
             sse_kms_key_id=sse_kms_key_id or None,
             max_api_rps=max_api_rps,
+            max_api_burst=max_api_burst,
         ),
         obs=_observability(
             debug=debug,

@@ -43,6 +43,30 @@ async def test_rate_limiter_holds_the_rate() -> None:
     assert now[0] == pytest.approx(4.0)
 
 
+async def test_rate_limiter_spends_its_burst_then_the_rate_and_a_throttle_empties_it() -> None:
+    now = [0.0]
+
+    async def fake_sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    limiter = RateLimiter(15.0, burst=20, monotonic=lambda: now[0], sleep=fake_sleep)
+    for _ in range(20):
+        await limiter.acquire()
+    assert now[0] == 0.0  # a short backfill starts at once
+    for _ in range(15):
+        await limiter.acquire()
+    assert now[0] == pytest.approx(1.0)  # then the sustained rate
+    now[0] += 10.0  # idle: the bucket refills, to 20 at most
+    limiter.throttled()  # ... but the server said Throttling
+    await limiter.acquire()
+    assert now[0] == pytest.approx(11.0 + 1 / 15)
+
+
+def test_max_api_burst_is_the_limiter_burst() -> None:
+    aws = Aws(AwsSettings(region="eu-west-1", max_api_rps=15, max_api_burst=20), Hooks())
+    assert (aws.rate_limiter.rate_per_s, aws.rate_limiter.burst) == (15, 20)
+
+
 def client_error(code: str, status: int) -> ClientError:
     return ClientError(
         {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
@@ -76,7 +100,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabThread]:
 
 
 async def test_throttles_and_500s_are_retried_and_counted(
-    lab: LabThread, monkeypatch: pytest.MonkeyPatch
+    lab: LabThread, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     for k, v in lab.env.items():
         monkeypatch.setenv(k, v)
@@ -89,6 +113,8 @@ async def test_throttles_and_500s_are_retried_and_counted(
     assert [c for c in hooks.calls if c[2] == "ok"] == [("rds", "DescribeDBLogFiles", "ok")] * 6
     assert any(c[2] == "throttled" for c in hooks.calls)
     assert hooks.retries and all(r[2] == "Throttling" for r in hooks.retries)
+    throttled = sum(1 for c in hooks.calls if c[2] == "throttled")
+    assert f"AWS throttled {throttled} call(s)" in caplog.text
     lab.set_faults(error_rate=1.0)
     hooks = Recorded()
     async with Aws(AwsSettings(region="us-east-1", max_api_rps=100, max_attempts=3), hooks) as aws:

@@ -48,6 +48,7 @@ def test_sync_help_lists_every_option_with_env_var() -> None:
         "--no-snapshot",
         "--download-method",
         "--max-api-rps",
+        "--max-api-burst",
         "--expected-bucket-owner",
         "--sse",
         "--shutdown-grace",
@@ -72,6 +73,8 @@ BASE = ["sync", "--bucket", "my-bucket", "--db-identifier", "db"]
         (["--start", "now-1h", "--concurrency", "0"], "--concurrency must be between 1 and 64"),
         (["--start", "now-1h", "--concurrency", "1000"], "--concurrency must be between 1 and 64"),
         (["--start", "now-1h", "--part-size-mib", "1"], "--part-size-mib"),
+        (["--start", "now-1h", "--max-api-burst", "0"], "--max-api-burst must be between 1"),
+        (["--start", "now-1h", "--max-api-burst", "301"], "--max-api-burst must be between 1"),
         (["--start", "now-1h", "--run-id", "a/b"], "invalid --run-id"),
         (["--finish", "now"], "missing --start"),
         (
