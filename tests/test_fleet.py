@@ -283,3 +283,52 @@ def test_rendezvous_shards_cover_once_and_move_little() -> None:
         moved = [db for db in dbs if shard_of(db, n) != shard_of(db, n + 1)]
         assert all(shard_of(db, n + 1) == n for db in moved)  # only to the new shard
         assert abs(len(moved) / len(dbs) - 1 / (n + 1)) < 0.05
+
+
+FLEET_BAD_INPUT = [
+    (["-d", "db", "--shard", "2/2"], "invalid --shard '2/2': needs N >= 1 and 0 <= I < N"),
+    (["-d", "db", "--shard", "1/0"], "invalid --shard '1/0'"),
+    (["-d", "db", "--shard", "one"], "invalid --shard 'one': expected I/N"),
+    (["--discover-tag", "team"], "invalid --discover-tag 'team': expected KEY=VALUE"),
+    (["-d", "ok-db,bad_id"], "invalid --db-identifier 'bad_id'"),
+    (["--discover-tag", "a=b", "--discover-interval", "1"], "--discover-interval must be"),
+    (["-d", "db", "--retention-hours", "200"], "--retention-hours must be between 0 and 168"),
+    ([], "missing --db-identifier (or env RDSRECORDER_DB_IDENTIFIER) or --discover-tag"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), FLEET_BAD_INPUT)
+def test_bad_fleet_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "rdsrecorder",
+            "sync",
+            "--bucket",
+            "b-1",
+            "--start",
+            "now-1h",
+            *args,
+        ],
+        env={**os.environ, "RDSRECORDER_METRICS_PORT": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr
+    assert message in errors[0]
+
+
+def test_ids_from_repeats_commas_and_the_env_var() -> None:
+    from rdsrecorder.config import db_identifiers, discover_tags, shard
+
+    assert db_identifiers(["a", "b,c", " c , d "]) == ("a", "b", "c", "d")
+    assert db_identifiers(["a,b,c"]) == ("a", "b", "c")  # RDSRECORDER_DB_IDENTIFIER=a,b,c
+    assert discover_tags(["team=payments,env=prod", "team=payments"]) == (
+        ("team", "payments"),
+        ("env", "prod"),
+    )
+    assert shard("1/3") == Shard(1, 3) and shard(None) == Shard(0, 1)
