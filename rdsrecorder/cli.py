@@ -10,20 +10,24 @@ from typing import Annotated
 import typer
 
 from rdsrecorder import __version__, config, runtime
+from rdsrecorder.compression import Compression
 from rdsrecorder.config import (
     DEFAULT_CONCURRENCY,
     DEFAULT_DISCOVER_INTERVAL_S,
+    DEFAULT_GET_CONCURRENCY,
     DEFAULT_MAX_API_BURST,
     DEFAULT_MAX_API_RPS,
     DEFAULT_METRICS_PORT,
     DEFAULT_PART_SIZE_MIB,
     DEFAULT_POLL_INTERVAL_S,
     DEFAULT_SHUTDOWN_GRACE_S,
+    DEFAULT_SINGLE_PUT_MAX_MIB,
     MAX_CONCURRENCY,
     MAX_PART_SIZE_MIB,
     MIN_PART_SIZE_MIB,
     LogFormat,
     Sse,
+    StorageClass,
 )
 from rdsrecorder.errors import EXIT_CONFIG, EXIT_INTERRUPTED
 from rdsrecorder.lab.cli import lab_cli
@@ -230,6 +234,30 @@ def sync(
             "'memory' keeps them in RAM).",
         ),
     ] = None,
+    compress: Annotated[
+        Compression,
+        typer.Option(
+            envvar=ENV + "COMPRESS",
+            help="none: objects hold the log's bytes as they are; gzip: keys end in .gz and "
+            "objects are gzip streams of the exact bytes (pgbadger reads them directly).",
+        ),
+    ] = Compression.NONE,
+    storage_class: Annotated[
+        StorageClass,
+        typer.Option(
+            envvar=ENV + "STORAGE_CLASS",
+            help="S3 storage class of the log objects (the cold ones bill at least 128 KB "
+            "and 30/90 days per object: see the README).",
+        ),
+    ] = StorageClass.STANDARD,
+    single_put_max_mib: Annotated[
+        int,
+        typer.Option(
+            envvar=ENV + "SINGLE_PUT_MAX_MIB",
+            help="Files up to this size are spooled whole and sent in one PutObject with "
+            "their SHA-256; larger ones go multipart with a full-object CRC32 (5-5120).",
+        ),
+    ] = DEFAULT_SINGLE_PUT_MAX_MIB,
     metrics_address: MetricsAddrOpt = "0.0.0.0",
     metrics_port: Annotated[
         int,
@@ -280,6 +308,9 @@ def sync(
                 shutdown_grace_s=shutdown_grace,
                 include_plain=include_plain,
                 spool_dir=spool_dir,
+                compress=compress,
+                storage_class=storage_class,
+                single_put_max_mib=single_put_max_mib,
                 metrics_address=metrics_address,
                 metrics_port=metrics_port,
                 log_format=log_format,
@@ -360,10 +391,19 @@ def verify(
     bucket: BucketOpt = None,
     region: RegionOpt = None,
     expected_bucket_owner: OwnerOpt = None,
+    download: Annotated[
+        bool,
+        typer.Option(
+            "--download",
+            envvar=ENV + "DOWNLOAD",
+            help="Re-read every object, even those S3 holds a matching checksum for.",
+        ),
+    ] = False,
     log_format: LogFormatOpt = LogFormat.TEXT,
     debug: DebugOpt = False,
 ) -> None:
-    """Re-read a run's objects: check every sha256 and that the window has no holes."""
+    """Check a run's objects (by the checksum S3 keeps, or by re-reading them) and that the
+    window has no holes."""
     raise typer.Exit(
         runtime.verify(
             debug,
@@ -371,6 +411,76 @@ def verify(
             lambda: config.build_verify(
                 run_id=run_id,
                 bucket=bucket,
+                region=region,
+                expected_bucket_owner=expected_bucket_owner,
+                log_format=log_format,
+                debug=debug,
+                download=download,
+            ),
+        )
+    )
+
+
+@cli.command()
+def get(
+    bucket: BucketOpt = None,
+    db_identifier: Annotated[
+        str | None,
+        typer.Option(
+            "--db-identifier",
+            "-d",
+            envvar=ENV + "DB_IDENTIFIER",
+            help="Required. DB instance id, or the Aurora cluster id a run was made for.",
+        ),
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENV + "START",
+            help="Required. Window start: a date, ISO-8601, 'now-2h' ...",
+        ),
+    ] = None,
+    finish: Annotated[
+        str | None,
+        typer.Option(envvar=ENV + "FINISH", help="Window end (exclusive). Default: now."),
+    ] = None,
+    output_dir: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENV + "OUTPUT_DIR",
+            help="Where the files go: <dir>/<instance>/<RDS log file name>.",
+        ),
+    ] = None,
+    stdout: Annotated[
+        bool,
+        typer.Option(
+            "--stdout", help="Stream the window's files to stdout in time order, for a pipe."
+        ),
+    ] = False,
+    concurrency: Annotated[
+        int,
+        typer.Option(envvar=ENV + "CONCURRENCY", help="Objects downloaded at the same time."),
+    ] = DEFAULT_GET_CONCURRENCY,
+    region: RegionOpt = None,
+    expected_bucket_owner: OwnerOpt = None,
+    log_format: LogFormatOpt = LogFormat.TEXT,
+    debug: DebugOpt = False,
+) -> None:
+    """Bring back a DB's log files for a time window, from every run in the bucket, checked
+    against their sha256 and decompressed."""
+    raise typer.Exit(
+        runtime.get(
+            debug,
+            log_format,
+            lambda: config.build_get(
+                now=runtime.now(),
+                bucket=bucket,
+                db_identifier=db_identifier,
+                start=start,
+                finish=finish,
+                output_dir=output_dir,
+                stdout=stdout,
+                concurrency=concurrency,
                 region=region,
                 expected_bucket_owner=expected_bucket_owner,
                 log_format=log_format,

@@ -1,5 +1,5 @@
 """What each command does, given its settings: ``run_sync`` (preflight checks, the mode, the wait,
-the snapshot timer, the recorder), ``run_snapshot``, ``run_verify`` and ``run_ls``.
+the snapshot timer, the recorder), ``run_snapshot``, ``run_verify``, ``run_get`` and ``run_ls``.
 
 ``rdsrecorder.runtime`` calls these coroutines with the settings, the hooks and the stop event;
 they never read env vars and never print (they log)."""
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from rdsrecorder.aws import Aws
 from rdsrecorder.clock import Clock
 from rdsrecorder.config import (
     AwsSettings,
+    GetSettings,
     LsSettings,
     SnapshotSettings,
     SyncSettings,
@@ -32,6 +34,7 @@ from rdsrecorder.errors import (
     SnapshotError,
 )
 from rdsrecorder.fleet import Db, Fleet, FleetManifests
+from rdsrecorder.get import GetReport, get_window
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.rds.control import RdsControl
 from rdsrecorder.rds.download import RdsDownloader
@@ -172,7 +175,12 @@ async def run_sync(
     async with Aws(settings.aws, hooks, max_pool_connections=pool, clock=clock) as aws:
         bucket = _bucket(aws, settings.bucket, settings.aws)
         uploader = Uploader(
-            bucket, hooks, part_size_bytes=settings.part_size_bytes, spool_dir=spool_dir
+            bucket,
+            hooks,
+            part_size_bytes=settings.part_size_bytes,
+            spool_dir=spool_dir,
+            single_put_max_bytes=settings.single_put_max_bytes,
+            storage_class=settings.storage_class,
         )
         rds = RdsControl(aws)
         fleet = Fleet(
@@ -216,7 +224,16 @@ async def run_sync(
                 per_instance_keys=settings.fleet or single_cluster,
                 lister=rds,
                 resolver=fleet,
-                copier=Copier(downloader, bucket, uploader, hooks, clock, settings.run_id),
+                copier=Copier(
+                    downloader,
+                    bucket,
+                    uploader,
+                    hooks,
+                    clock,
+                    settings.run_id,
+                    compression=settings.compress,
+                    known=store.known,
+                ),
                 manifest=store,
                 hooks=hooks,
                 clock=clock,
@@ -316,7 +333,22 @@ async def open_bucket(name: str, settings: AwsSettings, hooks: Hooks) -> AsyncIt
 async def run_verify(settings: VerifySettings, hooks: Hooks | None = None) -> VerifyReport:
     hooks = hooks or Hooks()
     async with open_bucket(settings.bucket, settings.aws, hooks) as bucket:
-        return await verify_run(bucket, settings.run_id, hooks)
+        return await verify_run(bucket, settings.run_id, hooks, download=settings.download)
+
+
+async def run_get(settings: GetSettings, hooks: Hooks | None = None) -> GetReport:
+    hooks = hooks or Hooks()
+    async with open_bucket(settings.bucket, settings.aws, hooks) as bucket:
+        return await get_window(
+            bucket,
+            settings.db_identifier,
+            settings.start.timestamp(),
+            settings.finish.timestamp(),
+            output_dir=settings.output_dir,
+            stdout=sys.stdout.buffer if settings.stdout else None,
+            concurrency=settings.concurrency,
+            hooks=hooks,
+        )
 
 
 async def run_ls(settings: LsSettings, hooks: Hooks | None = None) -> list[RunSummary]:

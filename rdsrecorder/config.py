@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import pendulum
 
+from rdsrecorder.compression import Compression
 from rdsrecorder.errors import ConfigError
 from rdsrecorder.models import MIB, DownloadMethod
 from rdsrecorder.window import parse_when, validate_snapshot_start, validate_sync_window
@@ -29,6 +30,12 @@ DEFAULT_PART_SIZE_MIB = 8
 MIN_PART_SIZE_MIB = 5  # S3's minimum part size
 MAX_PART_SIZE_MIB = 5 * 1024  # S3's maximum part size
 DEFAULT_PART_SIZE_BYTES = DEFAULT_PART_SIZE_MIB * MIB
+# Files up to this size are spooled whole and sent in one PutObject (S3 checks their SHA-256);
+# disk per file in flight: up to this much (see the README, "Written once").
+DEFAULT_SINGLE_PUT_MAX_MIB = 64
+MAX_SINGLE_PUT_MAX_MIB = 5 * 1024  # S3's PutObject limit
+DEFAULT_SINGLE_PUT_MAX_BYTES = DEFAULT_SINGLE_PUT_MAX_MIB * MIB
+DEFAULT_GET_CONCURRENCY = 4
 DEFAULT_MAX_API_RPS = 8.0  # under the account's ~12 req/s refill, leaves room for other tools
 # Calls that may go at once after a pause, before --max-api-rps paces them. The account's bucket
 # (AWS: 300 calls) is shared with every other tool and the console: 20 lets a short backfill start
@@ -59,6 +66,15 @@ _SHARD_RE = re.compile(r"(\d{1,4})/(\d{1,4})")
 class LogFormat(enum.StrEnum):
     TEXT = "text"
     JSON = "json"
+
+
+class StorageClass(enum.StrEnum):
+    """The S3 storage classes a log object may go to (minimums and costs: the README)."""
+
+    STANDARD = "STANDARD"
+    STANDARD_IA = "STANDARD_IA"
+    INTELLIGENT_TIERING = "INTELLIGENT_TIERING"
+    GLACIER_IR = "GLACIER_IR"
 
 
 class Sse(enum.StrEnum):
@@ -115,6 +131,9 @@ class SyncSettings:
     # Where parts wait while they fill and upload: None = the system temp dir (in memory when it
     # is not writable), "memory" = in memory, else a directory (checked by ``build_sync``).
     spool_dir: str | None = None
+    compress: Compression = Compression.NONE
+    storage_class: StorageClass = StorageClass.STANDARD
+    single_put_max_bytes: int = DEFAULT_SINGLE_PUT_MAX_BYTES
     aws: AwsSettings = field(default_factory=AwsSettings)
     obs: ObservabilitySettings = field(default_factory=ObservabilitySettings)
     # -- many DBs (see rdsrecorder.fleet) --
@@ -151,6 +170,20 @@ class SnapshotSettings:
 class VerifySettings:
     bucket: str
     run_id: str
+    download: bool = False  # re-read every object even when S3 holds a checksum to compare
+    aws: AwsSettings = field(default_factory=AwsSettings)
+    obs: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+
+
+@dataclass(frozen=True, slots=True)
+class GetSettings:
+    bucket: str
+    db_identifier: str  # an instance id, or the DB identifier a run was made for (a cluster)
+    start: pendulum.DateTime
+    finish: pendulum.DateTime
+    output_dir: str | None  # None: ``stdout``
+    stdout: bool = False
+    concurrency: int = DEFAULT_GET_CONCURRENCY
     aws: AwsSettings = field(default_factory=AwsSettings)
     obs: ObservabilitySettings = field(default_factory=ObservabilitySettings)
 
@@ -372,6 +405,9 @@ def build_sync(
     include_plain: bool,
     spool_dir: str | None,
     metrics_address: str,
+    compress: Compression = Compression.NONE,
+    storage_class: StorageClass = StorageClass.STANDARD,
+    single_put_max_mib: int = DEFAULT_SINGLE_PUT_MAX_MIB,
     metrics_port: int,
     log_format: LogFormat,
     progress: bool | None,
@@ -395,6 +431,11 @@ def build_sync(
         raise ConfigError(
             f"--part-size-mib must be between {MIN_PART_SIZE_MIB} and {MAX_PART_SIZE_MIB}, "
             f"not {part_size_mib}"
+        )
+    if not MIN_PART_SIZE_MIB <= single_put_max_mib <= MAX_SINGLE_PUT_MAX_MIB:
+        raise ConfigError(
+            f"--single-put-max-mib must be between {MIN_PART_SIZE_MIB} and "
+            f"{MAX_SINGLE_PUT_MAX_MIB}, not {single_put_max_mib}"
         )
     if _finite(poll_interval_s, "--poll-interval") < MIN_POLL_INTERVAL_S:
         raise ConfigError(f"--poll-interval must be at least 1 second, not {poll_interval_s}")
@@ -433,6 +474,9 @@ def build_sync(
         shutdown_grace_s=shutdown_grace_s,
         include_plain=include_plain,
         spool_dir=check_spool_dir(spool_dir),
+        compress=Compression(compress),
+        storage_class=StorageClass(storage_class),
+        single_put_max_bytes=single_put_max_mib * MIB,
         aws=AwsSettings(
             region=_region(region),
             expected_bucket_owner=_account(expected_bucket_owner),
@@ -490,6 +534,7 @@ def build_verify(
     expected_bucket_owner: str | None,
     log_format: LogFormat,
     debug: bool,
+    download: bool = False,
 ) -> VerifySettings:
     run = _required(run_id, "--run-id", "RDSRECORDER_RUN_ID")
     if not _RUN_ID_RE.fullmatch(run):
@@ -497,6 +542,7 @@ def build_verify(
     return VerifySettings(
         bucket=_bucket(bucket),
         run_id=run,
+        download=download,
         aws=AwsSettings(
             region=_region(region), expected_bucket_owner=_account(expected_bucket_owner)
         ),
@@ -514,6 +560,54 @@ def build_ls(
 ) -> LsSettings:
     return LsSettings(
         bucket=_bucket(bucket),
+        aws=AwsSettings(
+            region=_region(region), expected_bucket_owner=_account(expected_bucket_owner)
+        ),
+        obs=_observability(debug=debug, log_format=log_format),
+    )
+
+
+def build_get(
+    *,
+    now: pendulum.DateTime,
+    bucket: str | None,
+    db_identifier: str | None,
+    start: str | None,
+    finish: str | None,
+    output_dir: str | None,
+    stdout: bool,
+    concurrency: int,
+    region: str | None,
+    expected_bucket_owner: str | None,
+    log_format: LogFormat,
+    debug: bool,
+) -> GetSettings:
+    db = _required(db_identifier, "--db-identifier", "RDSRECORDER_DB_IDENTIFIER")
+    if "/" in db or db in (".", ".."):
+        raise ConfigError(f"invalid --db-identifier {db!r}")
+    start_at = parse_when(_required(start, "--start", "RDSRECORDER_START"), now, option="--start")
+    finish_at = parse_when(finish, now, option="--finish") if finish else now
+    if finish_at <= start_at:
+        raise ConfigError(
+            f"--finish ({finish_at.to_iso8601_string()}) must be after --start "
+            f"({start_at.to_iso8601_string()})"
+        )
+    if stdout and output_dir:
+        raise ConfigError("give either --output-dir or --stdout, not both")
+    if not stdout and not (output_dir and output_dir.strip()):
+        raise ConfigError("missing --output-dir (or --stdout to stream the files to a pipe)")
+    if not 1 <= concurrency <= MAX_CONCURRENCY:
+        raise ConfigError(
+            f"--concurrency must be between 1 and {MAX_CONCURRENCY}, not {concurrency}"
+        )
+    return GetSettings(
+        bucket=_bucket(bucket),
+        db_identifier=db,
+        start=start_at,
+        finish=finish_at,
+        output_dir=output_dir.strip() if output_dir and not stdout else None,
+        stdout=stdout,
+        concurrency=concurrency,
         aws=AwsSettings(
             region=_region(region), expected_bucket_owner=_account(expected_bucket_owner)
         ),

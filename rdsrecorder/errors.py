@@ -12,7 +12,8 @@
     ├── DownloadError                exit 1  a download misbehaved (marker stuck, binary data ...)
     ├── UploadError                  exit 1  an S3 upload failed (multipart aborted)
     ├── SnapshotError                exit 5  snapshot could not be created / failed
-    └── VerifyError                  exit 6  `verify` found a problem
+    ├── VerifyError                  exit 6  `verify` found a problem
+    └── GetError (rdsrecorder.get)   exit 6  `get` found no copy of the DB in the window
 
 Other exit codes, decided by the runner, not by an exception:
     0    every file in the window landed in S3 (and the snapshot, if any, was created)

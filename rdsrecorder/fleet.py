@@ -335,6 +335,14 @@ class FleetManifests:
             m.instances.append(instance)
         return store
 
+    def known(self, key: str) -> FileEntry | None:
+        """What a manifest of this run already says of the object ``key`` (resume)."""
+        for store in self._stores.values():
+            m = store.manifest
+            if m is not None and key in m.files:
+                return m.files[key]
+        return None
+
     def record(self, entry: FileEntry) -> None:
         self._store(entry.instance).record(entry)
 

@@ -44,6 +44,10 @@ class Hooks:
 
     def truncated_lines(self, instance: str, count: int) -> None: ...
 
+    def multipart_abort_denied(self) -> None:
+        """S3 refused an AbortMultipartUpload (AccessDenied): an upload stays open until the
+        bucket's lifecycle rule removes it."""
+
     # -- run ---------------------------------------------------------------------------------
     def mode(self, mode: str) -> None:
         """The sync mode (see window.Mode), set once at start."""
@@ -116,6 +120,10 @@ class MultiHooks(Hooks):
     def truncated_lines(self, instance: str, count: int) -> None:
         for h in self._hooks:
             h.truncated_lines(instance, count)
+
+    def multipart_abort_denied(self) -> None:
+        for h in self._hooks:
+            h.multipart_abort_denied()
 
     def mode(self, mode: str) -> None:
         for h in self._hooks:

@@ -65,9 +65,20 @@ class FileEntry:
     error: str = ""
     copied_at: str = ""
     complete: bool = True  # False: copied while the source was still being written
+    # The object as stored (``size`` and ``sha256`` are those of the log's bytes): its size
+    # (None: the same as ``size``, as in manifests written before compression existed), the
+    # checksum S3 verified on arrival and keeps ("SHA256:<base64>" of a single PutObject,
+    # "CRC32:<base64>" full-object of a multipart upload; "" if unknown) and the compression.
+    stored_size: int | None = None
+    checksum: str = ""
+    compression: str = "none"
 
     def __post_init__(self) -> None:
         self.status = FileStatus(self.status)  # raises ValueError for an unknown status
+
+    @property
+    def stored_bytes(self) -> int:
+        return self.size if self.stored_size is None else self.stored_size
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FileEntry:

@@ -62,6 +62,11 @@ class PrometheusHooks(Hooks):
             "rdsrecorder_truncated_lines_total",
             "Lines over 1 MB cut by DownloadDBLogFilePortion (their tail is lost).",
         )
+        self.abort_denied = counter(
+            "rdsrecorder_multipart_abort_denied_total",
+            "AbortMultipartUpload calls S3 denied (uploads left for the lifecycle rule).",
+        )
+        self.abort_denied.set({}, 0)
         self.files = counter("rdsrecorder_files_total", "Files handled, by outcome.")
         self.pending = gauge("rdsrecorder_files_pending", "Files of the window not copied yet.")
         self.in_flight = gauge("rdsrecorder_files_in_flight", "Files being copied now.")
@@ -189,6 +194,9 @@ class PrometheusHooks(Hooks):
     def truncated_lines(self, instance: str, count: int) -> None:
         self._init_instance(instance)
         self.truncated.add({"db_instance": instance}, count)
+
+    def multipart_abort_denied(self) -> None:
+        self.abort_denied.inc({})
 
     def mode(self, mode: str) -> None:
         for m in MODES:

@@ -59,10 +59,13 @@ class DownloadStats:
 @dataclass(frozen=True, slots=True)
 class UploadResult:
     key: str
-    size: int
-    sha256: str  # hex
+    size: int  # bytes of the log file (before compression)
+    sha256: str  # hex sha256 of the log file's bytes (before compression)
     etag: str
     parts: int  # 0 for a single PutObject
+    stored_size: int = -1  # bytes of the object; -1: the same as ``size``
+    checksum: str = ""  # what S3 verified and stores: "SHA256:<base64>" or "CRC32:<base64>"
+    compression: str = "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,8 @@ class ObjectInfo:
     key: str
     size: int
     metadata: dict[str, str]
+    checksum: str = ""  # the checksum S3 stores, "SHA256:<base64>" / "CRC32:<base64>", if any
+    storage_class: str = ""
 
 
 # Object metadata keys written on every log object (S3 lower-cases them anyway).
@@ -79,6 +84,10 @@ META_SOURCE = "source-file"
 META_INSTANCE = "db-instance"
 META_SOURCE_SIZE = "source-size"  # size DescribeDBLogFiles listed when the copy started
 META_SOURCE_LAST_WRITTEN = "source-last-written-ms"
-META_SHA256 = "sha256"  # hex sha256 of the object bytes; present only on a finished copy
+# hex sha256 of the log's bytes (before compression): on single-PutObject objects only (a
+# multipart upload's metadata is fixed before the hash is known: the manifest holds it)
+META_SHA256 = "sha256"
+META_SIZE = "size"  # bytes of the log (before compression): single-PutObject objects only
+META_COMPRESSION = "compression"  # "gzip" on compressed objects; absent otherwise
 META_RUN_ID = "run-id"
 META_COMPLETE = "complete"  # "true" when the source file had rotated, "false" if copied live

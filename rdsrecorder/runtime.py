@@ -8,7 +8,8 @@ code and every error one line on stderr.
   ``ExceptionGroup`` (from a TaskGroup) is unwrapped into one line per distinct cause; anything
   else is a bug and says so in one line. ``--debug`` adds the traceback.
 
-``cli.py`` calls ``sync``, ``snapshot``, ``verify`` and ``ls`` here with a settings builder."""
+``cli.py`` calls ``sync``, ``snapshot``, ``verify``, ``get`` and ``ls`` here with a settings
+builder."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ from botocore.exceptions import BotoCoreError
 
 from rdsrecorder.clock import Clock
 from rdsrecorder.config import (
+    GetSettings,
     LogFormat,
     LsSettings,
     ObservabilitySettings,
@@ -265,6 +267,22 @@ def verify(debug: bool, log_format: LogFormat, build: Callable[[], VerifySetting
         report = await run_verify(settings)
         render_verify(report)
         return EXIT_OK if report.ok else EXIT_VERIFY
+
+    return run(settings.obs.debug, main)
+
+
+def get(debug: bool, log_format: LogFormat, build: Callable[[], GetSettings]) -> int:
+    built = configure(debug, log_format, build)
+    if isinstance(built, int):
+        return built
+    settings = built
+    from rdsrecorder.commands import run_get
+    from rdsrecorder.tables import render_get
+
+    async def main(stop: asyncio.Event) -> int:
+        report = await run_get(settings)
+        render_get(report, to_stderr=settings.stdout)
+        return report.exit_code
 
     return run(settings.obs.debug, main)
 

@@ -1,5 +1,6 @@
-"""The tables people read at the end of a command: the sync summary, verify's rows and the runs
-of a bucket. Printed to stdout; wide when piped, so that scripts and CI logs get whole lines."""
+"""The tables people read at the end of a command: the sync summary, verify's rows, the files
+``get`` brought back and the runs of a bucket. Printed to stdout; wide when piped, so that
+scripts and CI logs get whole lines."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from rdsrecorder.commands import SyncReport
+from rdsrecorder.get import GetReport
 from rdsrecorder.models import FileStatus
 from rdsrecorder.verify import RunSummary, VerifyReport
 
@@ -81,3 +83,28 @@ def render_runs(runs: list[RunSummary], console: Console | None = None) -> None:
             r.status,
         )
     console.print(table)
+
+
+def render_get(report: GetReport, *, to_stderr: bool = False) -> None:
+    """The files ``get`` wrote (a table), then the failures and holes, one line each. With
+    ``--stdout`` the logs own stdout: everything goes to stderr, without the table."""
+    console = Console(file=sys.stderr, highlight=False, width=200) if to_stderr else _console()
+    if not to_stderr and report.files:
+        table = Table(title=f"{report.db_identifier}: {len(report.files)} file(s)")
+        table.add_column("file")
+        table.add_column("run")
+        table.add_column("bytes", justify="right")
+        for f in report.files:
+            table.add_row(f.path, f.run_id, f"{f.size:,}")
+        console.print(table)
+    total = sum(f.size for f in report.files)
+    console.print(
+        f"got {len(report.files)} file(s), {total:,} bytes, of {report.db_identifier} "
+        f"from {report.runs} run(s), each checked against its sha256"
+    )
+    for line in report.partial:
+        console.print(f"partial: {line}")
+    for line in report.failures:
+        console.print(f"failed: {line}")
+    for line in report.holes:
+        console.print(f"hole: {line}")

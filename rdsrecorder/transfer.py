@@ -10,19 +10,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
 from rdsrecorder.clock import Clock
+from rdsrecorder.compression import Compression
 from rdsrecorder.errors import DownloadError, LogFileGoneError, RdsRecorderError, one_line
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.logfiles import SpannedFile
 from rdsrecorder.manifest import FileEntry
 from rdsrecorder.models import (
     META_COMPLETE,
+    META_COMPRESSION,
     META_INSTANCE,
     META_RUN_ID,
     META_SHA256,
+    META_SIZE,
     META_SOURCE,
     META_SOURCE_LAST_WRITTEN,
     META_SOURCE_SIZE,
@@ -54,19 +57,39 @@ class Writer(Protocol):
         metadata: dict[str, str],
         instance: str,
         size_hint_bytes: int | None = None,
+        compression: Compression = Compression.NONE,
     ) -> UploadResult: ...
 
 
-def already_copied(info: ObjectInfo, sf: SpannedFile, complete: bool) -> bool:
-    """A finished copy of the same source, as large as RDS lists it now. An object without the
-    sha256 metadata is an interrupted copy (the hash is added last) and is copied again."""
+def already_copied(
+    info: ObjectInfo, sf: SpannedFile, complete: bool, known: FileEntry | None = None
+) -> str | None:
+    """The sha256 of the log's bytes when ``info`` is a finished copy of the same source, as large
+    as RDS lists it now; None when the file must be copied (again).
+
+    Objects appear whole (a PutObject or a completed multipart upload; never a rewrite), so an
+    object that exists holds a stream that ended normally. Its sha256 comes from its metadata
+    (single PutObject) or, for a multipart object, from the run's manifest entry for the key,
+    which must name the same source and the same stored size. A multipart object the manifest
+    does not know (the process died between CompleteMultipartUpload and the next manifest write)
+    is copied again: nothing else proves what it holds."""
     meta = info.metadata
-    if not meta.get(META_SHA256) or meta.get(META_SOURCE) != sf.name:
-        return False
-    if meta.get(META_SOURCE_SIZE) != str(sf.file.size):
-        return False
+    if meta.get(META_SOURCE) != sf.name or meta.get(META_SOURCE_SIZE) != str(sf.file.size):
+        return None
     # A copy taken while the file was still being written is replaced once the file is complete.
-    return meta.get(META_COMPLETE) == "true" or not complete
+    if complete and meta.get(META_COMPLETE) != "true":
+        return None
+    if meta.get(META_SHA256):
+        return meta[META_SHA256]
+    if (
+        known is not None
+        and known.status.landed
+        and known.sha256
+        and known.source == sf.name
+        and known.stored_bytes == info.size
+    ):
+        return known.sha256
+    return None
 
 
 class Copier:
@@ -81,6 +104,8 @@ class Copier:
         *,
         max_attempts: int = 3,
         retry_delay_s: float = 2.0,
+        compression: Compression = Compression.NONE,
+        known: Callable[[str], FileEntry | None] | None = None,
     ) -> None:
         self._source = source
         self._reader = reader
@@ -90,6 +115,9 @@ class Copier:
         self._run_id = run_id
         self._max_attempts = max_attempts
         self._retry_delay_s = retry_delay_s
+        self._compression = compression
+        # What the run's manifest knows of a key (resume): proves a multipart object complete.
+        self._known = known or (lambda key: None)
 
     def _entry(self, sf: SpannedFile, key: str, **fields: object) -> FileEntry:
         entry = FileEntry(
@@ -110,7 +138,7 @@ class Copier:
         return entry
 
     def _metadata(self, sf: SpannedFile, complete: bool) -> dict[str, str]:
-        return {
+        meta = {
             META_SOURCE: sf.name,
             META_INSTANCE: sf.instance,
             META_SOURCE_SIZE: str(sf.file.size),
@@ -118,8 +146,13 @@ class Copier:
             META_RUN_ID: self._run_id,
             META_COMPLETE: "true" if complete else "false",
         }
+        if self._compression is not Compression.NONE:
+            meta[META_COMPRESSION] = self._compression.value
+        return meta
 
     async def copy(self, sf: SpannedFile, key: str, *, complete: bool) -> FileEntry:
+        """Copies ``sf`` to ``key`` (plus the compression's suffix: ``.gz``)."""
+        key += self._compression.suffix
         started = time.monotonic()
         self._hooks.file_started(sf.instance)
         outcome = FileStatus.FAILED.outcome
@@ -138,13 +171,23 @@ class Copier:
         except RdsRecorderError as exc:
             log.warning("cannot check s3 object %s (%s); copying again", key, exc)
             existing = None
-        if existing is not None and already_copied(existing, sf, complete):
+        known = self._known(key) if existing is not None else None
+        sha = already_copied(existing, sf, complete, known) if existing is not None else None
+        if existing is not None and sha is not None:
             log.info("skip %s %s: already in s3 as %s", sf.instance, sf.name, key)
+            meta_size = existing.metadata.get(META_SIZE, "")
             return self._entry(
                 sf,
                 key,
-                size=existing.size,
-                sha256=existing.metadata.get(META_SHA256, ""),
+                size=int(meta_size)
+                if meta_size.isdigit()
+                else known.size
+                if known
+                else existing.size,
+                stored_size=existing.size,
+                sha256=sha,
+                checksum=existing.checksum or (known.checksum if known else ""),
+                compression=existing.metadata.get(META_COMPRESSION, "none"),
                 method="skipped",
                 status=FileStatus.SKIPPED,
                 complete=existing.metadata.get(META_COMPLETE) == "true",
@@ -159,6 +202,7 @@ class Copier:
                     metadata=self._metadata(sf, complete),
                     instance=sf.instance,
                     size_hint_bytes=sf.file.size,
+                    compression=self._compression,
                 )
             except LogFileGoneError as exc:
                 log.error("lost %s %s: %s", sf.instance, sf.name, exc)
@@ -234,6 +278,9 @@ class Copier:
             key,
             size=result.size,
             sha256=result.sha256,
+            stored_size=result.stored_size if result.stored_size >= 0 else result.size,
+            checksum=result.checksum,
+            compression=result.compression,
             method=stats.method,
             status=FileStatus.COPIED if complete else FileStatus.PARTIAL,
             truncated_lines=stats.truncated_lines,

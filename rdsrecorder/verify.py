@@ -3,8 +3,13 @@
 ``verify_run`` reads every manifest of the run — ``<RUNID>/manifest.json`` (a run over one DB)
 and ``<RUNID>/<db>/manifest.json`` (each DB of a fleet run, written by its owner only) — and then:
 
-* re-reads every object the manifest lists (streamed, a few at a time) and checks its size and
-  sha256 against the manifest and against the object's own metadata. Row statuses:
+* checks every object the manifest lists. When S3 keeps a checksum of the object (it verified
+  the bytes against it on arrival: ``ChecksumSHA256`` of a single PutObject, the full-object
+  ``ChecksumCRC32`` of a multipart upload) and it equals the one the manifest recorded, with the
+  same stored size, the object is proven without reading it. Otherwise (or with ``--download``)
+  the object is re-read (streamed, a few at a time, decompressed when it is ``.gz``) and the
+  size and sha256 of the log's bytes are checked against the manifest and the object's own
+  metadata. Row statuses:
   ``ok``, ``partial`` (intact, but copied while the source was still being written),
   ``missing``, ``size``, ``corrupt``, ``unreadable`` (S3 refused the read), ``failed-in-run`` /
   ``lost-in-run`` (the run itself could not copy the file) and ``unexpected`` (an object under
@@ -28,6 +33,7 @@ from collections.abc import AsyncIterator, Coroutine, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from rdsrecorder.compression import Compression, compression_of, decompressed
 from rdsrecorder.errors import AwsError, VerifyError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.manifest import MANIFEST_NAME, FileEntry, Manifest, manifest_key
@@ -67,6 +73,7 @@ class VerifyRow:
     detail: str = ""
     instance: str = ""
     size: int = 0  # bytes found in S3
+    read: bool = True  # False: proven by the checksum S3 keeps, without reading the object
 
 
 @dataclass
@@ -117,11 +124,16 @@ def _check_entry(entry: FileEntry, sha_hex: str, size: int, meta: dict[str, str]
     meta_source = meta.get(META_SOURCE, "")
     if meta_source and meta_source != entry.source:
         return row("corrupt", f"the object holds {meta_source}")
-    notes = []
+    return _row_ok(entry, size)
+
+
+def _row_ok(entry: FileEntry, size: int, note: str = "") -> VerifyRow:
+    def row(status: str, detail: str = "") -> VerifyRow:
+        return VerifyRow(entry.key, entry.source, status, detail, entry.instance, size)
+
+    notes = [note] if note else []
     if entry.truncated_lines:
         notes.append(f"{entry.truncated_lines} truncated line(s)")
-    if not meta_sha:
-        notes.append("no sha256 metadata")
     if not entry.complete or entry.status is FileStatus.PARTIAL:
         return row("partial", "; ".join(["copied while still being written", *notes]))
     return row("ok", "; ".join(notes))
@@ -179,18 +191,35 @@ async def _bounded(limit: int, coros: Iterable[Coroutine[Any, Any, T]]) -> list[
     return [t.result() for t in tasks]
 
 
-async def _read(store: Store, key: str, instance: str, hooks: Hooks) -> tuple[str, int]:
+def entry_compression(entry: FileEntry) -> Compression:
+    """What the object of ``entry`` holds: the manifest says, or (older manifests) its key."""
+    return compression_of(entry.compression if entry.compression != "none" else entry.key)
+
+
+async def read_original(
+    store: Store, key: str, compression: Compression, instance: str, hooks: Hooks
+) -> tuple[str, int, int]:
+    """sha256 (hex) and size of the log's bytes in the object, and the object's size. Raises
+    ``ValueError`` when a compressed object does not decompress."""
     sha = hashlib.sha256()
     size = 0
-    async for chunk in store.iter_object(key):
+    stored = 0
+
+    async def counted() -> AsyncIterator[bytes]:
+        nonlocal stored
+        async for chunk in store.iter_object(key):
+            stored += len(chunk)
+            hooks.bytes_downloaded(instance, len(chunk))
+            yield chunk
+
+    async for chunk in decompressed(counted(), compression):
         sha.update(chunk)
         size += len(chunk)
-        hooks.bytes_downloaded(instance, len(chunk))
-    return sha.hexdigest(), size
+    return sha.hexdigest(), size, stored
 
 
 async def _verify_entry(
-    store: Store, entry: FileEntry, present: dict[str, int], hooks: Hooks
+    store: Store, entry: FileEntry, present: dict[str, int], hooks: Hooks, download: bool
 ) -> VerifyRow:
     if entry.status in NOT_LANDED:
         return VerifyRow(
@@ -202,12 +231,54 @@ async def _verify_entry(
         head = await store.head(entry.key)
         if head is None:
             return VerifyRow(entry.key, entry.source, "missing", "object not in S3", entry.instance)
-        sha_hex, size = await _read(store, entry.key, entry.instance, hooks)
+        if head.checksum and entry.checksum:
+            if head.checksum != entry.checksum:
+                return VerifyRow(
+                    entry.key,
+                    entry.source,
+                    "corrupt",
+                    f"S3 holds checksum {head.checksum}, the manifest says {entry.checksum}",
+                    entry.instance,
+                    head.size,
+                )
+            if not download and head.size == entry.stored_bytes:
+                meta_source = head.metadata.get(META_SOURCE, "")
+                if meta_source and meta_source != entry.source:
+                    return VerifyRow(
+                        entry.key,
+                        entry.source,
+                        "corrupt",
+                        f"the object holds {meta_source}",
+                        entry.instance,
+                        head.size,
+                    )
+                algorithm = head.checksum.split(":", 1)[0]
+                row = _row_ok(entry, head.size, f"checked by S3 ({algorithm})")
+                row.read = False
+                return row
+        compression = entry_compression(entry)
+        try:
+            sha_hex, size, stored = await read_original(
+                store, entry.key, compression, entry.instance, hooks
+            )
+        except ValueError as exc:
+            return VerifyRow(entry.key, entry.source, "corrupt", str(exc), entry.instance)
     except AwsError as exc:
         if exc.code in NOT_FOUND:
             return VerifyRow(entry.key, entry.source, "missing", "object not in S3", entry.instance)
         return VerifyRow(entry.key, entry.source, "unreadable", str(exc), entry.instance)
-    return _check_entry(entry, sha_hex, size, head.metadata)
+    if stored != entry.stored_bytes:
+        return VerifyRow(
+            entry.key,
+            entry.source,
+            "size",
+            f"{stored} bytes in S3, the manifest says {entry.stored_bytes}",
+            entry.instance,
+            stored,
+        )
+    row = _check_entry(entry, sha_hex, size, head.metadata)
+    row.size = stored
+    return row
 
 
 async def verify_run(
@@ -216,6 +287,7 @@ async def verify_run(
     hooks: Hooks | None = None,
     *,
     concurrency: int = VERIFY_CONCURRENCY,
+    download: bool = False,
 ) -> VerifyReport:
     hooks = hooks or Hooks()
     found = await run_manifests(store, run_id)
@@ -247,14 +319,14 @@ async def verify_run(
         present[info.key] = info.size
     report.rows = await _bounded(
         concurrency,
-        (_verify_entry(store, e, present, hooks) for _, e in sorted(files.items())),
+        (_verify_entry(store, e, present, hooks, download) for _, e in sorted(files.items())),
     )
     report.rows += [
         VerifyRow(k, "", "unexpected", "not in the manifest", size=present[k])
         for k in sorted(set(present) - set(files) - manifest_keys)
         if not k.endswith("/" + MANIFEST_NAME)
     ]
-    report.bytes_read = sum(r.size for r in report.rows if r.status != "unexpected")
+    report.bytes_read = sum(r.size for r in report.rows if r.status != "unexpected" and r.read)
     report.ok = not report.holes and all(
         r.status in GOOD_STATUSES and "truncated" not in r.detail for r in report.rows
     )

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from rdsrecorder.clock import FakeClock
+from rdsrecorder.compression import Compression
 from rdsrecorder.errors import DownloadError, LogFileGoneError
 from rdsrecorder.manifest import FileEntry
 from rdsrecorder.models import META_SHA256, DownloadStats, LogFile, ObjectInfo, UploadResult
@@ -91,7 +92,9 @@ class FakeSink:
         metadata: dict[str, str],
         instance: str,
         size_hint_bytes: int | None = None,
+        compression: Compression = Compression.NONE,
     ) -> UploadResult:
+        assert compression is Compression.NONE  # compression is tested against real S3 servers
         self.uploads.append(key)
         parts = [c async for c in chunks]
         data = b"".join(parts)

@@ -297,7 +297,10 @@ class BucketSink:
         expected_bucket_owner: str | None = None,
         sse: str | None = None,
         sse_kms_key_id: str | None = None,
+        single_put_max_bytes: int | None = None,
+        storage_class: Any = None,
     ) -> None:
+        from rdsrecorder.config import StorageClass
         from rdsrecorder.s3.bucket import Bucket
         from rdsrecorder.s3.upload import Uploader
 
@@ -308,8 +311,15 @@ class BucketSink:
             sse=sse,
             sse_kms_key_id=sse_kms_key_id,
         )
+        # By default, as small a single-PutObject threshold as S3 allows (one part), so that tests
+        # of multipart uploads need little data; tests of the threshold give it.
         self.uploader = Uploader(
-            self.reader, hooks, part_size_bytes=part_size_bytes, spool_dir=spool_dir
+            self.reader,
+            hooks,
+            part_size_bytes=part_size_bytes,
+            spool_dir=spool_dir,
+            single_put_max_bytes=single_put_max_bytes or part_size_bytes,
+            storage_class=storage_class or StorageClass.STANDARD,
         )
         self.upload = self.uploader.upload
         self.part_size_bytes = self.uploader.part_size_bytes

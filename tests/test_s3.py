@@ -4,6 +4,8 @@ gateway in front of moto for what only AWS enforces (expected bucket owner) and 
 from __future__ import annotations
 
 import asyncio
+import base64
+import gzip
 import hashlib
 import itertools
 import json
@@ -11,16 +13,18 @@ import logging
 import os
 import subprocess
 import sys
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from rdsrecorder.aws import Aws
-from rdsrecorder.config import AwsSettings
+from rdsrecorder.compression import Compression
+from rdsrecorder.config import AwsSettings, StorageClass
 from rdsrecorder.errors import BucketError, LogFileGoneError, UploadError
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.models import META_SHA256, META_SOURCE
+from rdsrecorder.models import META_SHA256, META_SIZE, META_SOURCE
 from rdsrecorder.s3 import upload as s3_module
 from rdsrecorder.s3.upload import (
     MAX_PART_BYTES,
@@ -98,6 +102,14 @@ def aws(hooks: Hooks | None = None, max_attempts: int = 3) -> Aws:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def b64_sha(data: bytes) -> str:
+    return base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+
+def b64_crc(data: bytes) -> str:
+    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
 
 
 # -- part sizes ------------------------------------------------------------------------------------
@@ -203,9 +215,14 @@ async def test_small_file_is_one_put_object_with_sha256(
     assert got["ContentType"] == "text/csv"
     assert got["Metadata"] == {
         META_SHA256: sha(data),
+        META_SIZE: str(size),
         META_SOURCE: "error/postgresql.log.2024-03-04-19.csv",
         "run-id": "run",
     }
+    assert result.checksum == f"SHA256:{b64_sha(data)}"
+    if s3.kind == "seaweed":  # SeaweedFS keeps (and checked) the checksum; moto may not
+        head = c.head_object(Bucket=bucket, Key="run/small", ChecksumMode="ENABLED")
+        assert head["ChecksumSHA256"] == b64_sha(data)
 
 
 @pytest.mark.parametrize("chunk_bytes", [300_000, 7 * MIB])
@@ -232,8 +249,13 @@ async def test_multipart_upload_is_byte_exact_with_sha256_metadata(
     got = c.get_object(Bucket=bucket, Key="run/multi")
     assert sha(got["Body"].read()) == sha(data)
     assert got["ContentType"] == "text/csv"
-    assert got["Metadata"][META_SHA256] == sha(data)
+    # Written once: the metadata is what CreateMultipartUpload set (the sha256 is the manifest's).
+    assert META_SHA256 not in got["Metadata"]
     assert got["Metadata"][META_SOURCE] == "error/postgresql.log.2024-03-04-19.csv"
+    assert result.checksum == f"CRC32:{b64_crc(data)}"
+    if s3.kind == "seaweed":
+        head = c.head_object(Bucket=bucket, Key="run/multi", ChecksumMode="ENABLED")
+        assert (head["ChecksumCRC32"], head["ChecksumType"]) == (b64_crc(data), "FULL_OBJECT")
 
 
 async def test_failing_source_aborts_and_raises_one_upload_error(
@@ -395,16 +417,26 @@ async def test_expected_owner_and_sse_go_on_every_call(
         assert await sink.list_multipart_uploads() == []
     ops = set(gateway.operations())
     assert {"HeadBucket", "CreateMultipartUpload", "UploadPart", "CompleteMultipartUpload"} <= ops
-    assert {"CopyObject", "PutObject", "GetObject", "HeadObject", "ListObjectsV2"} <= ops
+    assert {"PutObject", "GetObject", "HeadObject", "ListObjectsV2"} <= ops
+    assert "CopyObject" not in ops  # written once: nothing rewrites an object
     for seen in gateway.seen:
         assert seen.headers.get("x-amz-expected-bucket-owner") == MOTO_ACCOUNT, seen.operation
-        writes_data = seen.operation in ("PutObject", "CreateMultipartUpload", "CopyObject")
+        writes_data = seen.operation in ("PutObject", "CreateMultipartUpload")
         sse = seen.headers.get("x-amz-server-side-encryption")
         kms_key = seen.headers.get("x-amz-server-side-encryption-aws-kms-key-id")
         assert (sse, kms_key) == (("aws:kms", "alias/logs") if writes_data else (None, None))
-        if seen.operation == "CopyObject":
-            assert seen.headers["x-amz-source-expected-bucket-owner"] == MOTO_ACCOUNT
-            assert seen.headers["x-amz-metadata-directive"] == "REPLACE"
+        # Object Lock: every request that carries object bytes carries their checksum.
+        if seen.operation == "PutObject":
+            assert seen.headers["x-amz-sdk-checksum-algorithm"] == "SHA256"
+            assert seen.headers["x-amz-checksum-sha256"]
+        if seen.operation == "UploadPart":
+            assert seen.headers["x-amz-sdk-checksum-algorithm"] == "CRC32"
+            assert seen.headers["x-amz-checksum-crc32"]
+        if seen.operation == "CreateMultipartUpload":
+            assert seen.headers["x-amz-checksum-algorithm"] == "CRC32"
+            assert seen.headers["x-amz-checksum-type"] == "FULL_OBJECT"
+        if seen.operation == "CompleteMultipartUpload":
+            assert seen.headers["x-amz-checksum-crc32"] == b64_crc(data)
 
 
 async def test_wrong_expected_owner_is_refused(gateway: S3Gateway, moto_server: S3Server) -> None:
@@ -431,8 +463,8 @@ async def test_sse_aes256_reaches_the_server(moto: S3Server) -> None:
     c = moto.client()
     for key in ("single", "multi"):
         head = c.head_object(Bucket=bucket, Key=key)
-        assert head["ServerSideEncryption"] == "AES256", key  # kept through the sha256 copy
-        assert META_SHA256 in head["Metadata"]
+        assert head["ServerSideEncryption"] == "AES256", key
+    assert META_SHA256 in c.head_object(Bucket=bucket, Key="single")["Metadata"]
 
 
 async def test_s3_errors_are_retried_then_reported_and_aborted(
@@ -460,11 +492,54 @@ async def test_s3_errors_are_retried_then_reported_and_aborted(
     assert "Contents" not in c.list_objects_v2(Bucket=bucket, Prefix="broken")
 
 
-async def test_an_abort_that_fails_is_logged_and_the_error_still_raised(
+class AbortHooks(Hooks):
+    def __init__(self) -> None:
+        self.denied = 0
+
+    def multipart_abort_denied(self) -> None:
+        self.denied += 1
+
+
+async def test_an_abort_denied_is_said_once_counted_and_the_error_still_raised(
     gateway: S3Gateway, moto_server: S3Server, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The seed's IAM list has no s3:AbortMultipartUpload: the upload stays for the lifecycle
+    rule, said once per run at error level, counted every time."""
     bucket = moto_server.new_bucket("abort-denied")
-    gateway.fail("AbortMultipartUpload", status=403, code="AccessDenied")
+    gateway.fail("AbortMultipartUpload", status=403, code="AccessDenied", times=2)
+    hooks = AbortHooks()
+    async with aws() as client:
+        sink = BucketSink(client, bucket, hooks, part_size_bytes=5 * MIB)
+        for key in ("left", "left-too"):
+            with (
+                caplog.at_level(logging.INFO, logger="rdsrecorder.s3"),
+                pytest.raises(UploadError, match="source broke"),
+            ):
+                await sink.upload(
+                    key, chunked(blob(12 * MIB), fail_at=6 * MIB), metadata={}, instance="db"
+                )
+        left = await sink.list_multipart_uploads()
+        assert sorted(u["Key"] for u in left) == ["left", "left-too"]
+        errors = [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno >= logging.ERROR and r.name.startswith("rdsrecorder")
+        ]
+        assert len(errors) == 1
+        assert errors[0].startswith("s3:AbortMultipartUpload is denied")
+        assert "AbortIncompleteMultipartUpload lifecycle rule" in errors[0]
+        assert hooks.denied == 2
+        for upload in left:
+            moto_server.client().abort_multipart_upload(
+                Bucket=bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+            )
+
+
+async def test_an_abort_that_fails_otherwise_is_logged_per_upload(
+    gateway: S3Gateway, moto_server: S3Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    bucket = moto_server.new_bucket("abort-fails")
+    gateway.fail("AbortMultipartUpload", status=400, code="InvalidRequest")
     async with aws() as client:
         sink = BucketSink(client, bucket, Hooks(), part_size_bytes=5 * MIB)
         with (
@@ -475,11 +550,9 @@ async def test_an_abort_that_fails_is_logged_and_the_error_still_raised(
                 "left", chunked(blob(12 * MIB), fail_at=6 * MIB), metadata={}, instance="db"
             )
         left = await sink.list_multipart_uploads()
-        assert [u["Key"] for u in left] == ["left"]
-        assert f"could not abort the multipart upload of s3://{bucket}/left (AccessDenied)" in (
+        assert f"could not abort the multipart upload of s3://{bucket}/left (InvalidRequest)" in (
             caplog.text
         )
-        assert "AbortIncompleteMultipartUpload lifecycle rule" in caplog.text
         moto_server.client().abort_multipart_upload(
             Bucket=bucket, Key="left", UploadId=left[0]["UploadId"]
         )
@@ -622,3 +695,103 @@ def test_upload_memory_stays_about_two_parts(
     else:
         # no part in memory: one part would already be +8
         assert extra_mib < part / MIB
+
+
+# -- written once, compressed, stored in a class ---------------------------------------------------
+async def test_files_up_to_the_threshold_are_one_put_object_larger_ones_multipart(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    """Spooled: a whole file up to --single-put-max-mib goes in one PutObject (S3 checks its
+    SHA-256); a larger one, or one listed larger, goes multipart with a full-object CRC32."""
+    bucket = s3.new_bucket("threshold")
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    small, large = blob(12 * MIB + 3), blob(17 * MIB)
+    async with aws() as client:
+        sink = BucketSink(
+            client,
+            bucket,
+            Hooks(),
+            part_size_bytes=5 * MIB,
+            spool_dir=str(spool),
+            single_put_max_bytes=16 * MIB,
+        )
+        one = await sink.upload("t/small", chunked(small), metadata={}, instance="db")
+        many = await sink.upload("t/large", chunked(large), metadata={}, instance="db")
+        listed = await sink.upload(
+            "t/listed", chunked(small), metadata={}, instance="db", size_hint_bytes=20 * MIB
+        )
+    assert (one.parts, one.checksum) == (0, f"SHA256:{b64_sha(small)}")
+    assert (many.parts, many.checksum) == (2, f"CRC32:{b64_crc(large)}")  # 16 MiB + 1 MiB
+    assert (listed.parts, listed.checksum) == (3, f"CRC32:{b64_crc(small)}")
+    c = s3.client()
+    for key, data in (("t/small", small), ("t/large", large), ("t/listed", small)):
+        assert c.get_object(Bucket=bucket, Key=key)["Body"].read() == data
+
+
+async def test_a_versioned_bucket_holds_one_version_per_key(
+    s3: S3Server, spool_dir: str | None
+) -> None:
+    bucket = s3.new_bucket("versioned")
+    c = s3.client()
+    c.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    async with aws() as client:
+        sink = BucketSink(client, bucket, Hooks(), part_size_bytes=5 * MIB, spool_dir=spool_dir)
+        await sink.upload("v/small", chunked(blob(1000)), metadata={}, instance="db")
+        await sink.upload("v/multi", chunked(blob(12 * MIB)), metadata={}, instance="db")
+        await sink.upload(
+            "v/multi.gz",
+            chunked(blob(12 * MIB)),
+            metadata={},
+            instance="db",
+            compression=Compression.GZIP,
+        )
+    versions = c.list_object_versions(Bucket=bucket).get("Versions", [])
+    assert sorted(v["Key"] for v in versions) == ["v/multi", "v/multi.gz", "v/small"]
+
+
+@pytest.mark.parametrize("size", [1000, 12 * MIB])
+async def test_gzip_objects_are_gzip_streams_of_the_exact_bytes(
+    s3: S3Server, size: int, spool_dir: str | None
+) -> None:
+    bucket = s3.new_bucket("gzip")
+    line = b'2024-03-04 19:00:00.123 UTC,"app","db",42,"10.0.0.1:5432",LOG,"duration: 1 ms"\n'
+    data = (line * (size // len(line) + 1))[:size]
+    async with aws() as client:
+        sink = BucketSink(client, bucket, Hooks(), part_size_bytes=5 * MIB, spool_dir=spool_dir)
+        result = await sink.upload(
+            "g/obj.gz",
+            chunked(data),
+            metadata={META_SOURCE: "error/postgresql.log.2024-03-04-19.csv"},
+            instance="db",
+            compression=Compression.GZIP,
+        )
+    got = s3.client().get_object(Bucket=bucket, Key="g/obj.gz")
+    stored = got["Body"].read()
+    assert gzip.decompress(stored) == data
+    assert got["ContentType"] == "application/gzip"
+    assert "ContentEncoding" not in got
+    assert (result.size, result.sha256, result.stored_size) == (size, sha(data), len(stored))
+    assert result.compression == "gzip" and len(stored) < size / 5
+    if result.parts == 0:
+        assert result.checksum == f"SHA256:{b64_sha(stored)}"
+        assert got["Metadata"][META_SHA256] == sha(data)  # of the log's bytes
+        assert got["Metadata"][META_SIZE] == str(size)
+    else:
+        assert result.checksum == f"CRC32:{b64_crc(stored)}"
+
+
+async def test_the_storage_class_reaches_the_server(s3: S3Server) -> None:
+    bucket = s3.new_bucket("cold")
+    async with aws() as client:
+        sink = BucketSink(
+            client,
+            bucket,
+            Hooks(),
+            part_size_bytes=5 * MIB,
+            storage_class=StorageClass.STANDARD_IA,
+        )
+        await sink.upload("c/single", chunked(blob(1000)), metadata={}, instance="db")
+        await sink.upload("c/multi", chunked(blob(6 * MIB)), metadata={}, instance="db")
+        infos = [await sink.head("c/single"), await sink.head("c/multi")]
+    assert [i.storage_class for i in infos if i is not None] == ["STANDARD_IA"] * 2

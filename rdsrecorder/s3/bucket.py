@@ -4,6 +4,8 @@ are written by ``rdsrecorder.s3.upload.Uploader``."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,7 +21,7 @@ log = logging.getLogger(__name__)
 
 READ_CHUNK_BYTES = MIB  # GetObject streaming: memory per object being read
 NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
-_DENIED = frozenset({"403", "AccessDenied", "Forbidden", "AllAccessDisabled"})
+DENIED = frozenset({"403", "AccessDenied", "Forbidden", "AllAccessDisabled"})
 
 
 class Bucket:
@@ -57,25 +59,41 @@ class Bucket:
         except AwsError as exc:
             if exc.code in NOT_FOUND:
                 raise BucketError(f"bucket {self.name!r} does not exist") from exc
-            if exc.code in _DENIED:
+            if exc.code in DENIED:
                 raise BucketError(
                     f"access denied to bucket {self.name!r} (or it belongs to another account)"
                 ) from exc
             raise BucketError(f"bucket {self.name!r} is not reachable: {exc}") from exc
 
-    async def _call_unless_missing(self, method: str, key: str) -> dict[str, Any] | None:
+    async def _call_unless_missing(
+        self, method: str, key: str, **params: Any
+    ) -> dict[str, Any] | None:
         try:
-            return await self.call(method, Key=key)
+            return await self.call(method, Key=key, **params)
         except AwsError as exc:
             if exc.code in NOT_FOUND:
                 return None
             raise
 
     async def head(self, key: str) -> ObjectInfo | None:
-        resp = await self._call_unless_missing("head_object", key)
+        """The object's size, metadata, storage class and the checksum S3 stores for it (asked
+        with ``ChecksumMode=ENABLED``); None if it does not exist."""
+        resp = await self._call_unless_missing("head_object", key, ChecksumMode="ENABLED")
         if resp is None:
             return None
-        return ObjectInfo(key, int(resp.get("ContentLength", 0)), dict(resp.get("Metadata", {})))
+        stored = ""
+        for algorithm in ("SHA256", "CRC32", "CRC32C", "CRC64NVME", "SHA1"):
+            value = resp.get(f"Checksum{algorithm}")
+            if value:
+                stored = f"{algorithm}:{value}"
+                break
+        return ObjectInfo(
+            key,
+            int(resp.get("ContentLength", 0)),
+            dict(resp.get("Metadata", {})),
+            checksum=stored,
+            storage_class=str(resp.get("StorageClass") or "STANDARD"),
+        )
 
     async def get_bytes(self, key: str) -> bytes | None:
         """The whole object (for small ones: the manifest); None if it does not exist."""
@@ -151,4 +169,13 @@ class Bucket:
 
     # -- small documents (the manifest) ----------------------------------------------------------
     async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        await self.call("put_object", Key=key, Body=data, ContentType=content_type, **self.sse)
+        """A small document, with its SHA-256 for S3 to check (and Object Lock to accept)."""
+        await self.call(
+            "put_object",
+            Key=key,
+            Body=data,
+            ContentType=content_type,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode(),
+            **self.sse,
+        )

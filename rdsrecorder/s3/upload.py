@@ -1,13 +1,27 @@
-"""The uploader: streams byte chunks into S3, one object per log file.
+"""The uploader: streams byte chunks into S3, one object per log file, **written once**: every
+object is made by exactly one request sequence (a PutObject, or one multipart upload) and never
+rewritten, so a versioned bucket holds one version per key and S3 Object Lock sees one write.
 
 Upload (``Uploader.upload``), with tasks named after the S3 calls they make:
 
-* The chunk stream is cut into parts of exactly the part size (the last part is shorter). If the
-  stream ends before the first part is full, the object goes in one ``PutObject``.
-* Otherwise ``CreateMultipartUpload``, and from that moment any failure or cancellation runs
-  ``AbortMultipartUpload`` (shielded from cancellation, bounded by ``ABORT_TIMEOUT_S``), so no
-  orphaned parts are left to cost money. A cancellation that arrives while the create request is
-  in flight waits for its answer and aborts the upload it created.
+* The chunk stream (compressed first with ``--compress gzip``: ``rdsrecorder.compression``) is
+  spooled up to ``single_put_max_bytes`` (``--single-put-max-mib``, 64 MiB by default; with
+  ``--spool-dir memory`` only up to one part). If it ends there, the object goes in one
+  ``PutObject`` carrying ``ChecksumSHA256`` (S3 refuses the write with ``BadDigest`` if the bytes
+  it got differ) and the ``sha256`` and ``size`` metadata of the log's bytes. A file listed larger
+  than the threshold (and not compressed) goes straight to multipart.
+* Otherwise ``CreateMultipartUpload`` with a full-object CRC32 (``ChecksumAlgorithm=CRC32``,
+  ``ChecksumType=FULL_OBJECT``): every ``UploadPart`` carries the CRC32 of its part and
+  ``CompleteMultipartUpload`` the CRC32 of the whole object, computed here while streaming, and
+  S3 checks both. The metadata is fixed at creation, before the hash is known: the sha256 of a
+  multipart object is in the run's manifest (``rdsrecorder.transfer.already_copied`` trusts an
+  object by its metadata and the manifest entry, never by a later rewrite). From the create
+  request on, any failure or cancellation runs ``AbortMultipartUpload`` (shielded from
+  cancellation, bounded by ``ABORT_TIMEOUT_S``); a cancellation that arrives while the create
+  request is in flight waits for its answer and aborts the upload it created. An abort S3 denies
+  (the seed's IAM list lacks ``s3:AbortMultipartUpload``) is said once per uploader at error level,
+  counted (``Hooks.multipart_abort_denied``), and left to the bucket's
+  ``AbortIncompleteMultipartUpload`` lifecycle rule.
 * Overlapped pipeline: while part k uploads (one ``UploadPart`` task), part k+1 fills from the
   download. At most one part upload is in flight per file, so a file has at most two parts.
 * Where parts wait (``spool_dir``, see ``_Part``): spooled to an anonymous temporary file
@@ -16,32 +30,28 @@ Upload (``Uploader.upload``), with tasks named after the S3 calls they make:
   buffer is shared, and a whole ``bytearray`` body). What each costs: the README, "Speed and
   memory". botocore reads a file-like body from where it stands, so every attempt rewinds it
   first (``_rewind_part_body``).
-* ``CompleteMultipartUpload`` at the end; the object appears atomically.
-
-sha256: computed while streaming. A multipart upload's metadata is fixed at
-``CreateMultipartUpload``, before the hash is known, so after ``CompleteMultipartUpload`` an
-in-place ``CopyObject`` (``MetadataDirective=REPLACE``, same metadata, content type, SSE and
-expected owner) adds ``sha256``. **An object without ``sha256`` metadata is an unfinished copy**:
-resume logic copies it again. Objects over 5 GiB (the ``CopyObject`` limit) keep their hash in the
-manifest only.
+* Every write carries a checksum header (``x-amz-checksum-*`` with
+  ``x-amz-sdk-checksum-algorithm``), which S3 Object Lock requires. The values are computed
+  here: the client's ``request_checksum_calculation="when_required"`` only stops botocore from
+  adding checksums of its own (some S3-compatible servers reject the aws-chunked trailers it
+  would use).
 
 Part size (``part_size_for`` and ``grown_part_size``): S3 allows parts of 5 MiB to 5 GiB (the last
-may be smaller) and at most 10,000 parts. The part size is the configured one (at least 5 MiB),
-grown to whole MiB so that the listed size plus 25 % headroom (the current file keeps growing)
-fits in 10,000 parts. A file that outgrows that estimate, or whose size is unknown, is handled on
-the fly: **past part 4,000 the part size doubles every 500 parts, up to 5 GiB**. Even from 5 MiB
-parts, 10,000 parts then hold over 9 TiB, more than the 5 TiB S3 stores in one object, while the
-memory per file grows only for files past ~20 GiB. A stream that would still need a 10,001st part
-fails with a clear ``UploadError``.
+may be smaller, and parts need not be equal) and at most 10,000 parts. The part size is the
+configured one (at least 5 MiB), grown to whole MiB so that the listed size plus 25 % headroom
+(the current file keeps growing) fits in 10,000 parts. A file that outgrows that estimate, or
+whose size is unknown, is handled on the fly: **past part 4,000 the part size doubles every 500
+parts, up to 5 GiB**. Even from 5 MiB parts, 10,000 parts then hold over 9 TiB, more than the
+5 TiB S3 stores in one object, while the memory per file grows only for files past ~20 GiB. A
+stream that would still need a 10,001st part fails with a clear ``UploadError``.
 
 Errors: a failing S3 call becomes ``UploadError`` (one line naming the object); a chunk stream that
 raises an ``RdsRecorderError`` (``LogFileGoneError``, ``DownloadError`` ...) has it re-raised
 unchanged, so the caller can tell "the source file is gone" from "S3 failed"; any other exception
 of the stream becomes ``UploadError``. Each time, the multipart upload is aborted first.
 
-SSE (``ServerSideEncryption``, ``SSEKMSKeyId``) goes on every call that writes object data
-(PutObject, CreateMultipartUpload, CopyObject); ``ExpectedBucketOwner`` on every call (and
-``ExpectedSourceBucketOwner`` on CopyObject).
+SSE (``ServerSideEncryption``, ``SSEKMSKeyId``) and the storage class go on every call that
+creates an object (PutObject, CreateMultipartUpload); ``ExpectedBucketOwner`` on every call.
 """
 
 from __future__ import annotations
@@ -53,21 +63,29 @@ import io
 import logging
 import os
 import tempfile
+import zlib
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
-from rdsrecorder.config import DEFAULT_PART_SIZE_BYTES, SPOOL_IN_MEMORY, default_spool_dir
+from rdsrecorder.compression import Compression, Gzipper, checksum, crc32_b64, sha256_b64
+from rdsrecorder.config import (
+    DEFAULT_PART_SIZE_BYTES,
+    DEFAULT_SINGLE_PUT_MAX_BYTES,
+    SPOOL_IN_MEMORY,
+    StorageClass,
+    default_spool_dir,
+)
 from rdsrecorder.errors import AwsError, ConfigError, RdsRecorderError, UploadError
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.models import META_SHA256, META_SOURCE, MIB, UploadResult
-from rdsrecorder.s3.bucket import Bucket
+from rdsrecorder.models import META_SHA256, META_SIZE, META_SOURCE, MIB, UploadResult
+from rdsrecorder.s3.bucket import DENIED, Bucket
 
 log = logging.getLogger(__name__)
 
 MIN_PART_BYTES = 5 * MIB
 MAX_PART_BYTES = 5 * 1024 * MIB
 MAX_PARTS = 10_000
-MAX_COPY_BYTES = 5 * 1024 * MIB  # the largest object a single CopyObject accepts
+MAX_PUT_BYTES = 5 * 1024 * MIB  # the largest object a single PutObject accepts
 GROWTH_HEADROOM = 1.25  # the current file keeps growing after it was listed
 GROW_AFTER_PARTS = 4_000  # a file past this many parts outgrew its estimate ...
 GROW_EVERY_PARTS = 500  # ... and from then on its part size doubles this often
@@ -104,6 +122,7 @@ class _PartBody(io.BytesIO):
     def __init__(self, data: bytes) -> None:
         super().__init__(data)
         self.size = len(data)
+        self.crc = zlib.crc32(data)
 
 
 class _SpoolBody(io.FileIO):
@@ -111,6 +130,7 @@ class _SpoolBody(io.FileIO):
     nothing is left behind on any exit). botocore and aiohttp read it like any file."""
 
     size = 0
+    crc = 0  # CRC32 of the part, set by ``_Part.body``
 
 
 PartBody = _PartBody | _SpoolBody
@@ -177,6 +197,7 @@ class _Part:
         self._file: _SpoolBody | None = None
         self._target = target
         self.size = 0
+        self.crc = 0  # CRC32 of the bytes added so far
         if spool_dir is not None:
             try:
                 self._file = _new_spool_file(spool_dir)
@@ -198,6 +219,7 @@ class _Part:
         else:
             self._pieces.append(chunk)
         self.size += len(chunk)
+        self.crc = zlib.crc32(chunk, self.crc)
 
     def _to_memory(self, exc: OSError) -> None:
         """Moves what the spool file holds so far into memory."""
@@ -228,6 +250,7 @@ class _Part:
         if self._file is not None:
             body, self._file = self._file, None
             body.size = self.size
+            body.crc = self.crc
             body.seek(0)
             return body
         data = b"".join(self._pieces)
@@ -242,15 +265,25 @@ class _Part:
 
 
 class _PartCutter:
-    """Cuts a chunk stream into parts of exactly ``part_bytes`` (the last one shorter) and hashes
-    the bytes as they pass. Errors of the stream are turned into what ``upload`` promises."""
+    """Cuts a chunk stream into parts of exactly ``part_bytes`` (the last one shorter), compressing
+    it first when asked. It hashes the log's bytes (``sha256``, ``size``) and the stored bytes
+    (``stored_crc``, ``stored_sha256``) as they pass. Errors of the stream are turned into what
+    ``upload`` promises."""
 
-    def __init__(self, chunks: AsyncIterator[bytes], target: str) -> None:
+    def __init__(self, chunks: AsyncIterator[bytes], target: str, compression: Compression) -> None:
         self._chunks = aiter(chunks)
         self._target = target
         self._carry: bytes | memoryview = b""  # the tail of a chunk cut at a part boundary
+        self._gzip = Gzipper() if compression is Compression.GZIP else None
+        self._source_done = False
         self.sha256 = hashlib.sha256()
+        self.size = 0
+        self._stored_sha256 = hashlib.sha256() if self._gzip is not None else None
+        self.stored_crc = 0
         self.exhausted = False
+
+    def stored_sha256_digest(self) -> bytes:
+        return (self._stored_sha256 or self.sha256).digest()
 
     async def read(self, part_bytes: int, part: _Part) -> None:
         """Fills ``part`` with the next ``part_bytes`` of the stream (fewer at its end)."""
@@ -262,7 +295,6 @@ class _PartCutter:
                 chunk = await self._next_chunk()
                 if self.exhausted:
                     break
-                self.sha256.update(chunk)
             room = part_bytes - part.size
             if len(chunk) > room:
                 view = memoryview(chunk)  # no copy of the chunk to cut it
@@ -274,14 +306,41 @@ class _PartCutter:
             # to be over before the caller decides between PutObject and a multipart upload.
             chunk = await self._next_chunk()
             if not self.exhausted:
-                self.sha256.update(chunk)
                 self._carry = chunk
 
     async def _next_chunk(self) -> bytes:
+        """The next non-empty chunk of stored bytes; b"" (and ``exhausted``) at the end."""
+        while True:
+            if self._source_done:
+                if self._gzip is not None:
+                    tail, self._gzip = self._gzip.flush(), None
+                    if tail:
+                        return self._stored(tail)
+                self.exhausted = True
+                return b""
+            raw = await self._next_source_chunk()
+            if not raw:
+                continue
+            self.sha256.update(raw)
+            self.size += len(raw)
+            if self._gzip is None:
+                return self._stored(raw)
+            # zlib releases the GIL: compressing in a worker thread keeps the event loop free.
+            out = await asyncio.to_thread(self._gzip.compress, raw)
+            if out:
+                return self._stored(out)
+
+    def _stored(self, data: bytes) -> bytes:
+        self.stored_crc = zlib.crc32(data, self.stored_crc)
+        if self._stored_sha256 is not None:
+            self._stored_sha256.update(data)
+        return data
+
+    async def _next_source_chunk(self) -> bytes:
         try:
             return bytes(await anext(self._chunks))
         except StopAsyncIteration:
-            self.exhausted = True
+            self._source_done = True
             return b""
         except RdsRecorderError:
             raise
@@ -326,16 +385,25 @@ class Uploader:
         *,
         part_size_bytes: int = DEFAULT_PART_SIZE_BYTES,
         spool_dir: str | None = None,
+        single_put_max_bytes: int = DEFAULT_SINGLE_PUT_MAX_BYTES,
+        storage_class: StorageClass = StorageClass.STANDARD,
     ) -> None:
         self._bucket = bucket
         self.spool_dir = spool_dir  # None: parts are held in memory
         self._hooks = hooks
         self.part_size_bytes = min(MAX_PART_BYTES, max(MIN_PART_BYTES, part_size_bytes))
+        self.single_put_max_bytes = min(MAX_PUT_BYTES, max(MIN_PART_BYTES, single_put_max_bytes))
+        # STANDARD is what S3 applies when none is given (and all S3-compatible servers know).
+        self._class: dict[str, str] = (
+            {"StorageClass": storage_class.value}
+            if storage_class is not StorageClass.STANDARD
+            else {}
+        )
         self._sse = bucket.sse
-        self._owner = bucket.owner
         self._url = bucket.url
         self._call = bucket.call
         self.bucket = bucket.name
+        self.abort_denied = 0  # aborts S3 refused (AccessDenied), said once at error level
 
     def _register_rewind(self) -> None:
         events = self._bucket.aws.s3.meta.events
@@ -353,6 +421,20 @@ class Uploader:
         except AwsError as exc:
             raise UploadError(f"upload of {self._url(key)} failed: {exc}") from exc
 
+    def _first_read_bytes(
+        self, size_hint_bytes: int | None, part_bytes: int, compression: Compression
+    ) -> int:
+        """How much of the stream is gathered before choosing PutObject or multipart."""
+        if self.spool_dir is None:
+            return part_bytes  # in memory: never more than one part per file
+        if (
+            compression is Compression.NONE
+            and size_hint_bytes
+            and size_hint_bytes > self.single_put_max_bytes
+        ):
+            return part_bytes  # listed too large already: multipart from the first part
+        return max(part_bytes, self.single_put_max_bytes)
+
     async def upload(
         self,
         key: str,
@@ -361,17 +443,24 @@ class Uploader:
         metadata: dict[str, str],
         instance: str,
         size_hint_bytes: int | None = None,
+        compression: Compression = Compression.NONE,
     ) -> UploadResult:
         """Streams ``chunks`` into ``key`` (see the module docstring for the whole contract)."""
         part_bytes = part_size_for(size_hint_bytes, self.part_size_bytes)
-        cutter = _PartCutter(chunks, self._url(key))
+        cutter = _PartCutter(chunks, self._url(key), compression)
         self._register_rewind()
         first = self._new_part(key)
         try:
-            await cutter.read(part_bytes, first)
+            await cutter.read(
+                self._first_read_bytes(size_hint_bytes, part_bytes, compression), first
+            )
             if cutter.exhausted:
-                return await self._put_object(key, first.body(), cutter, metadata, instance)
-            return await self._multipart(key, cutter, first, part_bytes, metadata, instance)
+                return await self._put_object(
+                    key, first.body(), cutter, metadata, instance, compression
+                )
+            return await self._multipart(
+                key, cutter, first, part_bytes, metadata, instance, compression
+            )
         finally:
             first.close()
             await cutter.close()
@@ -379,7 +468,9 @@ class Uploader:
     def _new_part(self, key: str) -> _Part:
         return _Part(self.spool_dir, self._url(key))
 
-    def _content_type(self, key: str, metadata: dict[str, str]) -> str:
+    def _content_type(self, key: str, metadata: dict[str, str], compression: Compression) -> str:
+        if compression is Compression.GZIP:
+            return "application/gzip"  # and no Content-Encoding: clients keep it compressed
         source = metadata.get(META_SOURCE) or key
         return "text/csv" if source.endswith(".csv") else "text/plain"
 
@@ -390,8 +481,10 @@ class Uploader:
         cutter: _PartCutter,
         metadata: dict[str, str],
         instance: str,
+        compression: Compression,
     ) -> UploadResult:
         sha_hex = cutter.sha256.hexdigest()
+        stored_sha = sha256_b64(cutter.stored_sha256_digest())
         size = body.size
         try:
             resp = await self._write(
@@ -399,14 +492,26 @@ class Uploader:
                 "put_object",
                 Body=body,
                 ContentLength=size,
-                Metadata={**metadata, META_SHA256: sha_hex},
-                ContentType=self._content_type(key, metadata),
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=stored_sha,
+                Metadata={**metadata, META_SHA256: sha_hex, META_SIZE: str(cutter.size)},
+                ContentType=self._content_type(key, metadata, compression),
+                **self._class,
                 **self._sse,
             )
         finally:
             body.close()
         self._hooks.bytes_uploaded(instance, size)
-        return UploadResult(key, size, sha_hex, str(resp.get("ETag", "")), 0)
+        return UploadResult(
+            key,
+            cutter.size,
+            sha_hex,
+            str(resp.get("ETag", "")),
+            0,
+            stored_size=size,
+            checksum=checksum("SHA256", stored_sha),
+            compression=compression.value,
+        )
 
     async def _multipart(
         self,
@@ -416,8 +521,9 @@ class Uploader:
         part_bytes: int,
         metadata: dict[str, str],
         instance: str,
+        compression: Compression,
     ) -> UploadResult:
-        upload_id = await self._create_multipart_upload(key, metadata)
+        upload_id = await self._create_multipart_upload(key, metadata, compression)
         in_flight: asyncio.Task[dict[str, Any]] | None = None
         part = first
         try:
@@ -448,11 +554,14 @@ class Uploader:
             if in_flight is not None:
                 parts.append(await in_flight)
                 in_flight = None
+            full_crc = crc32_b64(cutter.stored_crc)
             resp = await self._write(
                 key,
                 "complete_multipart_upload",
                 UploadId=upload_id,
                 MultipartUpload={"Parts": parts},
+                ChecksumCRC32=full_crc,
+                ChecksumType="FULL_OBJECT",
             )
         except BaseException as exc:
             why = "cancelled" if isinstance(exc, asyncio.CancelledError) else str(exc)
@@ -464,17 +573,29 @@ class Uploader:
             raise
         finally:
             part.close()
-        sha_hex = cutter.sha256.hexdigest()
-        await self._add_sha256(key, sha_hex, metadata, sent_bytes)
-        return UploadResult(key, sent_bytes, sha_hex, str(resp.get("ETag", "")), len(parts))
+        return UploadResult(
+            key,
+            cutter.size,
+            cutter.sha256.hexdigest(),
+            str(resp.get("ETag", "")),
+            len(parts),
+            stored_size=sent_bytes,
+            checksum=checksum("CRC32", full_crc),
+            compression=compression.value,
+        )
 
-    async def _create_multipart_upload(self, key: str, metadata: dict[str, str]) -> str:
+    async def _create_multipart_upload(
+        self, key: str, metadata: dict[str, str], compression: Compression
+    ) -> str:
         create = asyncio.ensure_future(
             self._write(
                 key,
                 "create_multipart_upload",
                 Metadata=metadata,
-                ContentType=self._content_type(key, metadata),
+                ContentType=self._content_type(key, metadata, compression),
+                ChecksumAlgorithm="CRC32",
+                ChecksumType="FULL_OBJECT",
+                **self._class,
                 **self._sse,
             )
         )
@@ -499,6 +620,7 @@ class Uploader:
         self, key: str, upload_id: str, number: int, body: PartBody, instance: str
     ) -> dict[str, Any]:
         size = body.size
+        crc = crc32_b64(body.crc)
         try:
             resp = await self._write(
                 key,
@@ -507,11 +629,13 @@ class Uploader:
                 PartNumber=number,
                 Body=body,
                 ContentLength=size,
+                ChecksumAlgorithm="CRC32",
+                ChecksumCRC32=crc,
             )
         finally:
             body.close()
         self._hooks.bytes_uploaded(instance, size)
-        return {"PartNumber": number, "ETag": resp["ETag"]}
+        return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumCRC32": crc}
 
     async def _abort(
         self,
@@ -535,12 +659,29 @@ class Uploader:
                 # Already gone: completed after all, or aborted by an earlier attempt.
                 log.info("multipart upload of %s no longer exists (%s)", self._url(key), why)
                 return
+            if exc.code in DENIED:
+                self._abort_was_denied(key)
+                return
             self._log_abort_failed(key, exc.code or "AwsError")
             return
         except TimeoutError:
             self._log_abort_failed(key, f"no answer in {ABORT_TIMEOUT_S:.0f} s")
             return
         log.info("aborted the multipart upload of %s (%s)", self._url(key), why)
+
+    def _abort_was_denied(self, key: str) -> None:
+        self.abort_denied += 1
+        self._hooks.multipart_abort_denied()
+        if self.abort_denied == 1:
+            log.error(
+                "s3:AbortMultipartUpload is denied: multipart uploads cut short (like that of %s) "
+                "stay open and billed until the bucket's AbortIncompleteMultipartUpload lifecycle "
+                "rule removes them (README, IAM policy); said once, counted in "
+                "rdsrecorder_multipart_abort_denied_total",
+                self._url(key),
+            )
+        else:
+            log.info("abort of the multipart upload of %s denied too", self._url(key))
 
     def _log_abort_failed(self, key: str, reason: str) -> None:
         log.error(
@@ -550,30 +691,3 @@ class Uploader:
             self._url(key),
             reason,
         )
-
-    async def _add_sha256(
-        self, key: str, sha_hex: str, metadata: dict[str, str], size: int
-    ) -> None:
-        if size > MAX_COPY_BYTES:
-            log.info(
-                "%s is over 5 GiB, too large for an in-place CopyObject: its sha256 is kept in "
-                "the manifest only",
-                self._url(key),
-            )
-            return
-        copy_owner = (
-            {"ExpectedSourceBucketOwner": self._owner["ExpectedBucketOwner"]} if self._owner else {}
-        )
-        try:
-            await self._write(
-                key,
-                "copy_object",
-                CopySource={"Bucket": self.bucket, "Key": key},
-                MetadataDirective="REPLACE",
-                Metadata={**metadata, META_SHA256: sha_hex},
-                ContentType=self._content_type(key, metadata),
-                **copy_owner,
-                **self._sse,
-            )
-        except UploadError as exc:
-            raise UploadError(f"{exc} (while adding the sha256 metadata)") from exc
