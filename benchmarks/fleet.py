@@ -33,6 +33,7 @@ import boto3
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from rdsrecorder.clock import FakeClock
+from rdsrecorder.compression import Compression
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.lab import LabThread
 from rdsrecorder.lab.generate import generate_fleet
@@ -185,6 +186,7 @@ class NullSink:
         metadata: dict[str, str],
         instance: str,
         size_hint_bytes: int | None = None,
+        compression: Compression = Compression.NONE,
     ) -> UploadResult:
         data = b"".join([c async for c in chunks])
         return UploadResult(key, len(data), hashlib.sha256(data).hexdigest(), "etag", 0)

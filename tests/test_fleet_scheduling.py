@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pendulum
 
 from rdsrecorder.clock import FakeClock
+from rdsrecorder.compression import Compression
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.models import META_COMPLETE, UploadResult
 from rdsrecorder.recorder import Recorder, RunTotals
@@ -58,11 +59,17 @@ class TimedSink(FakeSink):
         metadata: dict[str, str],
         instance: str,
         size_hint_bytes: int | None = None,
+        compression: Compression = Compression.NONE,
     ) -> UploadResult:
         assert self.clock is not None
         self.landed_at[key] = self.clock.now()
         return await super().upload(
-            key, chunks, metadata=metadata, instance=instance, size_hint_bytes=size_hint_bytes
+            key,
+            chunks,
+            metadata=metadata,
+            instance=instance,
+            size_hint_bytes=size_hint_bytes,
+            compression=compression,
         )
 
 
