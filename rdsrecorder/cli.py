@@ -140,6 +140,34 @@ def sync(
             "rds.log_retention_period of the DB's parameter group, else 72).",
         ),
     ] = None,
+    assume_role: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENV + "ASSUME_ROLE",
+            help="IAM role ARN to assume (STS AssumeRole, refreshed before it expires) for every "
+            "RDS call: DBs in another account. S3 keeps this process's credentials.",
+        ),
+    ] = None,
+    assume_role_external_id: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENV + "ASSUME_ROLE_EXTERNAL_ID", help="External id the role's trust policy asks."
+        ),
+    ] = None,
+    assume_role_session_name: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENV + "ASSUME_ROLE_SESSION_NAME",
+            help="Session name of the assumed roles (default: rdsrecorder; shows in CloudTrail).",
+        ),
+    ] = None,
+    s3_assume_role: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENV + "S3_ASSUME_ROLE",
+            help="IAM role ARN to assume for the S3 calls (default: this process's credentials).",
+        ),
+    ] = None,
     concurrency: Annotated[
         int,
         typer.Option(
@@ -292,6 +320,10 @@ def sync(
                 discover_interval_s=discover_interval,
                 shard_spec=shard,
                 retention_hours=retention_hours,
+                assume_role=assume_role,
+                assume_role_external_id=assume_role_external_id,
+                assume_role_session_name=assume_role_session_name,
+                s3_assume_role=s3_assume_role,
                 concurrency=concurrency,
                 run_id=run_id,
                 region=region,

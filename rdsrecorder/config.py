@@ -53,6 +53,10 @@ DEFAULT_MAX_ATTEMPTS = 8  # per AWS call, with exponential backoff + jitter
 MAX_FUTURE_S = 366 * 24 * 3600  # a start or finish further ahead is a typo, not a plan
 SPOOL_IN_MEMORY = "memory"
 
+DEFAULT_ROLE_SESSION_NAME = "rdsrecorder"
+_ROLE_ARN_RE = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,64}")
+_SESSION_NAME_RE = re.compile(r"[\w+=,.@-]{2,64}")
+_EXTERNAL_ID_RE = re.compile(r"[\w+=,.@:/-]{2,1224}")
 _RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IP_RE = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
@@ -83,6 +87,15 @@ class Sse(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class RoleSettings:
+    """An IAM role to assume (STS AssumeRole) for one side of the copy."""
+
+    arn: str
+    external_id: str | None = None
+    session_name: str = DEFAULT_ROLE_SESSION_NAME
+
+
+@dataclass(frozen=True, slots=True)
 class AwsSettings:
     region: str | None = None  # None: the AWS config / env decides
     expected_bucket_owner: str | None = None
@@ -91,6 +104,8 @@ class AwsSettings:
     max_api_rps: float = DEFAULT_MAX_API_RPS
     max_api_burst: int = DEFAULT_MAX_API_BURST
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    assume_role: RoleSettings | None = None  # every RDS call (and the whole-file download)
+    s3_assume_role: RoleSettings | None = None  # S3 calls; None: the process's credentials
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +350,28 @@ def _which_dbs(
     return ids, tags
 
 
+def _role(
+    arn: str | None, external_id: str | None, session_name: str | None, flag: str
+) -> RoleSettings | None:
+    if arn is None or not arn.strip():
+        if external_id:
+            raise ConfigError(f"{flag}-external-id needs {flag}")
+        return None
+    if not _ROLE_ARN_RE.fullmatch(arn.strip()):
+        raise ConfigError(
+            f"invalid {flag} {arn!r}: expected an IAM role ARN such as "
+            "arn:aws:iam::123456789012:role/rdsrecorder"
+        )
+    if external_id is not None and not _EXTERNAL_ID_RE.fullmatch(external_id):
+        raise ConfigError(f"invalid {flag}-external-id: 2-1224 letters, digits or +=,.@:/-")
+    name = session_name or DEFAULT_ROLE_SESSION_NAME
+    if not _SESSION_NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"invalid --assume-role-session-name {name!r}: 2-64 letters, digits or +=,.@-"
+        )
+    return RoleSettings(arn=arn.strip(), external_id=external_id, session_name=name)
+
+
 def _when(text: str, now: pendulum.DateTime, option: str) -> pendulum.DateTime:
     when = parse_when(text, now, option=option)
     if (when - now).total_seconds() > MAX_FUTURE_S:
@@ -416,6 +453,10 @@ def build_sync(
     discover_interval_s: float = DEFAULT_DISCOVER_INTERVAL_S,
     shard_spec: str | None = None,
     retention_hours: float | None = None,
+    assume_role: str | None = None,
+    assume_role_external_id: str | None = None,
+    assume_role_session_name: str | None = None,
+    s3_assume_role: str | None = None,
 ) -> SyncSettings:
     ids, tags = _which_dbs(db_identifier, discover_tag, discover_interval_s, retention_hours)
     shard_of = shard(shard_spec)
@@ -484,6 +525,12 @@ def build_sync(
             sse_kms_key_id=sse_kms_key_id or None,
             max_api_rps=max_api_rps,
             max_api_burst=max_api_burst,
+            assume_role=_role(
+                assume_role, assume_role_external_id, assume_role_session_name, "--assume-role"
+            ),
+            s3_assume_role=_role(
+                s3_assume_role, None, assume_role_session_name, "--s3-assume-role"
+            ),
         ),
         obs=_observability(
             debug=debug,
