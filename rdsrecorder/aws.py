@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from aiobotocore.config import AioConfig
+from aiobotocore.credentials import AioRefreshableCredentials
 from aiobotocore.session import AioSession
 from botocore.exceptions import (
     BotoCoreError,
@@ -37,7 +38,7 @@ from botocore.parsers import ResponseParserError
 from tenacity import RetryCallState
 
 from rdsrecorder.clock import Clock
-from rdsrecorder.config import AwsSettings
+from rdsrecorder.config import AwsSettings, RoleSettings
 from rdsrecorder.errors import (
     AwsError,
     CredentialsError,
@@ -58,6 +59,7 @@ from rdsrecorder.retry import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+ROLE_DURATION_S = 3600  # AssumeRole's default; botocore renews 15 minutes before the end
 GONE_CODES = frozenset({"DBLogFileNotFoundFault", "DBLogFileNotFound"})
 CREDENTIAL_CODES = frozenset(
     {
@@ -183,6 +185,7 @@ class Aws:
         self.rate_limiter = RateLimiter(settings.max_api_rps, burst=settings.max_api_burst)
         self.throttled_calls = 0  # answers that said Throttling (each then retried or failed)
         self._stack: Any = None
+        self.rds_session = self.session
         self.rds: Any = None
         self.s3: Any = None
         self.sts: Any = None
@@ -191,15 +194,58 @@ class Aws:
         self._stack = AsyncExitStack()
         await self._stack.__aenter__()
         try:
-            for name in ("rds", "s3", "sts"):
-                client = await self._stack.enter_async_context(
-                    self.session.create_client(name, region_name=self.region, config=self._config)
-                )
-                setattr(self, name, client)
+            self.sts = await self._client_of(self.session, "sts")
+            # Each side assumes its role, if it has one: RDS calls (the whole-file download
+            # included, through ``frozen_credentials``) and S3 calls may be different accounts.
+            self.rds_session = await self._session_for(self.settings.assume_role)
+            self.rds = await self._client_of(self.rds_session, "rds")
+            self.s3 = await self._client_of(
+                await self._session_for(self.settings.s3_assume_role), "s3"
+            )
         except BaseException:
             await self._stack.__aexit__(None, None, None)
             raise
         return self
+
+    async def _client_of(self, session: AioSession, name: str) -> Any:
+        assert self._stack is not None
+        return await self._stack.enter_async_context(
+            session.create_client(name, region_name=self.region, config=self._config)
+        )
+
+    async def _session_for(self, role: RoleSettings | None) -> AioSession:
+        """The process's session, or one whose credentials come from STS AssumeRole and are
+        renewed by botocore before they expire (15 minutes ahead)."""
+        if role is None:
+            return self.session
+
+        async def assume() -> dict[str, str]:
+            params: dict[str, Any] = {
+                "RoleArn": role.arn,
+                "RoleSessionName": role.session_name,
+                "DurationSeconds": ROLE_DURATION_S,
+            }
+            if role.external_id:
+                params["ExternalId"] = role.external_id
+            try:
+                resp = await self.call("sts", "assume_role", **params)
+            except AwsError as exc:
+                raise CredentialsError(f"cannot assume role {role.arn}: {exc}") from exc
+            creds = resp["Credentials"]
+            log.info("assumed role %s until %s", role.arn, creds["Expiration"])
+            return {
+                "access_key": creds["AccessKeyId"],
+                "secret_key": creds["SecretAccessKey"],
+                "token": creds["SessionToken"],
+                "expiry_time": creds["Expiration"].isoformat(),
+            }
+
+        credentials = AioRefreshableCredentials.create_from_metadata(
+            metadata=await assume(), refresh_using=assume, method="assume-role"
+        )
+        session = AioSession()
+        session._credentials = credentials  # aiobotocore's way to give a session its credentials
+        return session
 
     async def __aexit__(
         self,
@@ -295,7 +341,8 @@ class Aws:
         return result
 
     async def frozen_credentials(self) -> Any:
-        creds = await self.session.get_credentials()
+        """The RDS side's credentials now (refreshed first when they come from a role)."""
+        creds = await self.rds_session.get_credentials()
         if creds is None:
             raise CredentialsError(
                 "no AWS credentials found (env AWS_ACCESS_KEY_ID / AWS_PROFILE / instance role)"

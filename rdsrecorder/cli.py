@@ -13,6 +13,7 @@ from rdsrecorder import __version__, config, runtime
 from rdsrecorder.compression import Compression
 from rdsrecorder.config import (
     DEFAULT_CONCURRENCY,
+    DEFAULT_DISCOVER_INTERVAL_S,
     DEFAULT_GET_CONCURRENCY,
     DEFAULT_MAX_API_BURST,
     DEFAULT_MAX_API_RPS,
@@ -95,13 +96,76 @@ def sync(
     ] = None,
     bucket: BucketOpt = None,
     db_identifier: Annotated[
-        str | None,
+        list[str] | None,
         typer.Option(
             "--db-identifier",
             "-d",
             envvar=ENV + "DB_IDENTIFIER",
-            help="Required. DB instance id, or an Aurora cluster id (then every member's logs "
-            "are copied).",
+            help="DB instance id, or an Aurora cluster id (then every member's logs are "
+            "copied). Repeatable and comma-separated (-d a -d b,c). Required unless "
+            "--discover-tag selects the DBs.",
+        ),
+    ] = None,
+    discover_tag: Annotated[
+        list[str] | None,
+        typer.Option(
+            envvar=ENV + "DISCOVER_TAG",
+            help="KEY=VALUE: follow every PostgreSQL instance of the region with this tag (an "
+            "Aurora member also through its cluster's tags). Repeatable, comma-separated; all "
+            "must match.",
+        ),
+    ] = None,
+    discover_interval: Annotated[
+        float,
+        typer.Option(
+            envvar=ENV + "DISCOVER_INTERVAL",
+            help="Seconds between discoveries while following (DBs that appear are picked up, "
+            "DBs that disappear finish).",
+        ),
+    ] = DEFAULT_DISCOVER_INTERVAL_S,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENV + "SHARD",
+            help="I/N: copy only this process's share of the DBs (0-based; rendezvous hashing "
+            "of the instance or cluster id). N processes with the same run id cover the fleet "
+            "once.",
+        ),
+    ] = None,
+    retention_hours: Annotated[
+        float | None,
+        typer.Option(
+            envvar=ENV + "RETENTION_HOURS",
+            help="How long RDS keeps log files, for the retention headroom metric (default: "
+            "rds.log_retention_period of the DB's parameter group, else 72).",
+        ),
+    ] = None,
+    assume_role: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENV + "ASSUME_ROLE",
+            help="IAM role ARN to assume (STS AssumeRole, refreshed before it expires) for every "
+            "RDS call: DBs in another account. S3 keeps this process's credentials.",
+        ),
+    ] = None,
+    assume_role_external_id: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENV + "ASSUME_ROLE_EXTERNAL_ID", help="External id the role's trust policy asks."
+        ),
+    ] = None,
+    assume_role_session_name: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENV + "ASSUME_ROLE_SESSION_NAME",
+            help="Session name of the assumed roles (default: rdsrecorder; shows in CloudTrail).",
+        ),
+    ] = None,
+    s3_assume_role: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENV + "S3_ASSUME_ROLE",
+            help="IAM role ARN to assume for the S3 calls (default: this process's credentials).",
         ),
     ] = None,
     concurrency: Annotated[
@@ -261,6 +325,14 @@ def sync(
                 finish=finish,
                 bucket=bucket,
                 db_identifier=db_identifier,
+                discover_tag=discover_tag,
+                discover_interval_s=discover_interval,
+                shard_spec=shard,
+                retention_hours=retention_hours,
+                assume_role=assume_role,
+                assume_role_external_id=assume_role_external_id,
+                assume_role_session_name=assume_role_session_name,
+                s3_assume_role=s3_assume_role,
                 concurrency=concurrency,
                 run_id=run_id,
                 region=region,

@@ -9,13 +9,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import pendulum
 
-from rdsrecorder import __version__
 from rdsrecorder.aws import Aws
 from rdsrecorder.clock import Clock
 from rdsrecorder.config import (
@@ -31,20 +30,19 @@ from rdsrecorder.errors import (
     EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_SNAPSHOT,
-    OwnerError,
     RdsRecorderError,
     SnapshotError,
 )
+from rdsrecorder.fleet import Db, Fleet, FleetManifests
 from rdsrecorder.get import GetReport, get_window
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.manifest import Manifest, ManifestStore
-from rdsrecorder.rds.control import RdsControl, Target
+from rdsrecorder.rds.control import RdsControl
 from rdsrecorder.rds.download import RdsDownloader
 from rdsrecorder.recorder import Recorder, RunTotals, summary_line
 from rdsrecorder.s3.bucket import Bucket
 from rdsrecorder.s3.upload import Uploader, resolve_spool_dir
 from rdsrecorder.snapshots import SnapshotResult, create_snapshot, wait_available
-from rdsrecorder.times import human, iso
+from rdsrecorder.times import human
 from rdsrecorder.transfer import Copier
 from rdsrecorder.verify import RunSummary, VerifyReport, list_runs, verify_run
 from rdsrecorder.window import Mode, Window, classify
@@ -76,26 +74,6 @@ class SyncReport:
         return EXIT_OK
 
 
-class _TargetResolver:
-    """Re-resolves a cluster each round so that members joining or leaving are followed."""
-
-    def __init__(self, rds: RdsControl, target: Target) -> None:
-        self._rds = rds
-        self._target = target
-        self._seen: tuple[str, ...] = target.instances
-
-    async def instances(self) -> tuple[str, ...]:
-        if self._target.kind != "cluster":
-            return self._target.instances
-        current = (await self._rds.resolve(self._target.identifier)).instances
-        for joined in sorted(set(current) - set(self._seen)):
-            log.info("cluster %s: member %s joined", self._target.identifier, joined)
-        for left in sorted(set(self._seen) - set(current)):
-            log.info("cluster %s: member %s left", self._target.identifier, left)
-        self._seen = current
-        return current
-
-
 async def wait_until(
     clock: Clock, deadline: pendulum.DateTime, stop: asyncio.Event, what: str
 ) -> bool:
@@ -120,7 +98,7 @@ async def _fire_snapshot(
     at: pendulum.DateTime,
     hooks: Hooks,
     report: SyncReport,
-    store: ManifestStore,
+    store: FleetManifests,
 ) -> None:
     try:
         result = await create_snapshot(aws, rds, settings.db_identifier, at, settings.run_id, hooks)
@@ -133,21 +111,21 @@ async def _fire_snapshot(
     store.note("snapshot", {"id": result.snapshot_id, "arn": result.arn, "kind": result.kind})
 
 
-async def _preflight(aws: Aws, bucket: Bucket, rds: RdsControl, identifier: str) -> Target:
-    """Credentials, bucket and DB checked at once (one round trip each), failures reported in
-    the order a user fixes them: credentials first, then the bucket, then the DB."""
-    identity, checked, target = await asyncio.gather(
+async def _preflight(aws: Aws, bucket: Bucket, fleet: Fleet) -> dict[str, Db]:
+    """Credentials, bucket and DBs checked at once (one round trip each), failures reported in
+    the order a user fixes them: credentials first, then the bucket, then the DBs."""
+    identity, checked, dbs = await asyncio.gather(
         aws.check_credentials(),
         bucket.check_bucket(),
-        rds.resolve(identifier),
+        fleet.start(),
         return_exceptions=True,
     )
-    for outcome in (identity, checked, target):
+    for outcome in (identity, checked, dbs):
         if isinstance(outcome, BaseException):
             raise outcome
-    assert isinstance(identity, str) and isinstance(target, Target)
+    assert isinstance(identity, str) and isinstance(dbs, dict)
     log.debug("credentials ok: %s", identity)
-    return target
+    return dbs
 
 
 def _bucket(aws: Aws, name: str, settings: AwsSettings) -> Bucket:
@@ -158,6 +136,17 @@ def _bucket(aws: Aws, name: str, settings: AwsSettings) -> Bucket:
         sse=settings.sse,
         sse_kms_key_id=settings.sse_kms_key_id,
     )
+
+
+def _what(settings: SyncSettings) -> str:
+    parts = list(settings.targets)
+    if settings.discover_tags:
+        parts.append(
+            "the PostgreSQL instances tagged "
+            + " ".join(f"{k}={v}" for k, v in settings.discover_tags)
+        )
+    what = ", ".join(parts)
+    return f"{what} (shard {settings.shard})" if settings.shard.count > 1 else what
 
 
 async def run_sync(
@@ -177,7 +166,7 @@ async def run_sync(
         "run %s: %s for %s, window %s .. %s",
         settings.run_id,
         mode.label,
-        settings.db_identifier,
+        _what(settings),
         human(settings.start),
         human(settings.finish) if settings.finish else "forever (no --finish)",
     )
@@ -194,27 +183,46 @@ async def run_sync(
             storage_class=settings.storage_class,
         )
         rds = RdsControl(aws)
+        fleet = Fleet(
+            rds,
+            targets=settings.targets,
+            tags=settings.discover_tags,
+            shard=settings.shard,
+            # One DB: a cluster is re-read every look (members join and leave); a fleet every
+            # --discover-interval.
+            refresh_s=settings.discover_interval_s if settings.fleet else settings.poll_interval_s,
+            clock=clock,
+            hooks=hooks,
+            retention_s=settings.retention_hours * 3600 if settings.retention_hours else None,
+        )
         async with RdsDownloader(aws, hooks, method=settings.download_method) as downloader:
-            target = await _preflight(aws, bucket, rds, settings.db_identifier)
-            log.info(
-                "%s %s: instance(s) %s",
-                target.kind,
-                target.identifier,
-                ", ".join(target.instances) or "none yet",
-            )
-            store = ManifestStore(bucket, settings.run_id, clock)
-            manifest = await _open_manifest(store, settings, mode, target, clock)
-            start = resumed_start(manifest, settings)
+            dbs = await _preflight(aws, bucket, fleet)
+            for db in dbs.values():
+                log.info(
+                    "%s %s: instance(s) %s",
+                    db.kind,
+                    db.id,
+                    ", ".join(db.instances) or "none yet",
+                )
+            if settings.fleet:
+                log.info(
+                    "following %d DB(s) (%d instance(s))", len(dbs), len(fleet.instances_now())
+                )
+            store = FleetManifests(bucket, settings, mode, clock, fleet.owner)
+            fleet.attach(store)
+            await fleet.instances()  # opens (or resumes) every DB's manifest before any copy
+            start = resumed_start(store, settings)
             if start != settings.start:
                 mode = classify(start, settings.finish, now)
                 hooks.mode(mode.value)
-            store.start(manifest)
-            # The first write records the run's DB, before any log file is written.
+            # The first write records each run id's DB, before any log file is written.
             await store.flush(force=True)
-            await store.check_owner()
-            await abort_stale_uploads(bucket, settings.run_id, hooks)
+            await store.check_owners()
+            for prefix in _owned_prefixes(settings, fleet.instances_now()):
+                await abort_stale_uploads(bucket, prefix, hooks)
             report = SyncReport(run_id=settings.run_id, mode=mode, totals=RunTotals())
-            report.instances = target.instances
+            report.instances = fleet.instances_now()
+            single_cluster = not settings.fleet and any(d.kind == "cluster" for d in dbs.values())
             recorder = Recorder(
                 window=Window(
                     start_s=start.timestamp(),
@@ -222,9 +230,9 @@ async def run_sync(
                     mode=mode,
                 ),
                 run_id=settings.run_id,
-                per_instance_keys=target.kind == "cluster",
+                per_instance_keys=settings.fleet or single_cluster,
                 lister=rds,
-                resolver=_TargetResolver(rds, target),
+                resolver=fleet,
                 copier=Copier(
                     downloader,
                     bucket,
@@ -232,10 +240,10 @@ async def run_sync(
                     hooks,
                     clock,
                     settings.run_id,
+                    compression=settings.compress,
+                    known=store.known,
                     lister=rds,
                     owner_check=store.check_owner,
-                    compression=settings.compress,
-                    known=lambda key: manifest.files.get(key),
                 ),
                 manifest=store,
                 hooks=hooks,
@@ -247,29 +255,28 @@ async def run_sync(
                 shutdown_grace_s=settings.shutdown_grace_s,
                 include_plain=settings.include_plain,
                 include_series=settings.include_series,
+                retention_s=fleet.retention_s,
+                fleet=settings.fleet,
             )
             try:
                 await _record(aws, rds, recorder, store, settings, mode, hooks, clock, stop, report)
             finally:
                 report.interrupted = report.interrupted or stop.is_set()
-                store.set_summary(_summary_counts(report.totals))
+                store.set_summaries(
+                    report.totals.entries,
+                    {} if settings.fleet else {"aborted": report.totals.aborted},
+                )
                 await store.close(finished=not report.interrupted)
     log.info("run %s done: %s", settings.run_id, summary_line(report.totals))
     return report
 
 
-def resumed_start(manifest: Manifest, settings: SyncSettings) -> pendulum.DateTime:
-    """Where a run starts: a resumed run id goes on from its manifest's window start when that
-    is earlier than ``--start`` (a relative start such as ``now-1h`` evaluated at a restart
-    would skip what rotated while nothing ran); an earlier ``--start`` widens the window."""
-    try:
-        recorded = pendulum.parse(manifest.window_start)
-    except (ValueError, TypeError):
-        return settings.start
-    assert isinstance(recorded, pendulum.DateTime)
-    if recorded >= settings.start:
-        if recorded > settings.start:
-            manifest.window_start = iso(settings.start)
+def resumed_start(store: FleetManifests, settings: SyncSettings) -> pendulum.DateTime:
+    """Where a run starts: a resumed run id goes on from its manifests' earliest window start when
+    that is earlier than ``--start`` (a relative start such as ``now-1h`` evaluated at a restart
+    would skip what rotated while nothing ran); an earlier ``--start`` widened them on opening."""
+    recorded = store.earliest_start()
+    if recorded is None or recorded >= settings.start:
         return settings.start
     log.info(
         "run %s resumes from its manifest's window start %s (--start says %s): nothing that "
@@ -281,14 +288,22 @@ def resumed_start(manifest: Manifest, settings: SyncSettings) -> pendulum.DateTi
     return recorded
 
 
-async def abort_stale_uploads(bucket: Bucket, run_id: str, hooks: Hooks | None = None) -> int:
-    """Aborts the multipart uploads left under ``<RUNID>/`` (a process killed with -9): this run
+def _owned_prefixes(settings: SyncSettings, instances: Iterable[str]) -> list[str]:
+    """The key prefixes only this process writes: the run's for one DB; in a fleet (shards of
+    one run id in other processes) each of its own instances'."""
+    if not settings.fleet:
+        return [f"{settings.run_id}/"]
+    return [f"{settings.run_id}/{instance}/" for instance in sorted(set(instances))]
+
+
+async def abort_stale_uploads(bucket: Bucket, prefix: str, hooks: Hooks | None = None) -> int:
+    """Aborts the multipart uploads left under ``prefix`` (a process killed with -9): this run
     owns the prefix. AbortMultipartUpload may be denied (it is not in the seed's IAM list): said
     once. Returns how many were aborted."""
     try:
-        uploads = await bucket.list_multipart_uploads(f"{run_id}/")
+        uploads = await bucket.list_multipart_uploads(prefix)
     except RdsRecorderError as exc:
-        log.warning("cannot list the multipart uploads under %s/ (%s)", run_id, exc)
+        log.warning("cannot list the multipart uploads under %s (%s)", prefix, exc)
         return 0
     aborted = 0
     for upload in uploads:
@@ -300,12 +315,12 @@ async def abort_stale_uploads(bucket: Bucket, run_id: str, hooks: Hooks | None =
             if hooks is not None and getattr(exc, "code", "") in ("AccessDenied", "403"):
                 hooks.multipart_abort_denied()
             log.warning(
-                "%d unfinished multipart upload(s) under s3://%s/%s/ stay billed: aborting "
+                "%d unfinished multipart upload(s) under s3://%s/%s stay billed: aborting "
                 "them failed (%s); allow s3:AbortMultipartUpload or add an "
                 "AbortIncompleteMultipartUpload lifecycle rule",
                 len(uploads) - aborted,
                 bucket.name,
-                run_id,
+                prefix,
                 exc,
             )
             return aborted
@@ -315,45 +330,11 @@ async def abort_stale_uploads(bucket: Bucket, run_id: str, hooks: Hooks | None =
     return aborted
 
 
-async def _open_manifest(
-    store: ManifestStore, settings: SyncSettings, mode: Mode, target: Target, clock: Clock
-) -> Manifest:
-    existing = await store.load()
-    now_iso = iso(clock.now())
-    if existing is not None:
-        if existing.db_identifier != settings.db_identifier:
-            raise OwnerError(
-                f"run id {settings.run_id!r} already holds logs of {existing.db_identifier!r} in "
-                f"s3://{settings.bucket}; choose another --run-id"
-            )
-        log.info("resuming run %s (manifest has %d file(s))", settings.run_id, len(existing.files))
-        existing.finished_at = None
-        existing.updated_at = now_iso
-        existing.instances = sorted(set(existing.instances) | set(target.instances))
-        return existing
-    return Manifest(
-        run_id=settings.run_id,
-        db_identifier=settings.db_identifier,
-        bucket=settings.bucket,
-        window_start=iso(settings.start),
-        window_finish=iso(settings.finish) if settings.finish else None,
-        mode=mode.value,
-        version=__version__,
-        started_at=now_iso,
-        updated_at=now_iso,
-        finished_at=None,
-        files={},
-        gaps=[],
-        instances=list(target.instances),
-        summary={},
-    )
-
-
 async def _record(
     aws: Aws,
     rds: RdsControl,
     recorder: Recorder,
-    store: ManifestStore,
+    store: FleetManifests,
     settings: SyncSettings,
     mode: Mode,
     hooks: Hooks,
@@ -367,24 +348,12 @@ async def _record(
         report.interrupted = True
         return
     async with asyncio.TaskGroup() as tg:
-        if mode is Mode.WAIT_AND_SYNC and settings.snapshot:
+        if mode is Mode.WAIT_AND_SYNC and settings.snapshot and settings.fleet:
+            log.info("no snapshot: snapshots are taken for a run over one DB only")
+        elif mode is Mode.WAIT_AND_SYNC and settings.snapshot:
             # Fired at start, beside the recorder: a slow CreateDBSnapshot must not delay copying.
             tg.create_task(_fire_snapshot(aws, rds, settings, settings.start, hooks, report, store))
         report.totals = await recorder.run()
-
-
-def _summary_counts(t: RunTotals) -> dict[str, int]:
-    return {
-        "copied": t.copied,
-        "partial": t.partial,
-        "skipped": t.skipped,
-        "failed": t.failed,
-        "lost": t.lost,
-        "changed": t.changed,
-        "aborted": t.aborted,
-        "bytes": t.bytes,
-        "truncated_lines": t.truncated_lines,
-    }
 
 
 async def run_snapshot(

@@ -45,18 +45,27 @@ DEFAULT_MAX_API_BURST = 20
 MAX_API_BURST = 300  # the account's whole bucket: more could never be used
 DEFAULT_POLL_INTERVAL_S = 30.0
 MIN_POLL_INTERVAL_S = 1.0
+DEFAULT_DISCOVER_INTERVAL_S = 300.0
+MIN_DISCOVER_INTERVAL_S = 10.0
+MAX_RETENTION_HOURS = 7 * 24  # RDS keeps PostgreSQL logs at most 7 days (rds.log_retention_period)
 DEFAULT_METRICS_PORT = 9445
 DEFAULT_SHUTDOWN_GRACE_S = 5.0
 DEFAULT_MAX_ATTEMPTS = 8  # per AWS call, with exponential backoff + jitter
 MAX_FUTURE_S = 366 * 24 * 3600  # a start or finish further ahead is a typo, not a plan
 SPOOL_IN_MEMORY = "memory"
 
+DEFAULT_ROLE_SESSION_NAME = "rdsrecorder"
+_ROLE_ARN_RE = re.compile(r"arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]{1,64}")
+_SESSION_NAME_RE = re.compile(r"[\w+=,.@-]{2,64}")
+_EXTERNAL_ID_RE = re.compile(r"[\w+=,.@:/-]{2,1224}")
 _RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 _IP_RE = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
 _REGION_RE = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
 _ACCOUNT_RE = re.compile(r"\d{12}")
 _KMS_KEY_RE = re.compile(r"[A-Za-z0-9:/_.+=@-]{1,2048}")
+_DB_ID_RE = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,62}")
+_SHARD_RE = re.compile(r"(\d{1,4})/(\d{1,4})")
 
 
 class LogFormat(enum.StrEnum):
@@ -79,6 +88,15 @@ class Sse(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class RoleSettings:
+    """An IAM role to assume (STS AssumeRole) for one side of the copy."""
+
+    arn: str
+    external_id: str | None = None
+    session_name: str = DEFAULT_ROLE_SESSION_NAME
+
+
+@dataclass(frozen=True, slots=True)
 class AwsSettings:
     region: str | None = None  # None: the AWS config / env decides
     expected_bucket_owner: str | None = None
@@ -87,6 +105,8 @@ class AwsSettings:
     max_api_rps: float = DEFAULT_MAX_API_RPS
     max_api_burst: int = DEFAULT_MAX_API_BURST
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    assume_role: RoleSettings | None = None  # every RDS call (and the whole-file download)
+    s3_assume_role: RoleSettings | None = None  # S3 calls; None: the process's credentials
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +119,19 @@ class ObservabilitySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Shard:
+    """This process's share of the fleet: shard ``index`` of ``count`` (0-based)."""
+
+    index: int = 0
+    count: int = 1
+
+    def __str__(self) -> str:
+        return f"{self.index}/{self.count}"
+
+
+@dataclass(frozen=True, slots=True)
 class SyncSettings:
-    db_identifier: str
+    db_identifier: str  # the only (or first) DB given; "" when only discovery selects the DBs
     bucket: str
     start: pendulum.DateTime
     finish: pendulum.DateTime | None  # None = follow forever
@@ -124,6 +155,24 @@ class SyncSettings:
     single_put_max_bytes: int = DEFAULT_SINGLE_PUT_MAX_BYTES
     aws: AwsSettings = field(default_factory=AwsSettings)
     obs: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    # -- many DBs (see rdsrecorder.fleet) --
+    db_identifiers: tuple[str, ...] = ()  # every -d given (instances or Aurora clusters)
+    discover_tags: tuple[tuple[str, str], ...] = ()  # every KEY=VALUE must match
+    discover_interval_s: float = DEFAULT_DISCOVER_INTERVAL_S
+    shard: Shard = field(default_factory=Shard)
+    retention_hours: float | None = None  # None: rds.log_retention_period, else 3 days
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The DBs named on the command line (instances or clusters), in order, no repeats."""
+        if self.db_identifiers:
+            return self.db_identifiers
+        return (self.db_identifier,) if self.db_identifier else ()
+
+    @property
+    def fleet(self) -> bool:
+        """More than one DB, or discovery: per-DB folders and manifests (``<RUNID>/<db>/``)."""
+        return len(self.targets) > 1 or bool(self.discover_tags)
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +276,106 @@ def _account(value: str | None) -> str | None:
     return value.strip()
 
 
+def db_identifiers(values: list[str] | None) -> tuple[str, ...]:
+    """``-d a -d b,c`` (and ``RDSRECORDER_DB_IDENTIFIER=a,b,c``): every id once, in order."""
+    out: dict[str, None] = {}
+    for value in values or []:
+        for part in value.split(","):
+            ident = part.strip()
+            if not ident:
+                continue
+            if not _DB_ID_RE.fullmatch(ident):
+                raise ConfigError(
+                    f"invalid --db-identifier {ident!r}: a DB instance or cluster id has 1-63 "
+                    "letters, digits or '-' and starts with a letter"
+                )
+            out[ident] = None
+    return tuple(out)
+
+
+def discover_tags(values: list[str] | None) -> tuple[tuple[str, str], ...]:
+    """``--discover-tag KEY=VALUE`` (repeatable, or comma-separated in the env var)."""
+    out: dict[tuple[str, str], None] = {}
+    for value in values or []:
+        for part in value.split(","):
+            item = part.strip()
+            if not item:
+                continue
+            key, sep, tag_value = item.partition("=")
+            if not sep or not key.strip():
+                raise ConfigError(f"invalid --discover-tag {item!r}: expected KEY=VALUE")
+            if len(key.strip()) > 128 or len(tag_value.strip()) > 256:
+                raise ConfigError(
+                    f"invalid --discover-tag {item!r}: a tag key has at most 128 characters, "
+                    "a value at most 256"
+                )
+            out[(key.strip(), tag_value.strip())] = None
+    return tuple(out)
+
+
+def shard(value: str | None) -> Shard:
+    """``--shard I/N``: 0 <= I < N."""
+    if value is None or not value.strip():
+        return Shard()
+    m = _SHARD_RE.fullmatch(value.strip())
+    if m is None:
+        raise ConfigError(f"invalid --shard {value!r}: expected I/N, e.g. 0/2")
+    index, count = int(m.group(1)), int(m.group(2))
+    if count < 1 or not 0 <= index < count:
+        raise ConfigError(f"invalid --shard {value!r}: needs N >= 1 and 0 <= I < N")
+    return Shard(index, count)
+
+
+def _which_dbs(
+    db_identifier: list[str] | str | None,
+    discover_tag: list[str] | None,
+    discover_interval_s: float,
+    retention_hours: float | None,
+) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The fleet options of ``sync``: ids and tags (one of them needed), their intervals."""
+    ids = db_identifiers([db_identifier] if isinstance(db_identifier, str) else db_identifier)
+    tags = discover_tags(discover_tag)
+    if not ids and not tags:
+        raise ConfigError(
+            "missing --db-identifier (or env RDSRECORDER_DB_IDENTIFIER) or --discover-tag "
+            "(or env RDSRECORDER_DISCOVER_TAG)"
+        )
+    if _finite(discover_interval_s, "--discover-interval") < MIN_DISCOVER_INTERVAL_S:
+        raise ConfigError(
+            f"--discover-interval must be at least {MIN_DISCOVER_INTERVAL_S:.0f} seconds, "
+            f"not {discover_interval_s}"
+        )
+    if retention_hours is not None and not (
+        0 < _finite(retention_hours, "--retention-hours") <= MAX_RETENTION_HOURS
+    ):
+        raise ConfigError(
+            f"--retention-hours must be between 0 and {MAX_RETENTION_HOURS}, not {retention_hours}"
+        )
+    return ids, tags
+
+
+def _role(
+    arn: str | None, external_id: str | None, session_name: str | None, flag: str
+) -> RoleSettings | None:
+    if arn is None or not arn.strip():
+        if external_id:
+            raise ConfigError(f"{flag}-external-id needs {flag}")
+        return None
+    if not _ROLE_ARN_RE.fullmatch(arn.strip()):
+        raise ConfigError(
+            f"invalid {flag} {arn!r}: expected an IAM role ARN such as "
+            "arn:aws:iam::123456789012:role/rdsrecorder"
+        )
+    if external_id is not None and not _EXTERNAL_ID_RE.fullmatch(external_id):
+        raise ConfigError(f"invalid {flag}-external-id: 2-1224 letters, digits or +=,.@:/-")
+    name = session_name or DEFAULT_ROLE_SESSION_NAME
+    if not _SESSION_NAME_RE.fullmatch(name):
+        raise ConfigError(
+            f"invalid --assume-role-session-name {name!r}: 2-64 letters, digits or +=,.@-"
+        )
+    return RoleSettings(arn=arn.strip(), external_id=external_id, session_name=name)
+
+
 def _when(text: str, now: pendulum.DateTime, option: str) -> pendulum.DateTime:
     when = parse_when(text, now, option=option)
     if (when - now).total_seconds() > MAX_FUTURE_S:
@@ -299,7 +448,7 @@ def build_sync(
     start: str | None,
     finish: str | None,
     bucket: str | None,
-    db_identifier: str | None,
+    db_identifier: list[str] | str | None,
     concurrency: int,
     run_id: str | None,
     region: str | None,
@@ -324,9 +473,18 @@ def build_sync(
     log_format: LogFormat,
     progress: bool | None,
     debug: bool,
+    discover_tag: list[str] | None = None,
+    discover_interval_s: float = DEFAULT_DISCOVER_INTERVAL_S,
+    shard_spec: str | None = None,
+    retention_hours: float | None = None,
+    assume_role: str | None = None,
+    assume_role_external_id: str | None = None,
+    assume_role_session_name: str | None = None,
+    s3_assume_role: str | None = None,
     include_series: Sequence[str] | None = None,
 ) -> SyncSettings:
-    db = _required(db_identifier, "--db-identifier", "RDSRECORDER_DB_IDENTIFIER")
+    ids, tags = _which_dbs(db_identifier, discover_tag, discover_interval_s, retention_hours)
+    shard_of = shard(shard_spec)
     bucket_name = _bucket(bucket)
     start_at = _when(_required(start, "--start", "RDSRECORDER_START"), now, "--start")
     finish_at = _when(finish, now, "--finish") if finish else None
@@ -363,7 +521,12 @@ def build_sync(
     if sse_kms_key_id and not _KMS_KEY_RE.fullmatch(sse_kms_key_id):
         raise ConfigError(f"invalid --sse-kms-key-id {sse_kms_key_id!r}")
     return SyncSettings(
-        db_identifier=db,
+        db_identifier=ids[0] if ids else "",
+        db_identifiers=ids,
+        discover_tags=tags,
+        discover_interval_s=discover_interval_s,
+        shard=shard_of,
+        retention_hours=retention_hours,
         bucket=bucket_name,
         start=start_at,
         finish=finish_at,
@@ -388,6 +551,12 @@ def build_sync(
             sse_kms_key_id=sse_kms_key_id or None,
             max_api_rps=max_api_rps,
             max_api_burst=max_api_burst,
+            assume_role=_role(
+                assume_role, assume_role_external_id, assume_role_session_name, "--assume-role"
+            ),
+            s3_assume_role=_role(
+                s3_assume_role, None, assume_role_session_name, "--s3-assume-role"
+            ),
         ),
         obs=_observability(
             debug=debug,

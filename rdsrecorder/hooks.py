@@ -32,6 +32,12 @@ class Hooks:
         log_timestamp_s: the timestamp in the log file's name (epoch seconds).
         """
 
+    def retention_headroom(self, instance: str, seconds: float) -> None:
+        """Time until the oldest file of the instance not copied yet expires (gauge)."""
+
+    def lag(self, instance: str, seconds: float) -> None:
+        """How long the oldest rotated file not copied yet has been waiting (gauge, 0: none)."""
+
     def bytes_downloaded(self, instance: str, count: int) -> None: ...
 
     def bytes_uploaded(self, instance: str, count: int) -> None: ...
@@ -51,6 +57,12 @@ class Hooks:
     # -- run ---------------------------------------------------------------------------------
     def mode(self, mode: str) -> None:
         """The sync mode (see window.Mode), set once at start."""
+
+    def db_change(self, db: str, change: str) -> None:
+        """A DB joined ("added") or left ("removed") the set this process follows."""
+
+    def dbs_followed(self, count: int) -> None:
+        """DBs (instances or clusters) this process follows now (gauge)."""
 
     def snapshot(self, instance: str, outcome: str) -> None:
         """outcome: "created", "available", "failed"."""
@@ -86,6 +98,22 @@ class MultiHooks(Hooks):
     ) -> None:
         for h in self._hooks:
             h.file_finished(instance, outcome, duration_s, log_timestamp_s)
+
+    def retention_headroom(self, instance: str, seconds: float) -> None:
+        for h in self._hooks:
+            h.retention_headroom(instance, seconds)
+
+    def lag(self, instance: str, seconds: float) -> None:
+        for h in self._hooks:
+            h.lag(instance, seconds)
+
+    def db_change(self, db: str, change: str) -> None:
+        for h in self._hooks:
+            h.db_change(db, change)
+
+    def dbs_followed(self, count: int) -> None:
+        for h in self._hooks:
+            h.dbs_followed(count)
 
     def bytes_downloaded(self, instance: str, count: int) -> None:
         for h in self._hooks:

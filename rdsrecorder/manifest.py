@@ -42,8 +42,12 @@ CLOSE_ATTEMPTS = 3
 CLOSE_RETRY_DELAY_S = 1.0
 
 
-def manifest_key(run_id: str) -> str:
-    return f"{run_id}/manifest.json"
+MANIFEST_NAME = "manifest.json"
+
+
+def manifest_key(run_id: str, db: str | None = None) -> str:
+    """``<RUNID>/manifest.json`` (one DB), ``<RUNID>/<db>/manifest.json`` (a fleet run's DB)."""
+    return f"{run_id}/{db}/{MANIFEST_NAME}" if db else f"{run_id}/{MANIFEST_NAME}"
 
 
 def _known_fields(cls: type[Any], data: dict[str, Any]) -> dict[str, Any]:
@@ -155,11 +159,17 @@ def owner_of(head: bytes) -> str | None:
 
 class ManifestStore:
     def __init__(
-        self, sink: ManifestStorage, run_id: str, clock: Clock, min_interval_s: float = 10.0
+        self,
+        sink: ManifestStorage,
+        run_id: str,
+        clock: Clock,
+        min_interval_s: float = 10.0,
+        *,
+        key: str | None = None,
     ) -> None:
         self._sink = sink
         self._run_id = run_id
-        self._key = manifest_key(run_id)
+        self._key = key or manifest_key(run_id)  # a fleet run: <RUNID>/<db>/manifest.json
         self._clock = clock
         self._min_interval_s = min_interval_s
         self._manifest: Manifest | None = None

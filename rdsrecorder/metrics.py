@@ -25,6 +25,7 @@ from rdsrecorder.window import Mode
 FILE_OUTCOMES = tuple(dict.fromkeys(status.outcome for status in FileStatus))
 SNAPSHOT_OUTCOMES = ("created", "available", "failed")
 MODES = tuple(mode.value for mode in Mode)
+DB_CHANGES = ("added", "removed")
 DURATION_BUCKETS_S = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, float("inf"))
 
 
@@ -89,6 +90,19 @@ class PrometheusHooks(Hooks):
             "Timestamp in the name of the newest log file copied (alert on time() - this).",
         )
         self.snapshots = counter("rdsrecorder_snapshots_total", "DB snapshots, by outcome.")
+        self.headroom = gauge(
+            "rdsrecorder_retention_headroom_seconds",
+            "Time until the oldest log file of the DB not copied yet expires (RDS deletes it); "
+            "the retention period when nothing waits.",
+        )
+        self.lag_gauge = gauge(
+            "rdsrecorder_lag_seconds",
+            "How long the oldest rotated log file of the DB not copied yet has waited (0: none).",
+        )
+        self.dbs = gauge("rdsrecorder_dbs_followed", "DBs (instances or clusters) followed now.")
+        self.db_changes = counter(
+            "rdsrecorder_db_changes_total", "DBs that joined or left the followed set, by change."
+        )
         self.mode_gauge = gauge("rdsrecorder_mode", "Current sync mode (1 for the active one).")
         self.build = gauge("rdsrecorder_build_info", "Build information.")
         self.healthy_gauge = gauge("rdsrecorder_healthy", "1 when the run is healthy.")
@@ -100,6 +114,9 @@ class PrometheusHooks(Hooks):
         self.healthy_gauge.set({}, 1)
         for mode in MODES:
             self.mode_gauge.set({"mode": mode}, 0)
+        self.dbs.set({}, 0)
+        for change in DB_CHANGES:
+            self.db_changes.add({"change": change}, 0)
 
     def _init_instance(self, instance: str) -> None:
         if instance in self._in_flight:
@@ -122,6 +139,8 @@ class PrometheusHooks(Hooks):
             self.snapshots.add({**db, "outcome": outcome}, 0)
         self.in_flight.set(db, 0)
         self.pending.set(db, 0)
+        self.lag_gauge.set(db, 0)
+        # No headroom series until the instance is listed: 0 would fire the headroom alert.
 
     # -- hooks -------------------------------------------------------------------------------
     def aws_call(self, service: str, operation: str, outcome: str) -> None:
@@ -135,6 +154,20 @@ class PrometheusHooks(Hooks):
     def files_pending(self, instance: str, count: int) -> None:
         self._init_instance(instance)
         self.pending.set({"db_instance": instance}, count)
+
+    def retention_headroom(self, instance: str, seconds: float) -> None:
+        self._init_instance(instance)
+        self.headroom.set({"db_instance": instance}, seconds)
+
+    def lag(self, instance: str, seconds: float) -> None:
+        self._init_instance(instance)
+        self.lag_gauge.set({"db_instance": instance}, seconds)
+
+    def db_change(self, db: str, change: str) -> None:
+        self.db_changes.inc({"change": change})
+
+    def dbs_followed(self, count: int) -> None:
+        self.dbs.set({}, count)
 
     def file_started(self, instance: str) -> None:
         self._init_instance(instance)

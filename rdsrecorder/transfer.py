@@ -18,8 +18,8 @@ Contracts kept here, whatever the download path:
   another file (another source name or instance, or a complete copy with another listed size: a
   recreated instance, another DB) is kept; the file goes beside it under ``<key>_v<n>``, with a
   warning and ``Hooks.conflict``.
-* **One owner.** ``owner_check`` (the manifest still names this run's DB) runs before every
-  write; its ``OwnerError`` ends the run.
+* **One owner.** ``owner_check(instance)`` (the manifest still names the instance's DB) runs
+  before every write; its ``OwnerError`` ends the run.
 * **Names are data.** Metadata values are percent-encoded to ASCII (``models.meta_encode``)."""
 
 from __future__ import annotations
@@ -175,7 +175,7 @@ class Copier:
         compression: Compression = Compression.NONE,
         known: Callable[[str], FileEntry | None] | None = None,
         lister: FileLister | None = None,
-        owner_check: Callable[[], Awaitable[None]] | None = None,
+        owner_check: Callable[[str], Awaitable[None]] | None = None,
     ) -> None:
         self._source = source
         self._reader = reader
@@ -349,7 +349,7 @@ class Copier:
             keep = steady and attempt == self._max_attempts
             try:
                 if self._owner_check is not None:
-                    await self._owner_check()
+                    await self._owner_check(sf.instance)
                 result = await self._writer.upload(
                     key,
                     self._checked(sf, complete, stats, keep=keep),

@@ -1,6 +1,7 @@
 """``rdsrecorder verify`` and ``rdsrecorder ls``: prove a run's copy from S3 alone.
 
-``verify_run`` reads ``<RUNID>/manifest.json`` and then:
+``verify_run`` reads every manifest of the run — ``<RUNID>/manifest.json`` (a run over one DB)
+and ``<RUNID>/<db>/manifest.json`` (each DB of a fleet run, written by its owner only) — and then:
 
 * checks every object the manifest lists. When S3 keeps a checksum of the object (it verified
   the bytes against it on arrival: ``ChecksumSHA256`` of a single PutObject, the full-object
@@ -36,7 +37,7 @@ from typing import Any, Protocol, TypeVar
 from rdsrecorder.compression import Compression, compression_of, decompressed
 from rdsrecorder.errors import AwsError, VerifyError
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.manifest import FileEntry, Manifest, manifest_key
+from rdsrecorder.manifest import MANIFEST_NAME, FileEntry, Manifest, manifest_key
 from rdsrecorder.models import META_SHA256, META_SOURCE, FileStatus, ObjectInfo, meta_decode
 from rdsrecorder.s3.bucket import NOT_FOUND
 from rdsrecorder.times import iso, parse_iso
@@ -82,7 +83,8 @@ class VerifyReport:
     rows: list[VerifyRow] = field(default_factory=list)
     holes: list[str] = field(default_factory=list)
     ok: bool = True
-    manifest: Manifest | None = None
+    manifest: Manifest | None = None  # the first manifest (the only one of a single-DB run)
+    manifests: list[Manifest] = field(default_factory=list)  # every manifest of the run
     finished: bool = False  # the run wrote finished_at (it was not interrupted / is not running)
     bytes_read: int = 0
 
@@ -295,26 +297,41 @@ async def verify_run(
     download: bool = False,
 ) -> VerifyReport:
     hooks = hooks or Hooks()
-    key = manifest_key(run_id)
-    data = await store.get_bytes(key)
-    if data is None:
-        raise VerifyError(f"no manifest for run {run_id!r} ({key} is missing)")
-    try:
-        m = Manifest.from_json(data)
-        holes = _holes(m)
-    except ValueError as exc:
-        raise VerifyError(f"{key} is not a valid manifest: {exc}") from exc
-    report = VerifyReport(run_id=run_id, manifest=m, finished=bool(m.finished_at), holes=holes)
+    found = await run_manifests(store, run_id)
+    if not found:
+        raise VerifyError(
+            f"no manifest for run {run_id!r} ({manifest_key(run_id)} and "
+            f"{run_id}/<db>/{MANIFEST_NAME} are missing)"
+        )
+    holes: list[str] = []
+    for key, m in found:
+        try:
+            holes += _holes(m)
+        except ValueError as exc:
+            raise VerifyError(f"{key} is not a valid manifest: {exc}") from exc
+    manifests = [m for _, m in found]
+    report = VerifyReport(
+        run_id=run_id,
+        manifest=manifests[0],
+        manifests=manifests,
+        finished=all(m.finished_at for m in manifests),
+        holes=holes,
+    )
+    files: dict[str, FileEntry] = {}
+    for m in manifests:
+        files.update(m.files)
+    manifest_keys = {key for key, _ in found}
     present: dict[str, int] = {}
     async for info in store.list_objects(f"{run_id}/"):
         present[info.key] = info.size
     report.rows = await _bounded(
         concurrency,
-        (_verify_entry(store, e, present, hooks, download) for _, e in sorted(m.files.items())),
+        (_verify_entry(store, e, present, hooks, download) for _, e in sorted(files.items())),
     )
     report.rows += [
         VerifyRow(k, "", "unexpected", "not in the manifest", size=present[k])
-        for k in sorted(set(present) - set(m.files) - {key})
+        for k in sorted(set(present) - set(files) - manifest_keys)
+        if not k.endswith("/" + MANIFEST_NAME)
     ]
     report.bytes_read = sum(r.size for r in report.rows if r.status != "unexpected" and r.read)
     report.ok = not report.holes and all(
@@ -347,21 +364,46 @@ def summarize(m: Manifest) -> RunSummary:
     )
 
 
-async def list_runs(store: Store) -> list[RunSummary]:
-    """Every run of the bucket: the top-level prefixes holding a readable manifest."""
+async def _load(store: Store, key: str, *, strict: bool) -> Manifest | None:
+    data = await store.get_bytes(key)
+    if data is None:
+        return None
+    try:
+        return Manifest.from_json(data)
+    except ValueError as exc:
+        if strict:
+            raise VerifyError(f"{key} is not a valid manifest: {exc}") from exc
+        log.warning("skipping %s: not a valid manifest (%s)", key, exc)
+        return None
 
-    async def one(prefix: str) -> RunSummary | None:
-        key = manifest_key(prefix.rstrip("/"))
-        data = await store.get_bytes(key)
-        if data is None:
-            return None
-        try:
-            return summarize(Manifest.from_json(data))
-        except ValueError as exc:
-            log.warning("skipping %s: not a valid manifest (%s)", key, exc)
-            return None
+
+async def run_manifests(
+    store: Store, run_id: str, *, strict: bool = True
+) -> list[tuple[str, Manifest]]:
+    """Every manifest of a run, by key: ``<RUNID>/manifest.json`` when the run is over one DB,
+    else one ``<RUNID>/<db>/manifest.json`` per DB (read a few at a time)."""
+    root = manifest_key(run_id)
+    single = await _load(store, root, strict=strict)
+    keys = [
+        key
+        for key in (p + MANIFEST_NAME for p in await store.list_prefixes(f"{run_id}/"))
+        if key != root
+    ]
+    loaded = await _bounded(LIST_CONCURRENCY, (_load(store, k, strict=strict) for k in keys))
+    found = [(root, single)] if single is not None else []
+    found += [(k, m) for k, m in zip(keys, loaded, strict=True) if m is not None]
+    return found
+
+
+async def list_runs(store: Store) -> list[RunSummary]:
+    """Every run of the bucket, one row per DB: the top-level prefixes holding a readable
+    manifest (``<RUNID>/manifest.json``, or ``<RUNID>/<db>/manifest.json`` per DB)."""
+
+    async def one(prefix: str) -> list[RunSummary]:
+        found = await run_manifests(store, prefix.rstrip("/"), strict=False)
+        return [summarize(m) for _, m in found]
 
     prefixes = await store.list_prefixes("")
-    runs = [r for r in await _bounded(LIST_CONCURRENCY, map(one, prefixes)) if r is not None]
-    runs.sort(key=lambda r: (r.started_at, r.run_id))
+    runs = [r for rows in await _bounded(LIST_CONCURRENCY, map(one, prefixes)) for r in rows]
+    runs.sort(key=lambda r: (r.started_at, r.run_id, r.db_identifier))
     return runs

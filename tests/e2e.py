@@ -110,7 +110,11 @@ def sync_settings(
     run_id: str,
     **kw: Any,
 ) -> SyncSettings:
-    aws_kw = {k: kw.pop(k) for k in list(kw) if k in ("max_api_rps", "max_attempts")}
+    aws_kw = {
+        k: kw.pop(k)
+        for k in list(kw)
+        if k in ("max_api_rps", "max_attempts", "assume_role", "s3_assume_role")
+    }
     return SyncSettings(
         db_identifier=db,
         bucket=bucket,

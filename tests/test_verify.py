@@ -293,7 +293,13 @@ class MemoryStore:
                 yield ObjectInfo(key, len(data), {})
 
     async def list_prefixes(self, prefix: str = "", delimiter: str = "/") -> list[str]:
-        return sorted({k.split(delimiter)[0] + delimiter for k in self.objects})
+        return sorted(
+            {
+                prefix + k[len(prefix) :].split(delimiter)[0] + delimiter
+                for k in self.objects
+                if k.startswith(prefix) and delimiter in k[len(prefix) :]
+            }
+        )
 
 
 @dataclass

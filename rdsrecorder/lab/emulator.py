@@ -12,7 +12,7 @@ Endpoints
     DescribeDBLogFiles,
     DownloadDBLogFilePortion, CreateDBSnapshot, CreateDBClusterSnapshot, DescribeDBSnapshots,
     DescribeDBClusterSnapshots, AddTagsToResource, ListTagsForResource.
-    STS 2011-06-15: GetCallerIdentity.
+    STS 2011-06-15: GetCallerIdentity, AssumeRole (temporary credentials the lab then accepts).
 ``GET /v19/downloadCompleteLogFile/{DBInstanceIdentifier}/{LogFileName}`` (and ``/v13/``)
     The whole file, streamed chunked, gzip when ``Accept-Encoding`` allows it.
 ``GET|POST|PATCH /_lab/faults``, ``GET /_lab/stats``, ``POST /_lab/stats/reset``
@@ -78,6 +78,7 @@ import math
 import os
 import random
 import re
+import secrets
 import time
 import uuid
 import zlib
@@ -126,7 +127,9 @@ ENGINE_VERSION = "15.5"
 DEFAULT_LOG_FILES_PAGE = 100
 MAX_LOG_FILES_PAGE = 1000
 COMPLETE_CHUNK_BYTES = 256 * 1024
-_STS_ACTIONS = frozenset({"GetCallerIdentity"})
+_STS_ACTIONS = frozenset({"GetCallerIdentity", "AssumeRole"})
+_ROLE_ARN_RE = re.compile(r"arn:aws:iam::(\d{12}):role/([\w+=,.@/-]{1,64})")
+_LAB_USER_ARN = f"arn:aws:iam::{ACCOUNT_ID}:user/rdsrecorder-lab"
 _LAB_EPOCH = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)  # InstanceCreateTime of every lab instance
 _SHUTDOWN_TIMEOUT_S = 2.0
 
@@ -142,6 +145,7 @@ class _Call:
     action: str
     request_id: str
     region: str
+    access_key: str = ""  # who signed it (empty when signatures are not checked)
 
 
 @dataclass(slots=True)
@@ -172,6 +176,8 @@ class LabStats:
     complete_bytes_by_file: Counter[str] = field(default_factory=Counter)
     max_concurrent_downloads: int = 0
     calls_by_instance: dict[str, Counter[str]] = field(default_factory=dict)
+    # Who signed each call: the lab's user or an assumed role's ARN -> action -> count.
+    calls_by_caller: dict[str, Counter[str]] = field(default_factory=dict)
     throttled_by_action: Counter[str] = field(default_factory=Counter)
     _portion_in_flight: set[str] = field(default_factory=set)
     _complete_in_flight: Counter[str] = field(default_factory=Counter)
@@ -211,6 +217,7 @@ class LabStats:
             "truncated_portions_by_file": dict(self.truncated_portions_by_file),
             "complete_downloads": dict(self.complete_downloads),
             "complete_bytes_by_file": dict(self.complete_bytes_by_file),
+            "calls_by_caller": {k: dict(v) for k, v in self.calls_by_caller.items()},
             "in_flight": sorted(self.in_flight()),
             "max_concurrent_downloads": self.max_concurrent_downloads,
             "calls_by_instance": {k: dict(v) for k, v in sorted(self.calls_by_instance.items())},
@@ -269,6 +276,7 @@ class RdsEmulator:
         self.catalog = Catalog(root)
         self.snapshot_delay_s = snapshot_delay_s
         self.credentials = {LAB_ACCESS_KEY_ID: LAB_SECRET_ACCESS_KEY, **(credentials or {})}
+        self._roles: dict[str, str] = {}  # access key -> assumed-role ARN (STS AssumeRole)
         self.verify_signatures = verify_signatures
         self._now = now
         self._stats = LabStats()
@@ -282,6 +290,7 @@ class RdsEmulator:
         self._tags: dict[str, dict[str, str]] = {}  # "<kind>:<id>" -> tags
         self._actions: dict[str, Handler] = {
             "GetCallerIdentity": self._get_caller_identity,
+            "AssumeRole": self._assume_role,
             "DescribeDBInstances": self._describe_db_instances,
             "DescribeDBClusters": self._describe_db_clusters,
             "DescribeDBLogFiles": self._describe_db_log_files,
@@ -349,7 +358,8 @@ class RdsEmulator:
         try:
             await self._latency()
             if self.verify_signatures:
-                self._verify(request, body, ("sts",) if sts else ("rds",))
+                call.access_key = self._verify(request, body, ("sts",) if sts else ("rds",))
+                self._count_caller(call.access_key, action)
             handler = self._actions.get(action)
             if handler is None:
                 raise QueryError(
@@ -368,9 +378,14 @@ class RdsEmulator:
             return result
         return _xml(awsxml.response(action, result, request_id, namespace), request_id)
 
-    def _verify(self, request: web.Request, body: bytes, services: tuple[str, ...]) -> None:
+    def _count_caller(self, access_key: str, action: str) -> None:
+        caller = self._roles.get(access_key, _LAB_USER_ARN)
+        self._stats.calls_by_caller.setdefault(caller, Counter())[action] += 1
+
+    def _verify(self, request: web.Request, body: bytes, services: tuple[str, ...]) -> str:
+        """The access key that signed the request (a ``QueryError`` if the signature is bad)."""
         try:
-            sigv4.verify(
+            return sigv4.verify(
                 method=request.method,
                 raw_path_and_query=request.raw_path,
                 headers=request.headers,
@@ -378,7 +393,7 @@ class RdsEmulator:
                 credentials=self.credentials,
                 now=dt.datetime.now(dt.UTC),
                 services=services,
-            )
+            ).access_key
         except sigv4.SignatureError as exc:
             raise QueryError(403, exc.code, exc.message) from None
 
@@ -411,9 +426,43 @@ class RdsEmulator:
     # -- STS ---------------------------------------------------------------------------------------
     async def _get_caller_identity(self, call: _Call) -> Mapping[str, Any]:
         return {
-            "Arn": f"arn:aws:iam::{ACCOUNT_ID}:user/rdsrecorder-lab",
+            "Arn": self._roles.get(call.access_key, _LAB_USER_ARN),
             "UserId": "AIDALABUSERRDSRECORDER",
             "Account": ACCOUNT_ID,
+        }
+
+    async def _assume_role(self, call: _Call) -> Mapping[str, Any]:
+        """STS AssumeRole: temporary credentials the lab then accepts, for any role of the lab's
+        account (``ExternalId`` is required when the role name ends in ``-external``, as a trust
+        policy with an ``sts:ExternalId`` condition would)."""
+        role_arn = call.params.get("RoleArn", "")
+        session = call.params.get("RoleSessionName", "")
+        match = _ROLE_ARN_RE.fullmatch(role_arn)
+        if match is None or not re.fullmatch(r"[\w+=,.@-]{2,64}", session):
+            raise QueryError(400, "ValidationError", "RoleArn or RoleSessionName is not valid.")
+        if match.group(1) != ACCOUNT_ID or (
+            match.group(2).endswith("-external") and not call.params.get("ExternalId")
+        ):
+            raise QueryError(
+                403, "AccessDenied", f"User: {_LAB_USER_ARN} is not authorized to assume {role_arn}"
+            )
+        duration_s = int(call.params.get("DurationSeconds", "3600") or 3600)
+        if not 900 <= duration_s <= 43200:
+            raise QueryError(400, "ValidationError", "DurationSeconds must be 900 to 43200.")
+        key = "ASIA" + secrets.token_hex(8).upper()
+        secret = secrets.token_urlsafe(30)
+        assumed = f"arn:aws:sts::{ACCOUNT_ID}:assumed-role/{match.group(2)}/{session}"
+        self.credentials[key] = secret
+        self._roles[key] = assumed
+        expires = self._utcnow() + dt.timedelta(seconds=duration_s)
+        return {
+            "Credentials": {
+                "AccessKeyId": key,
+                "SecretAccessKey": secret,
+                "SessionToken": secrets.token_urlsafe(48),
+                "Expiration": expires.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            },
+            "AssumedRoleUser": {"AssumedRoleId": f"AROALAB:{session}", "Arn": assumed},
         }
 
     # -- instances and clusters --------------------------------------------------------------------
@@ -679,7 +728,7 @@ class RdsEmulator:
             await self._latency()
             # Always verified, whatever verify_signatures says: hand-made signing is exactly
             # what clients of this endpoint get wrong.
-            self._verify(request, b"", ("rds",))
+            self._count_caller(self._verify(request, b"", ("rds",)), "DownloadCompleteLogFile")
             self._inject_call_faults("DownloadCompleteLogFile")
             if not faults.complete_endpoint:
                 self._stats.faults["complete_denied"] += 1

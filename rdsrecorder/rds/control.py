@@ -1,5 +1,7 @@
 """The RDS control plane: resolve an instance or an Aurora cluster into the instances that hold
-logs, and list an instance's log files (paged; the caller never sees markers)."""
+logs, list every instance and cluster of the region (for discovery), read a parameter group's
+``rds.log_retention_period``, and list an instance's log files. Paging is always an async
+generator: the caller never sees markers. Only ``rds:Describe*`` actions."""
 
 from __future__ import annotations
 
@@ -26,6 +28,26 @@ class Target:
     kind: Literal["instance", "cluster"]
     instances: tuple[str, ...]  # the instances whose logs are read (a cluster's members)
     cluster_id: str | None  # the Aurora cluster (of an instance, or the target itself)
+    parameter_group: str | None = None  # an instance's DB parameter group
+
+
+POSTGRES_ENGINES = frozenset({"postgres", "aurora-postgresql"})
+RETENTION_PARAMETER = "rds.log_retention_period"  # minutes
+
+
+@dataclass(frozen=True, slots=True)
+class DbInstance:
+    """One instance as DescribeDBInstances shows it (what discovery needs)."""
+
+    identifier: str
+    engine: str
+    cluster_id: str | None
+    tags: dict[str, str]
+    parameter_group: str | None
+
+
+def _tags(items: list[dict[str, Any]] | None) -> dict[str, str]:
+    return {t["Key"]: t.get("Value", "") for t in items or [] if "Key" in t}
 
 
 class RdsControl:
@@ -42,11 +64,13 @@ class RdsControl:
                 raise
         else:
             db = resp["DBInstances"][0]
+            groups = db.get("DBParameterGroups") or [{}]
             return Target(
                 identifier=identifier,
                 kind="instance",
                 instances=(db["DBInstanceIdentifier"],),
                 cluster_id=db.get("DBClusterIdentifier"),
+                parameter_group=groups[0].get("DBParameterGroupName"),
             )
         try:
             resp = await self._aws.call(
@@ -65,6 +89,61 @@ class RdsControl:
             instances=tuple(sorted(m["DBInstanceIdentifier"] for m in members)),
             cluster_id=identifier,
         )
+
+    async def _pages(self, method: str, field: str, **params: Any) -> AsyncIterator[dict[str, Any]]:
+        seen_markers: set[str] = set()
+        while True:
+            resp = await self._aws.call("rds", method, **params)
+            for item in resp.get(field, []):
+                yield item
+            marker = resp.get("Marker")
+            if not marker or marker in seen_markers:
+                return
+            seen_markers.add(marker)
+            params["Marker"] = marker
+
+    async def all_instances(self) -> AsyncIterator[DbInstance]:
+        """Every DB instance of the region (100 per call)."""
+        async for db in self._pages("describe_db_instances", "DBInstances", MaxRecords=100):
+            groups = db.get("DBParameterGroups") or [{}]
+            yield DbInstance(
+                identifier=db["DBInstanceIdentifier"],
+                engine=str(db.get("Engine", "")),
+                cluster_id=db.get("DBClusterIdentifier") or None,
+                tags=_tags(db.get("TagList")),
+                parameter_group=groups[0].get("DBParameterGroupName"),
+            )
+
+    async def cluster_tags(self) -> dict[str, dict[str, str]]:
+        """The tags of every DB cluster of the region, by cluster id."""
+        out: dict[str, dict[str, str]] = {}
+        async for c in self._pages("describe_db_clusters", "DBClusters", MaxRecords=100):
+            out[c["DBClusterIdentifier"]] = _tags(c.get("TagList"))
+        return out
+
+    async def instance(self, identifier: str) -> DbInstance:
+        resp = await self._aws.call("rds", "describe_db_instances", DBInstanceIdentifier=identifier)
+        db = resp["DBInstances"][0]
+        groups = db.get("DBParameterGroups") or [{}]
+        return DbInstance(
+            identifier=db["DBInstanceIdentifier"],
+            engine=str(db.get("Engine", "")),
+            cluster_id=db.get("DBClusterIdentifier") or None,
+            tags=_tags(db.get("TagList")),
+            parameter_group=groups[0].get("DBParameterGroupName"),
+        )
+
+    async def log_retention_s(self, parameter_group: str) -> float | None:
+        """``rds.log_retention_period`` of a parameter group, in seconds; None when not set."""
+        async for p in self._pages(
+            "describe_db_parameters", "Parameters", DBParameterGroupName=parameter_group
+        ):
+            if p.get("ParameterName") == RETENTION_PARAMETER and p.get("ParameterValue"):
+                try:
+                    return float(p["ParameterValue"]) * 60
+                except ValueError:
+                    return None
+        return None
 
     async def list_log_files(
         self, instance: str, since_ms: int | None = None

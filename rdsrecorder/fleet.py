@@ -1,0 +1,413 @@
+"""Many DBs in one process: which DBs (ids given with ``-d``, instances discovered by tag), which
+of them this process owns (``--shard I/N``), and one manifest per DB.
+
+* **Discovery** reads ``DescribeDBInstances`` (its ``TagList``) and, when a PostgreSQL Aurora
+  member is among them, ``DescribeDBClusters`` (a member also matches through its cluster's
+  tags): only ``rds:Describe*``, never ``ListTagsForResource``. Engines other than ``postgres``
+  and ``aurora-postgresql`` are never selected, so their logs are never listed or read.
+* **A DB** is the unit that is sharded and owns a manifest: a plain instance, or an Aurora
+  cluster (its members stay together, so one process writes the cluster's manifest).
+* **Sharding** is rendezvous (highest random weight) hashing: shard ``I`` of ``N`` owns the DBs
+  for which ``blake2b(f"{i}:{db}")`` is highest at ``i == I``. No coordinator: every replica
+  computes the same answer; N replicas cover the fleet exactly once, and going from N to N+1
+  replicas moves only the DBs the new shard wins (about 1/(N+1) of them). A DB that moves
+  resumes under the same run id: complete objects are skipped, its manifest is read back.
+* **Layout**: a fleet run (more than one DB, or discovery) writes ``<RUNID>/<instance>/...``
+  objects and one manifest per DB at ``<RUNID>/<db>/manifest.json``, which only the DB's owner
+  writes; a run over one DB keeps ``<RUNID>/manifest.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import pendulum
+
+from rdsrecorder import __version__
+from rdsrecorder.clock import Clock
+from rdsrecorder.config import Shard, SyncSettings
+from rdsrecorder.errors import AwsError, DbNotFoundError, OwnerError
+from rdsrecorder.hooks import Hooks
+from rdsrecorder.manifest import FileEntry, Manifest, ManifestStorage, ManifestStore, manifest_key
+from rdsrecorder.models import FileStatus
+from rdsrecorder.rds.control import POSTGRES_ENGINES, DbInstance, RdsControl
+from rdsrecorder.times import iso, parse_iso
+from rdsrecorder.window import Mode
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RETENTION_S = 3 * 86400.0  # rds.log_retention_period's default: 4320 minutes
+RETRY_REFRESH_S = 60.0  # a failed discovery is tried again this soon (the current set is kept)
+
+
+def shard_weight(shard: int, db: str) -> bytes:
+    return hashlib.blake2b(f"{shard}:{db}".encode(), digest_size=16).digest()
+
+
+def shard_of(db: str, count: int) -> int:
+    """The shard (0 .. count-1) that owns ``db``: rendezvous hashing, stable across processes."""
+    return max(range(count), key=lambda i: shard_weight(i, db))
+
+
+def owns(shard: Shard, db: str) -> bool:
+    return shard.count == 1 or shard_of(db, shard.count) == shard.index
+
+
+def tags_match(wanted: Iterable[tuple[str, str]], *tag_sets: dict[str, str]) -> bool:
+    """Every KEY=VALUE of ``wanted`` is on the resource (the instance or, for an Aurora member,
+    its cluster)."""
+    return all(any(tags.get(k) == v for tags in tag_sets) for k, v in wanted)
+
+
+@dataclass(frozen=True, slots=True)
+class Db:
+    id: str  # the instance id, or the Aurora cluster id
+    kind: Literal["instance", "cluster"]
+    instances: tuple[str, ...]
+
+
+async def discover(rds: RdsControl, wanted: tuple[tuple[str, str], ...]) -> list[DbInstance]:
+    """Every PostgreSQL instance of the region carrying all ``wanted`` tags (an Aurora member
+    also through its cluster's tags)."""
+    candidates = [i async for i in rds.all_instances() if i.engine in POSTGRES_ENGINES]
+    cluster_tags: dict[str, dict[str, str]] = {}
+    if any(i.cluster_id for i in candidates):
+        cluster_tags = await rds.cluster_tags()
+    return [
+        i
+        for i in candidates
+        if tags_match(wanted, i.tags, cluster_tags.get(i.cluster_id or "", {}))
+    ]
+
+
+class ManifestOpener(Protocol):
+    async def open(self, db: Db) -> None: ...
+
+
+class Fleet:
+    """The DBs this process follows, re-read every ``refresh_s``: the Recorder's resolver.
+
+    Explicit ids are resolved once at start (a missing one is an error then); clusters are
+    re-resolved at every refresh (members join and leave); discovery runs at every refresh. A
+    refresh that fails keeps the current set and is tried again soon."""
+
+    def __init__(
+        self,
+        rds: RdsControl,
+        *,
+        targets: tuple[str, ...],
+        tags: tuple[tuple[str, str], ...],
+        shard: Shard,
+        refresh_s: float,
+        clock: Clock,
+        hooks: Hooks,
+        retention_s: float | None = None,
+    ) -> None:
+        self._rds = rds
+        self._targets = targets
+        self._tags = tags
+        self._shard = shard
+        self._refresh_s = refresh_s
+        self._clock = clock
+        self._hooks = hooks
+        self._retention_override_s = retention_s
+        self._explicit: dict[str, Db] = {}
+        self._dbs: dict[str, Db] = {}
+        self._groups: dict[str, str | None] = {}  # instance -> parameter group
+        self._retention: dict[str, float] = {}  # parameter group -> seconds
+        self._retention_denied = False
+        self._opened: set[str] = set()
+        self._manifests: ManifestOpener | None = None
+        self._next_refresh_s = float("inf")
+        self.owner: dict[str, str] = {}  # instance -> db id (kept after the DB leaves)
+
+    @property
+    def dbs(self) -> dict[str, Db]:
+        return dict(self._dbs)
+
+    def instances_now(self) -> tuple[str, ...]:
+        return tuple(sorted({i for db in self._dbs.values() for i in db.instances}))
+
+    async def start(self) -> dict[str, Db]:
+        """The first resolution (preflight): every explicit id must exist."""
+        for ident in self._targets:
+            target = await self._rds.resolve(ident)
+            self._explicit[ident] = Db(ident, target.kind, target.instances)
+            if target.kind == "instance" and target.parameter_group is not None:
+                self._groups[target.instances[0]] = target.parameter_group
+        self._apply(await self._select())
+        self._next_refresh_s = self._clock.now() + self._refresh_s
+        if self._shard.count > 1:
+            log.info(
+                "shard %s: %d DB(s) of this shard: %s",
+                self._shard,
+                len(self._dbs),
+                ", ".join(sorted(self._dbs)) or "none",
+            )
+        return self.dbs
+
+    def attach(self, manifests: ManifestOpener) -> None:
+        self._manifests = manifests
+
+    async def _select(self) -> dict[str, Db]:
+        dbs: dict[str, Db] = {}
+        for ident, db in self._explicit.items():
+            if db.kind == "cluster":
+                try:
+                    db = Db(ident, "cluster", (await self._rds.resolve(ident)).instances)
+                except DbNotFoundError:
+                    log.warning("cluster %s no longer exists", ident)
+                    continue
+            dbs[db.id] = db
+        if self._tags:
+            members: dict[str, set[str]] = {}
+            for inst in await discover(self._rds, self._tags):
+                self._groups.setdefault(inst.identifier, inst.parameter_group)
+                db_id = inst.cluster_id or inst.identifier
+                members.setdefault(db_id, set()).add(inst.identifier)
+                if inst.cluster_id is None:
+                    dbs.setdefault(db_id, Db(db_id, "instance", (inst.identifier,)))
+            for db_id, found in members.items():
+                if db_id in dbs and dbs[db_id].kind == "instance":
+                    continue
+                known = set(dbs[db_id].instances) if db_id in dbs else set()
+                dbs[db_id] = Db(db_id, "cluster", tuple(sorted(found | known)))
+        return {k: v for k, v in sorted(dbs.items()) if owns(self._shard, k)}
+
+    def _apply(self, selected: dict[str, Db]) -> None:
+        for db_id in sorted(set(selected) - set(self._dbs)):
+            db = selected[db_id]
+            if self._dbs or self._next_refresh_s != float("inf"):
+                log.info("DB %s appeared: following %s", db_id, ", ".join(db.instances) or "-")
+                self._hooks.db_change(db_id, "added")
+        for db_id in sorted(set(self._dbs) - set(selected)):
+            log.info(
+                "DB %s is gone (deleted, untagged or no longer this shard's): finishing what "
+                "was listed",
+                db_id,
+            )
+            self._hooks.db_change(db_id, "removed")
+        for db_id in sorted(set(self._dbs) & set(selected)):
+            old, new = set(self._dbs[db_id].instances), set(selected[db_id].instances)
+            for joined in sorted(new - old):
+                log.info("cluster %s: member %s joined", db_id, joined)
+            for left in sorted(old - new):
+                log.info("cluster %s: member %s left", db_id, left)
+        self._dbs = selected
+        for db in selected.values():
+            for inst in db.instances:
+                self.owner[inst] = db.id
+        self._hooks.dbs_followed(len(selected))
+
+    async def instances(self) -> tuple[str, ...]:
+        if self._clock.now() >= self._next_refresh_s:
+            try:
+                self._apply(await self._select())
+                self._next_refresh_s = self._clock.now() + self._refresh_s
+            except AwsError as exc:
+                log.warning("looking for DBs failed (%s): keeping the current set", exc)
+                self._next_refresh_s = self._clock.now() + min(self._refresh_s, RETRY_REFRESH_S)
+        if self._manifests is not None:
+            for db_id, db in self._dbs.items():
+                if db_id not in self._opened:
+                    await self._manifests.open(db)
+                    self._opened.add(db_id)
+        await self._learn_retention()
+        return self.instances_now()
+
+    # -- retention -------------------------------------------------------------------------------
+    async def _learn_retention(self) -> None:
+        if self._retention_override_s is not None or self._retention_denied:
+            return
+        for inst in self.instances_now():
+            if inst not in self._groups:
+                try:
+                    self._groups[inst] = (await self._rds.instance(inst)).parameter_group
+                except AwsError as exc:
+                    log.debug("no parameter group for %s: %s", inst, exc)
+                    self._groups[inst] = None
+            group = self._groups[inst]
+            if group is None or group in self._retention:
+                continue
+            try:
+                found = await self._rds.log_retention_s(group)
+            except AwsError as exc:
+                log.warning(
+                    "cannot read rds.log_retention_period of %s (%s): assuming %.0f h "
+                    "(--retention-hours sets it)",
+                    group,
+                    exc.code or exc,
+                    DEFAULT_RETENTION_S / 3600,
+                )
+                self._retention_denied = True
+                return
+            self._retention[group] = found or DEFAULT_RETENTION_S
+
+    def retention_s(self, instance: str) -> float:
+        if self._retention_override_s is not None:
+            return self._retention_override_s
+        group = self._groups.get(instance)
+        return self._retention.get(group or "", DEFAULT_RETENTION_S)
+
+
+class FleetManifests:
+    """The Recorder's manifest sink for one or many DBs: each DB's outcomes go to its own
+    ``ManifestStore`` (``<RUNID>/<db>/manifest.json`` in a fleet run, ``<RUNID>/manifest.json``
+    for a single DB), so no two processes ever write the same manifest."""
+
+    def __init__(
+        self,
+        storage: ManifestStorage,
+        settings: SyncSettings,
+        mode: Mode,
+        clock: Clock,
+        owner: dict[str, str],
+    ) -> None:
+        self._storage = storage
+        self._settings = settings
+        self._mode = mode
+        self._clock = clock
+        self._owner = owner
+        self._stores: dict[str, ManifestStore] = {}
+        self._dbs: dict[str, Db] = {}
+
+    def key(self, db_id: str) -> str:
+        return manifest_key(self._settings.run_id, db_id if self._settings.fleet else None)
+
+    @property
+    def stores(self) -> dict[str, ManifestStore]:
+        return dict(self._stores)
+
+    async def open(self, db: Db) -> None:
+        if db.id in self._stores:
+            return
+        s = self._settings
+        store = ManifestStore(self._storage, s.run_id, self._clock, key=self.key(db.id))
+        existing = await store.load()
+        now_iso = iso(self._clock.now())
+        if existing is not None:
+            if existing.db_identifier != db.id:
+                raise OwnerError(
+                    f"run id {s.run_id!r} already holds logs of {existing.db_identifier!r} in "
+                    f"s3://{s.bucket}; choose another --run-id"
+                )
+            log.info(
+                "resuming run %s of %s (manifest has %d file(s))",
+                s.run_id,
+                db.id,
+                len(existing.files),
+            )
+            existing.finished_at = None
+            existing.updated_at = now_iso
+            existing.instances = sorted(set(existing.instances) | set(db.instances))
+            if parse_iso(existing.window_start) > s.start.timestamp():
+                existing.window_start = iso(s.start)  # an earlier --start widens the window
+            manifest = existing
+        else:
+            manifest = Manifest(
+                run_id=s.run_id,
+                db_identifier=db.id,
+                bucket=s.bucket,
+                window_start=iso(s.start),
+                window_finish=iso(s.finish) if s.finish else None,
+                mode=self._mode.value,
+                version=__version__,
+                started_at=now_iso,
+                updated_at=now_iso,
+                finished_at=None,
+                files={},
+                gaps=[],
+                instances=list(db.instances),
+                summary={},
+            )
+        store.start(manifest)
+        self._stores[db.id] = store
+        self._dbs[db.id] = db
+
+    def _store(self, instance: str) -> ManifestStore:
+        db_id = self._owner.get(instance)
+        if db_id is None or db_id not in self._stores:
+            # Only instances of opened DBs are ever listed; this is a bug, said loudly.
+            raise RuntimeError(f"no manifest for instance {instance!r}")
+        store = self._stores[db_id]
+        m = store.manifest
+        if m is not None and instance not in m.instances:
+            m.instances.append(instance)
+        return store
+
+    def earliest_start(self) -> pendulum.DateTime | None:
+        """The earliest window start of the opened manifests (resume: no gap at a restart)."""
+        starts = [
+            parse_iso(st.manifest.window_start)
+            for st in self._stores.values()
+            if st.manifest is not None
+        ]
+        return pendulum.from_timestamp(min(starts), tz="UTC") if starts else None
+
+    async def check_owner(self, instance: str) -> None:
+        """Before a write of a file of ``instance``: its manifest in S3 still names its DB."""
+        await self._store(instance).check_owner()
+
+    async def check_owners(self) -> None:
+        for store in list(self._stores.values()):
+            await store.check_owner()
+
+    def known(self, key: str) -> FileEntry | None:
+        """What a manifest of this run already says of the object ``key`` (resume)."""
+        for store in self._stores.values():
+            m = store.manifest
+            if m is not None and key in m.files:
+                return m.files[key]
+        return None
+
+    def record(self, entry: FileEntry) -> None:
+        self._store(entry.instance).record(entry)
+
+    def add_gap(self, instance: str, start: str, end: str, reason: str) -> None:
+        self._store(instance).add_gap(instance, start, end, reason)
+
+    def note(self, name: str, value: object) -> None:
+        for store in self._stores.values():
+            store.note(name, value)
+
+    async def flush(self, force: bool = False) -> None:
+        for store in list(self._stores.values()):
+            await store.flush(force)
+
+    def set_summaries(self, entries: Iterable[FileEntry], extra: dict[str, int]) -> None:
+        per_db: dict[str, dict[str, int]] = {
+            db_id: dict.fromkeys(
+                (
+                    "copied",
+                    "partial",
+                    "skipped",
+                    "failed",
+                    "lost",
+                    "changed",
+                    "bytes",
+                    "truncated_lines",
+                ),
+                0,
+            )
+            for db_id in self._stores
+        }
+        for e in entries:
+            counts = per_db.get(self._owner.get(e.instance, ""))
+            if counts is None:
+                continue
+            status = FileStatus(e.status)
+            name = status.value if status.value in counts else "failed"
+            counts[name] += 1
+            if status in (FileStatus.COPIED, FileStatus.PARTIAL):
+                counts["bytes"] += e.size
+            counts["truncated_lines"] += e.truncated_lines
+        for db_id, store in self._stores.items():
+            store.set_summary({**per_db[db_id], **extra})
+
+    async def close(self, finished: bool) -> None:
+        for store in list(self._stores.values()):
+            await store.close(finished=finished)
