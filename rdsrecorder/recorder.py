@@ -243,7 +243,8 @@ class Recorder:
         # -- the ready queue: one heap per instance of (timestamp, seq, file, key, complete) --
         self._queues: dict[str, list[tuple[int, int, SpannedFile, str, bool]]] = {}
         self._seq = itertools.count()
-        self._busy = 0
+        self._busy = 0  # files downloading: at most ``concurrency``
+        self._uploading = 0  # files downloaded whose upload is ending
         self._busy_by: dict[str, int] = {}
         self._served_at: dict[str, int] = {}
         self._tg: asyncio.TaskGroup | None = None
@@ -553,7 +554,13 @@ class Recorder:
 
     def _dispatch(self) -> None:
         tg = self._tg
-        while tg is not None and not self._stop.is_set() and self._busy < self._concurrency:
+        while (
+            tg is not None
+            and not self._stop.is_set()
+            and self._busy < self._concurrency
+            # Uploads that outlive their download (see _copy) are bounded too.
+            and self._busy + self._uploading < 2 * self._concurrency
+        ):
             instance = self._pick()
             if instance is None:
                 return
@@ -565,6 +572,10 @@ class Recorder:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def _free_slot(self, instance: str) -> None:
+        self._busy -= 1
+        self._busy_by[instance] -= 1
+
     def queued(self, instance: str | None = None) -> int:
         """Files ready and waiting for a slot (of one instance, or of all)."""
         if instance is not None:
@@ -573,15 +584,28 @@ class Recorder:
 
     async def _copy(self, sf: SpannedFile, key: str, complete: bool) -> None:
         ident = (sf.instance, sf.name)
+        uploading = False
+
+        def downloaded() -> None:
+            # The download is over: its slot goes to the next file while this upload ends.
+            nonlocal uploading
+            if not uploading:
+                uploading = True
+                self._free_slot(sf.instance)
+                self._uploading += 1
+                self._dispatch()
+
         try:
-            entry = await self._copier.copy(sf, key, complete=complete)
+            entry = await self._copier.copy(sf, key, complete=complete, downloaded=downloaded)
         except asyncio.CancelledError:
             self._state[ident] = ABORTED
             self.totals.aborted += 1
             raise
         finally:
-            self._busy -= 1
-            self._busy_by[sf.instance] -= 1
+            if uploading:
+                self._uploading -= 1
+            else:
+                self._free_slot(sf.instance)
         self._state[ident] = entry.status
         earlier = self._ended.get(ident)
         if earlier is None:

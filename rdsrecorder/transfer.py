@@ -222,14 +222,23 @@ class Copier:
             meta[META_COMPRESSION] = self._compression.value
         return meta
 
-    async def copy(self, sf: SpannedFile, key: str, *, complete: bool) -> FileEntry:
-        """Copies ``sf`` to ``key`` (plus the compression's suffix: ``.gz``)."""
+    async def copy(
+        self,
+        sf: SpannedFile,
+        key: str,
+        *,
+        complete: bool,
+        downloaded: Callable[[], None] = lambda: None,
+    ) -> FileEntry:
+        """Copies ``sf`` to ``key`` (plus the compression's suffix: ``.gz``). ``downloaded`` is
+        called when all of the file has arrived and passed its checks, while its upload ends:
+        the recorder then gives the file's download slot to the next file."""
         key += self._compression.suffix
         started = time.monotonic()
         self._hooks.file_started(sf.instance)
         outcome = FileStatus.FAILED.outcome
         try:
-            entry = await self._copy(sf, key, complete)
+            entry = await self._copy(sf, key, complete, downloaded)
             outcome = FileStatus(entry.status).outcome
             return entry
         finally:
@@ -273,7 +282,13 @@ class Copier:
         return candidate, existing
 
     async def _checked(
-        self, sf: SpannedFile, complete: bool, stats: DownloadStats, *, keep: bool = False
+        self,
+        sf: SpannedFile,
+        complete: bool,
+        stats: DownloadStats,
+        downloaded: Callable[[], None],
+        *,
+        keep: bool = False,
     ) -> AsyncIterator[bytes]:
         """The download, held to the listed size: a failure raised here, before the last chunk
         is handed on, means nothing is written. ``keep`` (the last attempt, after RDS kept
@@ -289,6 +304,7 @@ class Copier:
                 raise SourceChangedError(str(exc), current) from exc
             raise
         if stats.bytes == f.size or (stats.bytes > f.size and not complete) or keep:
+            downloaded()
             return  # as listed (a file still being written may have grown)
         current = await self._relist(f)
         if stats.bytes < f.size:
@@ -313,14 +329,16 @@ class Copier:
             log.warning("cannot list %s %s again (%s)", f.instance, f.name, exc)
             return f
 
-    async def _copy(self, sf: SpannedFile, key: str, complete: bool) -> FileEntry:
+    async def _copy(
+        self, sf: SpannedFile, key: str, complete: bool, downloaded: Callable[[], None]
+    ) -> FileEntry:
         key, existing = await self._free_key(sf, key)
         if existing is not None:
             known = self._known(key)
             sha = already_copied(existing, sf, complete, known)
             if sha is not None:
                 return self._skipped(sf, key, existing, known, sha)
-        return await self._attempts(sf, key, complete)
+        return await self._attempts(sf, key, complete, downloaded)
 
     def _skipped(
         self, sf: SpannedFile, key: str, existing: ObjectInfo, known: FileEntry | None, sha: str
@@ -340,7 +358,9 @@ class Copier:
             complete=existing.metadata.get(META_COMPLETE) == "true",
         )
 
-    async def _attempts(self, sf: SpannedFile, key: str, complete: bool) -> FileEntry:
+    async def _attempts(
+        self, sf: SpannedFile, key: str, complete: bool, downloaded: Callable[[], None]
+    ) -> FileEntry:
         last_error = ""
         changed = False
         steady = False  # the last attempt ended with another size while the listing stayed
@@ -352,7 +372,7 @@ class Copier:
                     await self._owner_check(sf.instance)
                 result = await self._writer.upload(
                     key,
-                    self._checked(sf, complete, stats, keep=keep),
+                    self._checked(sf, complete, stats, downloaded, keep=keep),
                     metadata=self._metadata(sf, complete),
                     instance=sf.instance,
                     size_hint_bytes=sf.file.size,

@@ -66,7 +66,7 @@ async def test_concurrent_files_share_one_probe_and_stay_near_one_call_per_mb(
     calls = stats["calls"]["DownloadDBLogFilePortion"]
     cuts = sum(stats["truncated_portions_by_file"].values())
     # Every file starts at once; one of them probes, the others wait for what it learnt. Each
-    # file then costs the calls its plan needs (at most 0.975 MB a call), cuts aside.
+    # file then costs the calls its plan needs (at most 1.022 MB a call), cuts aside.
     planned = sum(math.ceil(g.size / PORTION_PLAN_BYTES) for g in files)
     print(f"\n{calls} calls, {cuts} cuts, {planned} planned, {len(files)} files")
     assert calls - cuts <= planned + 1, (calls, cuts, planned)
@@ -74,17 +74,29 @@ async def test_concurrent_files_share_one_probe_and_stay_near_one_call_per_mb(
 
 
 def test_portion_lines_plans_the_calls_left_from_the_listed_size() -> None:
-    # 24.07 MB left at 131 bytes a line: 25 calls of ~0.963 MB each
-    assert portion_lines(131.0, 24_072_082) == int(24_072_082 / 25 / 131.0)
-    # a file's first call, sized from other files' lines, aims 7 % lower
-    assert portion_lines(131.0, 24_072_082, first=True) == int(24_072_082 / 25 * 0.93 / 131.0)
-    # the last call asks for more lines than needed so that the end comes in it, never for
-    # more than one call can carry
-    assert portion_lines(131.0, 500_000) == int((500_000 * 1.25 + 1310) / 131.0)
-    assert portion_lines(131.0, 900_000) == int(995_000 / 131.0)
-    assert portion_lines(131.0, 900_000, first=True) == int(995_000 / 131.0)
-    # past the listed size (a file still being written): 0.96 MB portions
-    assert portion_lines(131.0, 0) == portion_lines(131.0, -5_000) == int(960_000 / 131.0)
+    cap = 1_048_576  # what one DownloadDBLogFilePortion call carries at most (1 MiB)
+    line = 131.0
+    # 24.07 MB left: the plan needs no more calls than the cap allows (+1), and no call
+    # aims closer than 2 % to the cap, where the spread of the lines would cut it
+    size = 24_072_082
+    carried = portion_lines(line, size) * line
+    assert cap * 0.9 < carried < cap * 0.98
+    remaining, calls = size, 0
+    while remaining > 0 and calls < 100:  # the plan, call after call, on lines of one length
+        remaining -= portion_lines(line, remaining) * line
+        calls += 1
+    assert calls <= math.ceil(size / cap) + 1
+    # a file's first call, sized from other files' lines, aims lower than the ones after it
+    assert portion_lines(line, size, first=True) < portion_lines(line, size)
+    # the last call asks for more lines than the rest needs so that the end comes in it, never
+    # for more than one call can carry
+    assert portion_lines(line, 500_000) * line > 500_000 * 1.2
+    assert portion_lines(line, 900_000) * line < cap
+    assert portion_lines(line, 900_000, first=True) == portion_lines(line, 900_000)
+    # past the listed size (a file still being written): about 1 MB a call, under the cap
+    past = portion_lines(line, 0) * line
+    assert portion_lines(line, 0) == portion_lines(line, -5_000)
+    assert cap * 0.9 < past < cap
     # the API's 10,000-line cap, and at least one line
     assert portion_lines(20.0, 24_000_000) == 10_000
     assert portion_lines(5_000_000.0, 24_000_000) == 1

@@ -13,14 +13,15 @@ Two download paths:
   portion is asked again from the same marker with fewer lines. A single line over 1 MB cannot be
   recovered on this API: it is kept as RDS returns it, counted and logged.
 
-  Calls per MB (``portion_lines``): a file of R bytes left needs at least ceil(R / 1 MB) calls.
-  The calls left are planned from the listed size, ceil(R / 0.975 MB) of them, and each asks for
-  the lines that should carry R / calls left bytes (at most 0.975 MB: 2.5 % of margin, over twice
+  Calls per MB (``portion_lines``): a file of R bytes left needs at least ceil(R / 1 MiB) calls
+  (the cap observed on RDS and emulated by the lab is 1 MiB, 1,048,576 bytes). The calls left are
+  planned from the listed size, ceil(R / 1.022 MB) of them, and each asks for the lines that
+  should carry R / calls left bytes (at most 1.022 MB: 2.5 % of margin, over twice
   the spread of the sum of thousands of csvlog lines, so cuts are rare; each costs a call and a
   10 % smaller retry). A file's first call is sized from other files' lines, so it aims 7 % lower;
   the calls after it make up for that within the same plan. The last call asks for a few more
   lines than needed so that the file's end comes in it. A file that outgrew its listed size (the
-  current one) goes on with 0.96 MB portions. Bytes per line are learnt per instance from every
+  current one) goes on with 1 MB portions. Bytes per line are learnt per instance from every
   portion: only the first file of an instance starts with a small probing call, and files
   starting at the same time wait for that probe instead of each probing.
 
@@ -72,9 +73,9 @@ log = logging.getLogger(__name__)
 TRUNCATION_NOTICE = "[Your log message was truncated]"
 BINARY_DATA_TEXT = "contains binary data"
 MAX_LINES = 10_000
-PORTION_MAX_BYTES = 1_000_000  # what one call carries at most (AWS: "1 MB")
-PORTION_PLAN_BYTES = 975_000  # the most a planned portion aims at (see the module doc)
-PORTION_TARGET_BYTES = 960_000  # past the listed size (a file still being written)
+PORTION_MAX_BYTES = 1_048_576  # what one call carries at most (AWS says "1 MB"; observed: 1 MiB)
+PORTION_PLAN_BYTES = 1_022_000  # the most a planned portion aims at: 2.5 % under the cap
+PORTION_TARGET_BYTES = 1_000_000  # past the listed size (a file still being written)
 FIRST_PORTION_LINES = 2_000  # the probe, when nothing is known of an instance's lines yet
 PORTION_SMALL_BYTES = 256 * 1024  # portions under this are gathered before they are passed on
 FIRST_CALL_FACTOR = 0.93  # a file's first call, sized from other files' lines: 7 % of margin
