@@ -468,26 +468,22 @@ class Copier:
                 sf.name,
                 stats.truncated_lines,
             )
-        stored_size = result.stored_size if result.stored_size >= 0 else result.size
+        landed = {
+            "size": result.size,
+            "sha256": result.sha256,
+            "stored_size": result.stored_size if result.stored_size >= 0 else result.size,
+            "checksum": result.checksum,
+            "compression": result.compression,
+            "method": stats.method,
+            "truncated_lines": stats.truncated_lines,
+        }
         if complete and result.size != sf.file.size:
             error = (
                 f"{sf.name}: {result.size} bytes arrived on every attempt, RDS lists "
                 f"{sf.file.size}; what arrived is kept in s3 {key}"
             )
             log.error("changed %s %s: %s", sf.instance, sf.name, error)
-            return self._entry(
-                sf,
-                key,
-                size=result.size,
-                sha256=result.sha256,
-                stored_size=stored_size,
-                checksum=result.checksum,
-                compression=result.compression,
-                method=stats.method,
-                status=FileStatus.CHANGED,
-                error=one_line(error),
-                truncated_lines=stats.truncated_lines,
-            )
+            return self._entry(sf, key, status=FileStatus.CHANGED, error=one_line(error), **landed)
         log.info(
             "copied %s %s -> s3 %s (%d bytes, %s%s)",
             sf.instance,
@@ -500,13 +496,7 @@ class Copier:
         return self._entry(
             sf,
             key,
-            size=result.size,
-            sha256=result.sha256,
-            stored_size=stored_size,
-            checksum=result.checksum,
-            compression=result.compression,
-            method=stats.method,
             status=FileStatus.COPIED if complete else FileStatus.PARTIAL,
-            truncated_lines=stats.truncated_lines,
             complete=complete,
+            **landed,
         )
