@@ -12,8 +12,8 @@ at once, then ``--max-api-rps`` a second. A ``Throttling`` answer empties it, so
 process slows down to the sustained rate, not only the call that was refused (which also backs
 off, by the retry policy). The number of throttled calls is logged when the clients close.
 
-aiobotocore is used directly (not aioboto3): importing boto3 as well costs start-up time and
-nothing here needs it."""
+Clients come from aioboto3 sessions (one per set of credentials: the process's own, and an
+assumed role's when ``--assume-role`` / ``--s3-assume-role`` ask for one)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, TypeVar
 
+import aioboto3
 from aiobotocore.config import AioConfig
 from aiobotocore.credentials import AioRefreshableCredentials
 from aiobotocore.session import AioSession
@@ -167,8 +168,8 @@ class Aws:
         self.settings = settings
         self.hooks = hooks
         self.clock = clock or Clock()
-        self.session = AioSession()
-        configured_region = settings.region or self.session.get_config_variable("region")
+        self.session = aioboto3.Session()
+        configured_region = settings.region or self.session.region_name
         self.region = configured_region or "us-east-1"
         if not configured_region:
             log.warning("no AWS region configured (--region / AWS_REGION): using us-east-1")
@@ -207,13 +208,13 @@ class Aws:
             raise
         return self
 
-    async def _client_of(self, session: AioSession, name: str) -> Any:
+    async def _client_of(self, session: aioboto3.Session, name: str) -> Any:
         assert self._stack is not None
         return await self._stack.enter_async_context(
-            session.create_client(name, region_name=self.region, config=self._config)
+            session.client(name, region_name=self.region, config=self._config)
         )
 
-    async def _session_for(self, role: RoleSettings | None) -> AioSession:
+    async def _session_for(self, role: RoleSettings | None) -> aioboto3.Session:
         """The process's session, or one whose credentials come from STS AssumeRole and are
         renewed by botocore before they expire (15 minutes ahead)."""
         if role is None:
@@ -243,9 +244,9 @@ class Aws:
         credentials = AioRefreshableCredentials.create_from_metadata(
             metadata=await assume(), refresh_using=assume, method="assume-role"
         )
-        session = AioSession()
-        session._credentials = credentials  # aiobotocore's way to give a session its credentials
-        return session
+        core = AioSession()
+        core._credentials = credentials  # aiobotocore's way to give a session its credentials
+        return aioboto3.Session(botocore_session=core)
 
     async def __aexit__(
         self,
