@@ -169,7 +169,10 @@ def throughput_table(args: argparse.Namespace, out: list[str]) -> dict[str, Any]
 
 
 def tail_lag(args: argparse.Namespace, out: list[str]) -> list[float]:
-    """Rotate minute-named files by hand every `rotate_s`; measure rotation -> object in S3."""
+    """Rotate minute-named files by hand at each real minute boundary, as PostgreSQL does with
+    `log_rotation_age=1min`; measure rotation -> object in S3. (Files written faster than their
+    names say would mislead the recorder, which lists a DB just after its next expected rotation,
+    learnt from the names.)"""
     poll_s = args.poll_s
     lags: list[float] = []
     with tempfile.TemporaryDirectory(prefix="rdsbench-tail-") as tmp:
@@ -180,7 +183,7 @@ def tail_lag(args: argparse.Namespace, out: list[str]) -> list[float]:
             env = dict(lab.env)
             _, s3 = clients(env)
             now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
-            # Names are a minute apart (the name's timestamps), written every rotate_s seconds.
+            # Names are a minute apart, each written when its minute begins.
             names = [now + dt.timedelta(minutes=i) for i in range(args.tail_files + 1)]
             block = (
                 b'2024-01-01 00:00:00.000 UTC,u,d,1,,x,1,,,,0,LOG,00000,"tail line",,,,,,,,,,,0\n'
@@ -217,7 +220,7 @@ def tail_lag(args: argparse.Namespace, out: list[str]) -> list[float]:
             )
             try:
                 for i in range(1, args.tail_files + 1):
-                    time.sleep(args.rotate_s)
+                    time.sleep(max(0.0, names[i].timestamp() - time.time()))
                     write(i)
                     rotated_at = time.monotonic()
                     key = f"{run_id}/rds_log_{run_id}_{int(names[i - 1].timestamp())}"
@@ -255,8 +258,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16])
     parser.add_argument("--methods", nargs="+", default=["complete", "portion"])
     parser.add_argument("--poll-s", type=float, default=5.0)
-    parser.add_argument("--rotate-s", type=float, default=8.0)
-    parser.add_argument("--tail-files", type=int, default=4)
+    parser.add_argument("--tail-files", type=int, default=2, help="rotations (a minute each)")
     parser.add_argument(
         "--no-memory-row",
         dest="memory_row",

@@ -82,6 +82,7 @@ log = logging.getLogger(__name__)
 FULL_LISTING_EVERY = 10  # listings of an instance; between them FileLastWritten keeps them small
 ROTATION_SLACK_S = 5.0  # list this long after an expected rotation (RDS shows the file at once)
 IDLE_POLL_S = 600.0  # the slowest an instance is listed (idle DBs, late rotations)
+MIN_ROTATION_S = 60  # log_rotation_age is 1 to 1440 minutes
 DEFAULT_RETENTION_S = 3 * 86400.0  # rds.log_retention_period's default (4320 min)
 LISTING_MARGIN_MS = 5 * 60 * 1000  # LastWritten is updated lazily: look back a little further
 GRACE_EXTRA_S = 5 * 60
@@ -290,8 +291,12 @@ class Recorder:
         newest = max(files, key=lambda sf: sf.timestamp_s)
         learnt = NOMINAL_PERIOD_S[newest.granularity] is None
         if learnt and len({sf.timestamp_s for sf in files}) < 2:
-            # One minute-named file tells nothing of the period: look again soon.
-            self._next_list_s[instance] = now_s + self._backoff_s(instance)
+            # One minute-named file tells nothing of the period but its least: log_rotation_age
+            # is at least a minute. Look just after that, then again sooner than later.
+            soonest_s = newest_s + MIN_ROTATION_S + ROTATION_SLACK_S
+            self._next_list_s[instance] = (
+                soonest_s if soonest_s > now_s else now_s + self._backoff_s(instance)
+            )
             return
         expected_s = newest_s + rotation_period_s(files) + ROTATION_SLACK_S
         due_s = expected_s if expected_s > now_s else now_s + self._backoff_s(instance)

@@ -158,6 +158,21 @@ async def test_following_costs_a_listing_per_rotation_and_lands_within_a_minute(
     assert max(max(v) for v in hooks.lags.values()) <= 60
 
 
+async def test_a_db_with_one_minute_named_file_is_listed_just_after_its_first_rotation() -> None:
+    # One file tells nothing of the period but its least (a minute): the first rotation must not
+    # wait for a back-off that grew while nothing happened.
+    clock = InstantClock(T0 + 1)
+    source = FakeSource(clock, rotating_db(T0, 60, minute_names=True, instance="new-db"))
+    sink = TimedSink(clock=clock)
+    rec, _ = recorder(
+        source, clock, StaticResolver("new-db"), start_s=T0, finish_s=T0 + 120, sink=sink
+    )
+    await rec.run()
+    first = "RUN/new-db/rds_log_RUN_" + str(int(T0))
+    assert first in sink.landed_at
+    assert sink.landed_at[first] - (T0 + 60) <= 10, sink.landed_at[first] - (T0 + 60)
+
+
 async def test_hourly_dbs_are_listed_about_once_an_hour() -> None:
     names = [f"h-{i}" for i in range(10)]
     clock = FakeClock(T0 + 120)
