@@ -46,7 +46,7 @@ from rdsrecorder.hooks import Hooks
 from rdsrecorder.manifest import FileEntry, Manifest
 from rdsrecorder.models import FileStatus
 from rdsrecorder.times import iso, parse_iso
-from rdsrecorder.verify import LIST_CONCURRENCY, SPAN_SLACK_S, _bounded, entry_compression
+from rdsrecorder.verify import LIST_CONCURRENCY, SPAN_SLACK_S, bounded, entry_compression
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +121,11 @@ async def find_manifests(store: Store) -> list[tuple[str, Manifest]]:
     async def in_run(prefix: str) -> list[tuple[str, Manifest]]:
         keys = [prefix + MANIFEST_NAME]
         keys += [sub + MANIFEST_NAME for sub in await store.list_prefixes(prefix)]
-        found = await _bounded(LIST_CONCURRENCY, map(read, keys))
+        found = await bounded(LIST_CONCURRENCY, map(read, keys))
         return [f for f in found if f is not None]
 
     runs = await store.list_prefixes("")
-    out = [m for found in await _bounded(LIST_CONCURRENCY, map(in_run, runs)) for m in found]
+    out = [m for found in await bounded(LIST_CONCURRENCY, map(in_run, runs)) for m in found]
     out.sort(key=lambda km: km[0])
     return out
 
@@ -363,6 +363,6 @@ async def get_window(
         assert output_dir is not None
         root = Path(output_dir)
         root.mkdir(parents=True, exist_ok=True)
-        await _bounded(concurrency, (_to_dir(store, c, root, hooks, report) for c in chosen))
+        await bounded(concurrency, (_to_dir(store, c, root, hooks, report) for c in chosen))
         report.files.sort(key=lambda f: f.path)
     return report

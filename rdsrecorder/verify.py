@@ -178,7 +178,7 @@ def _holes(m: Manifest) -> list[str]:
     return holes
 
 
-async def _bounded(limit: int, coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+async def bounded(limit: int, coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
     """Runs ``coros`` at most ``limit`` at a time, results in order. The first error is raised
     as itself (not as an ExceptionGroup), so the CLI prints one line."""
     gate = asyncio.Semaphore(max(1, limit))
@@ -324,7 +324,7 @@ async def verify_run(
     present: dict[str, int] = {}
     async for info in store.list_objects(f"{run_id}/"):
         present[info.key] = info.size
-    report.rows = await _bounded(
+    report.rows = await bounded(
         concurrency,
         (_verify_entry(store, e, present, hooks, download) for _, e in sorted(files.items())),
     )
@@ -389,7 +389,7 @@ async def run_manifests(
         for key in (p + MANIFEST_NAME for p in await store.list_prefixes(f"{run_id}/"))
         if key != root
     ]
-    loaded = await _bounded(LIST_CONCURRENCY, (_load(store, k, strict=strict) for k in keys))
+    loaded = await bounded(LIST_CONCURRENCY, (_load(store, k, strict=strict) for k in keys))
     found = [(root, single)] if single is not None else []
     found += [(k, m) for k, m in zip(keys, loaded, strict=True) if m is not None]
     return found
@@ -404,6 +404,6 @@ async def list_runs(store: Store) -> list[RunSummary]:
         return [summarize(m) for _, m in found]
 
     prefixes = await store.list_prefixes("")
-    runs = [r for rows in await _bounded(LIST_CONCURRENCY, map(one, prefixes)) for r in rows]
+    runs = [r for rows in await bounded(LIST_CONCURRENCY, map(one, prefixes)) for r in rows]
     runs.sort(key=lambda r: (r.started_at, r.run_id, r.db_identifier))
     return runs
