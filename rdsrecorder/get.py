@@ -46,11 +46,15 @@ from rdsrecorder.hooks import Hooks
 from rdsrecorder.manifest import FileEntry, Manifest
 from rdsrecorder.models import FileStatus
 from rdsrecorder.times import iso, parse_iso
-from rdsrecorder.verify import LIST_CONCURRENCY, SPAN_SLACK_S, bounded, entry_compression
+from rdsrecorder.verify import (
+    LIST_CONCURRENCY,
+    SPAN_SLACK_S,
+    bounded,
+    entry_compression,
+    run_manifests,
+)
 
 log = logging.getLogger(__name__)
-
-MANIFEST_NAME = "manifest.json"
 
 
 class GetError(RdsRecorderError):
@@ -106,23 +110,11 @@ class GetReport:
 
 
 async def find_manifests(store: Store) -> list[tuple[str, Manifest]]:
-    """Every readable manifest of the bucket, at depth 1 or 2, by key."""
-
-    async def read(key: str) -> tuple[str, Manifest] | None:
-        data = await store.get_bytes(key)
-        if data is None:
-            return None
-        try:
-            return key, Manifest.from_json(data)
-        except ValueError as exc:
-            log.warning("skipping %s: not a valid manifest (%s)", key, exc)
-            return None
+    """Every readable manifest of the bucket, at depth 1 or 2, by key: each run's, as verify
+    reads them (an unreadable one is skipped with a warning)."""
 
     async def in_run(prefix: str) -> list[tuple[str, Manifest]]:
-        keys = [prefix + MANIFEST_NAME]
-        keys += [sub + MANIFEST_NAME for sub in await store.list_prefixes(prefix)]
-        found = await bounded(LIST_CONCURRENCY, map(read, keys))
-        return [f for f in found if f is not None]
+        return await run_manifests(store, prefix.rstrip("/"), strict=False)
 
     runs = await store.list_prefixes("")
     out = [m for found in await bounded(LIST_CONCURRENCY, map(in_run, runs)) for m in found]

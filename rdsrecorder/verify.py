@@ -52,18 +52,22 @@ GOOD_STATUSES = frozenset({"ok", "partial"})
 NOT_LANDED = (FileStatus.FAILED, FileStatus.LOST, FileStatus.CHANGED)
 
 
-class Store(Protocol):
-    """What verify needs of ``rdsrecorder.s3.bucket.Bucket``."""
+class ManifestReader(Protocol):
+    """What reading a run's manifests needs of ``rdsrecorder.s3.bucket.Bucket``."""
 
     async def get_bytes(self, key: str) -> bytes | None: ...
+
+    async def list_prefixes(self, prefix: str = "", delimiter: str = "/") -> list[str]: ...
+
+
+class Store(ManifestReader, Protocol):
+    """What verify needs of ``rdsrecorder.s3.bucket.Bucket``."""
 
     async def head(self, key: str) -> ObjectInfo | None: ...
 
     def iter_object(self, key: str) -> AsyncIterator[bytes]: ...
 
     def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]: ...
-
-    async def list_prefixes(self, prefix: str = "", delimiter: str = "/") -> list[str]: ...
 
 
 @dataclass
@@ -364,7 +368,7 @@ def summarize(m: Manifest) -> RunSummary:
     )
 
 
-async def _load(store: Store, key: str, *, strict: bool) -> Manifest | None:
+async def _load(store: ManifestReader, key: str, *, strict: bool) -> Manifest | None:
     data = await store.get_bytes(key)
     if data is None:
         return None
@@ -378,7 +382,7 @@ async def _load(store: Store, key: str, *, strict: bool) -> Manifest | None:
 
 
 async def run_manifests(
-    store: Store, run_id: str, *, strict: bool = True
+    store: ManifestReader, run_id: str, *, strict: bool = True
 ) -> list[tuple[str, Manifest]]:
     """Every manifest of a run, by key: ``<RUNID>/manifest.json`` when the run is over one DB,
     else one ``<RUNID>/<db>/manifest.json`` per DB (read a few at a time)."""
