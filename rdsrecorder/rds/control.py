@@ -46,6 +46,18 @@ class DbInstance:
     parameter_group: str | None
 
 
+def _db_instance(db: dict[str, Any]) -> DbInstance:
+    """A DBInstances entry of DescribeDBInstances."""
+    groups = db.get("DBParameterGroups") or [{}]
+    return DbInstance(
+        identifier=db["DBInstanceIdentifier"],
+        engine=str(db.get("Engine", "")),
+        cluster_id=db.get("DBClusterIdentifier") or None,
+        tags=_tags(db.get("TagList")),
+        parameter_group=groups[0].get("DBParameterGroupName"),
+    )
+
+
 def _tags(items: list[dict[str, Any]] | None) -> dict[str, str]:
     return {t["Key"]: t.get("Value", "") for t in items or [] if "Key" in t}
 
@@ -105,14 +117,7 @@ class RdsControl:
     async def all_instances(self) -> AsyncIterator[DbInstance]:
         """Every DB instance of the region (100 per call)."""
         async for db in self._pages("describe_db_instances", "DBInstances", MaxRecords=100):
-            groups = db.get("DBParameterGroups") or [{}]
-            yield DbInstance(
-                identifier=db["DBInstanceIdentifier"],
-                engine=str(db.get("Engine", "")),
-                cluster_id=db.get("DBClusterIdentifier") or None,
-                tags=_tags(db.get("TagList")),
-                parameter_group=groups[0].get("DBParameterGroupName"),
-            )
+            yield _db_instance(db)
 
     async def cluster_tags(self) -> dict[str, dict[str, str]]:
         """The tags of every DB cluster of the region, by cluster id."""
@@ -123,15 +128,7 @@ class RdsControl:
 
     async def instance(self, identifier: str) -> DbInstance:
         resp = await self._aws.call("rds", "describe_db_instances", DBInstanceIdentifier=identifier)
-        db = resp["DBInstances"][0]
-        groups = db.get("DBParameterGroups") or [{}]
-        return DbInstance(
-            identifier=db["DBInstanceIdentifier"],
-            engine=str(db.get("Engine", "")),
-            cluster_id=db.get("DBClusterIdentifier") or None,
-            tags=_tags(db.get("TagList")),
-            parameter_group=groups[0].get("DBParameterGroupName"),
-        )
+        return _db_instance(resp["DBInstances"][0])
 
     async def log_retention_s(self, parameter_group: str) -> float | None:
         """``rds.log_retention_period`` of a parameter group, in seconds; None when not set."""
