@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -218,8 +218,9 @@ async def run_sync(
             # The first write records each run id's DB, before any log file is written.
             await store.flush(force=True)
             await store.check_owners()
-            for prefix in _owned_prefixes(settings, fleet.instances_now()):
-                await abort_stale_uploads(bucket, prefix, hooks)
+            await abort_stale_uploads(
+                bucket, settings.run_id, _owned_prefixes(settings, fleet.instances_now()), hooks
+            )
             report = SyncReport(run_id=settings.run_id, mode=mode, totals=RunTotals())
             report.instances = fleet.instances_now()
             single_cluster = not settings.fleet and any(d.kind == "cluster" for d in dbs.values())
@@ -296,15 +297,20 @@ def _owned_prefixes(settings: SyncSettings, instances: Iterable[str]) -> list[st
     return [f"{settings.run_id}/{instance}/" for instance in sorted(set(instances))]
 
 
-async def abort_stale_uploads(bucket: Bucket, prefix: str, hooks: Hooks | None = None) -> int:
-    """Aborts the multipart uploads left under ``prefix`` (a process killed with -9): this run
-    owns the prefix. AbortMultipartUpload may be denied (it is not in the seed's IAM list): said
-    once. Returns how many were aborted."""
+async def abort_stale_uploads(
+    bucket: Bucket, run_id: str, owned: Sequence[str], hooks: Hooks | None = None
+) -> int:
+    """Aborts the multipart uploads left under the ``owned`` prefixes of the run (a process
+    killed with -9): one listing of the run's prefix, whatever the number of DBs.
+    AbortMultipartUpload may be denied (it is not in the seed's IAM list): said once. Returns
+    how many were aborted."""
+    prefix = f"{run_id}/"
     try:
-        uploads = await bucket.list_multipart_uploads(prefix)
+        listed = await bucket.list_multipart_uploads(prefix)
     except RdsRecorderError as exc:
         log.warning("cannot list the multipart uploads under %s (%s)", prefix, exc)
         return 0
+    uploads = [u for u in listed if u["Key"].startswith(tuple(owned))]
     aborted = 0
     for upload in uploads:
         try:

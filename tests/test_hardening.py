@@ -421,7 +421,7 @@ class DeniedAbortBucket:
 async def test_denied_abort_of_stale_uploads_is_said_once(caplog: pytest.LogCaptureFixture) -> None:
     bucket = DeniedAbortBucket()
     with caplog.at_level(logging.WARNING):
-        assert await abort_stale_uploads(bucket, "run1/") == 0  # type: ignore[arg-type]
+        assert await abort_stale_uploads(bucket, "run1", ["run1/"]) == 0  # type: ignore[arg-type]
     assert bucket.aborts == 1
     (record,) = [r for r in caplog.records if "multipart" in r.getMessage()]
     assert "3 unfinished multipart upload(s)" in record.getMessage()
