@@ -29,6 +29,7 @@ import pendulum
 
 from rdsrecorder import __version__
 from rdsrecorder.clock import Clock
+from rdsrecorder.concurrency import bounded
 from rdsrecorder.config import Shard, SyncSettings
 from rdsrecorder.errors import AwsError, DbNotFoundError, OwnerError
 from rdsrecorder.hooks import Hooks
@@ -40,6 +41,8 @@ from rdsrecorder.window import Mode
 
 log = logging.getLogger(__name__)
 
+MANIFEST_CONCURRENCY = 16  # manifests of a fleet written or checked at once (500 DBs, one by one,
+# would hold the start and a shutdown for seconds)
 DEFAULT_RETENTION_S = 3 * 86400.0  # rds.log_retention_period's default: 4320 minutes
 RETRY_REFRESH_S = 60.0  # a failed discovery is tried again this soon (the current set is kept)
 
@@ -353,8 +356,7 @@ class FleetManifests:
         await self._store(instance).check_owner()
 
     async def check_owners(self) -> None:
-        for store in list(self._stores.values()):
-            await store.check_owner()
+        await bounded(MANIFEST_CONCURRENCY, (s.check_owner() for s in list(self._stores.values())))
 
     def known(self, key: str) -> FileEntry | None:
         """What a manifest of this run already says of the object ``key`` (resume)."""
@@ -375,8 +377,7 @@ class FleetManifests:
             store.note(name, value)
 
     async def flush(self, force: bool = False) -> None:
-        for store in list(self._stores.values()):
-            await store.flush(force)
+        await bounded(MANIFEST_CONCURRENCY, (s.flush(force) for s in list(self._stores.values())))
 
     def set_summaries(self, entries: Iterable[FileEntry], extra: dict[str, int]) -> None:
         per_db: dict[str, dict[str, int]] = {
@@ -409,5 +410,7 @@ class FleetManifests:
             store.set_summary({**per_db[db_id], **extra})
 
     async def close(self, finished: bool) -> None:
-        for store in list(self._stores.values()):
-            await store.close(finished=finished)
+        await bounded(
+            MANIFEST_CONCURRENCY,
+            (s.close(finished=finished) for s in list(self._stores.values())),
+        )

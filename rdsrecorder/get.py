@@ -41,18 +41,13 @@ from pathlib import Path, PurePosixPath
 from typing import IO, Protocol
 
 from rdsrecorder.compression import decompressed
+from rdsrecorder.concurrency import bounded
 from rdsrecorder.errors import EXIT_OK, EXIT_VERIFY, AwsError, RdsRecorderError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.manifest import FileEntry, Manifest
 from rdsrecorder.models import FileStatus
 from rdsrecorder.times import iso, parse_iso
-from rdsrecorder.verify import (
-    LIST_CONCURRENCY,
-    SPAN_SLACK_S,
-    bounded,
-    entry_compression,
-    run_manifests,
-)
+from rdsrecorder.verify import LIST_CONCURRENCY, SPAN_SLACK_S, entry_compression, run_manifests
 
 log = logging.getLogger(__name__)
 

@@ -27,14 +27,14 @@ and ``<RUNID>/<db>/manifest.json`` (each DB of a fleet run, written by its owner
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Coroutine, Iterable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 from rdsrecorder.compression import Compression, compression_of, decompressed
+from rdsrecorder.concurrency import bounded
 from rdsrecorder.errors import AwsError, VerifyError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.manifest import MANIFEST_NAME, FileEntry, Manifest, manifest_key
@@ -180,26 +180,6 @@ def _holes(m: Manifest) -> list[str]:
             else:
                 holes.append(f"{instance}: not copied yet (the run has not finished): {tail}")
     return holes
-
-
-async def bounded(limit: int, coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
-    """Runs ``coros`` at most ``limit`` at a time, results in order. The first error is raised
-    as itself (not as an ExceptionGroup), so the CLI prints one line."""
-    gate = asyncio.Semaphore(max(1, limit))
-
-    async def gated(coro: Coroutine[Any, Any, T]) -> T:
-        try:
-            async with gate:
-                return await coro
-        finally:
-            coro.close()  # one cancelled while waiting for the gate must not warn "never awaited"
-
-    try:
-        async with asyncio.TaskGroup() as tg:
-            tasks = [tg.create_task(gated(c)) for c in coros]
-    except ExceptionGroup as group:
-        raise group.exceptions[0] from None
-    return [t.result() for t in tasks]
 
 
 def entry_compression(entry: FileEntry) -> Compression:

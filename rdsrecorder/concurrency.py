@@ -1,0 +1,30 @@
+"""Coroutines run a few at a time: reading many manifests or objects, writing every DB's manifest
+of a fleet, without one task per item all at once nor one after another."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Iterable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+async def bounded(limit: int, coros: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """Runs ``coros`` at most ``limit`` at a time, results in order. The first error is raised
+    as itself (not as an ExceptionGroup), so the CLI prints one line."""
+    gate = asyncio.Semaphore(max(1, limit))
+
+    async def gated(coro: Coroutine[Any, Any, T]) -> T:
+        try:
+            async with gate:
+                return await coro
+        finally:
+            coro.close()  # one cancelled while waiting for the gate must not warn "never awaited"
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(gated(c)) for c in coros]
+    except ExceptionGroup as group:
+        raise group.exceptions[0] from None
+    return [t.result() for t in tasks]
