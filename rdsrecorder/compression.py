@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import enum
-import hashlib
 import zlib
 from collections.abc import AsyncIterator, Iterator
 
@@ -111,15 +110,6 @@ def crc32_b64(crc: int) -> str:
 
 def sha256_b64(digest: bytes) -> str:
     return base64.b64encode(digest).decode()
-
-
-def sha256_hex_of_b64(value: str) -> str:
-    """The hex form of a base64 SHA-256 (as S3 returns ``ChecksumSHA256``); "" if malformed."""
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except ValueError:
-        return ""
-    return raw.hex() if len(raw) == hashlib.sha256().digest_size else ""
 
 
 def checksum(algorithm: str, b64: str) -> str:

@@ -218,12 +218,6 @@ def csv_text(value: str | None) -> str:
     return '"' + value.replace('"', '""') + '"'
 
 
-def _log_time(epoch_s: float) -> str:
-    whole = int(epoch_s)
-    ms = int((epoch_s - whole) * 1000)
-    return dt.datetime.fromtimestamp(whole, dt.UTC).strftime("%Y-%m-%d %H:%M:%S") + f".{ms:03d} UTC"
-
-
 def _plain_twin(start_s: float, first: bool, rng: random.Random) -> bytes:
     stamp = dt.datetime.fromtimestamp(start_s, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     pid = rng.randint(300, 900)
