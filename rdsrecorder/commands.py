@@ -215,12 +215,24 @@ async def run_sync(
             if start != settings.start:
                 mode = classify(start, settings.finish, now)
                 hooks.mode(mode.value)
-            # The first write records each run id's DB, before any log file is written.
-            await store.flush(force=True)
-            await store.check_owners()
-            await abort_stale_uploads(
-                bucket, settings.run_id, _owned_prefixes(settings, fleet.instances_now()), hooks
-            )
+            owned = _owned_prefixes(settings, fleet.instances_now())
+
+            async def prepare_writes() -> None:
+                # The first write records each run id's DB, before any log file is written.
+                await store.flush(force=True)
+                await store.check_owners()
+                await abort_stale_uploads(bucket, settings.run_id, owned, hooks)
+
+            # Beside the first listings and downloads; every write waits for it (``gated``).
+            prepared = asyncio.ensure_future(prepare_writes())
+
+            async def gated(instance: str) -> None:
+                await asyncio.wait([prepared])
+                if prepared.cancelled() or prepared.exception() is not None:
+                    # The run ends with that error (below): this copy is cancelled, not failed.
+                    raise asyncio.CancelledError
+                await store.check_owner(instance)
+
             report = SyncReport(run_id=settings.run_id, mode=mode, totals=RunTotals())
             report.instances = fleet.instances_now()
             single_cluster = not settings.fleet and any(d.kind == "cluster" for d in dbs.values())
@@ -244,7 +256,7 @@ async def run_sync(
                     compression=settings.compress,
                     known=store.known,
                     lister=rds,
-                    owner_check=store.check_owner,
+                    owner_check=gated,
                 ),
                 manifest=store,
                 hooks=hooks,
@@ -259,17 +271,49 @@ async def run_sync(
                 retention_s=fleet.retention_s,
                 fleet=settings.fleet,
             )
+            recording = asyncio.ensure_future(
+                _record(aws, rds, recorder, store, settings, mode, hooks, clock, stop, report)
+            )
+            prepared.add_done_callback(lambda p: _failed(p) and recording.cancel())
             try:
-                await _record(aws, rds, recorder, store, settings, mode, hooks, clock, stop, report)
+                await recording
+            except asyncio.CancelledError:
+                if prepared.done() and _failed(prepared):
+                    raise _error(prepared) from None
+                raise
             finally:
-                report.interrupted = report.interrupted or stop.is_set()
-                store.set_summaries(
-                    report.totals.entries,
-                    {} if settings.fleet else {"aborted": report.totals.aborted},
-                )
-                await store.close(finished=not report.interrupted)
+                # A run whose first writes failed (an owner check, a denied PutObject) writes
+                # nothing more, its manifests included.
+                if await _settled(prepared):
+                    report.interrupted = report.interrupted or stop.is_set()
+                    store.set_summaries(
+                        report.totals.entries,
+                        {} if settings.fleet else {"aborted": report.totals.aborted},
+                    )
+                    await store.close(finished=not report.interrupted)
+            if _failed(prepared):
+                raise _error(prepared)  # nothing else said it
     log.info("run %s done: %s", settings.run_id, summary_line(report.totals))
     return report
+
+
+async def _settled(task: asyncio.Future[None]) -> bool:
+    """Waits for ``task`` to end (it is not cancelled by a caller's cancellation); True when it
+    succeeded."""
+    await asyncio.wait([task])
+    return not _failed(task)
+
+
+def _failed(task: asyncio.Future[None]) -> bool:
+    return task.cancelled() or task.exception() is not None
+
+
+def _error(task: asyncio.Future[None]) -> BaseException:
+    if task.cancelled():
+        return asyncio.CancelledError()
+    exc = task.exception()
+    assert exc is not None
+    return exc
 
 
 def resumed_start(store: FleetManifests, settings: SyncSettings) -> pendulum.DateTime:

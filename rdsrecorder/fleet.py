@@ -19,6 +19,7 @@ of them this process owns (``--shard I/N``), and one manifest per DB.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 from collections.abc import Iterable
@@ -45,6 +46,12 @@ MANIFEST_CONCURRENCY = 16  # manifests of a fleet written or checked at once (50
 # would hold the start and a shutdown for seconds)
 DEFAULT_RETENTION_S = 3 * 86400.0  # rds.log_retention_period's default: 4320 minutes
 RETRY_REFRESH_S = 60.0  # a failed discovery is tried again this soon (the current set is kept)
+
+
+def _said(task: asyncio.Future[None]) -> None:
+    """A background read that failed otherwise than AWS (a bug) is logged, not lost."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("reading the log retention failed: %r", task.exception())
 
 
 def shard_weight(shard: int, db: str) -> bytes:
@@ -123,6 +130,7 @@ class Fleet:
         self._groups: dict[str, str | None] = {}  # instance -> parameter group
         self._retention: dict[str, float] = {}  # parameter group -> seconds
         self._retention_denied = False
+        self._retention_reading: asyncio.Future[None] | None = None
         self._opened: set[str] = set()
         self._manifests: ManifestOpener | None = None
         self._next_refresh_s = float("inf")
@@ -214,13 +222,20 @@ class Fleet:
             except AwsError as exc:
                 log.warning("looking for DBs failed (%s): keeping the current set", exc)
                 self._next_refresh_s = self._clock.now() + min(self._refresh_s, RETRY_REFRESH_S)
+        await self._open_manifests()
+        # The retention (only the headroom gauge needs it) is read beside the copies: until it
+        # is known, a DB's headroom is reckoned with the default.
+        if self._retention_reading is None or self._retention_reading.done():
+            self._retention_reading = asyncio.ensure_future(self._learn_retention())
+            self._retention_reading.add_done_callback(_said)
+        return self.instances_now()
+
+    async def _open_manifests(self) -> None:
         if self._manifests is not None:
-            for db_id, db in self._dbs.items():
+            for db_id, db in list(self._dbs.items()):
                 if db_id not in self._opened:
                     await self._manifests.open(db)
                     self._opened.add(db_id)
-        await self._learn_retention()
-        return self.instances_now()
 
     # -- retention -------------------------------------------------------------------------------
     async def _learn_retention(self) -> None:

@@ -179,6 +179,7 @@ class ManifestStore:
         self.writes = 0  # successful writes, for logs and tests
         self.failed_writes = 0
         self._foreign: str | None = None  # the DB another process wrote into this run id
+        self._owner_read: asyncio.Future[None] | None = None  # the owner check in flight
 
     @property
     def manifest(self) -> Manifest | None:
@@ -212,9 +213,19 @@ class ManifestStore:
         )
 
     async def check_owner(self) -> None:
-        """Raises ``OwnerError`` when the manifest in S3 names another DB than this run's."""
+        """Raises ``OwnerError`` when the manifest in S3 names another DB than this run's.
+        Callers that ask while a check is in flight share its answer (files that start together
+        make one GET, not one each)."""
         if self._foreign is not None:
             raise self._owner_error(self._foreign)
+        read = self._owner_read
+        if read is None or read.done():
+            read = self._owner_read = asyncio.ensure_future(self._read_owner())
+            # Retrieved even when every caller was cancelled meanwhile.
+            read.add_done_callback(lambda f: f.cancelled() or f.exception())
+        await asyncio.shield(read)
+
+    async def _read_owner(self) -> None:
         head = await self._sink.get_bytes(self._key, max_bytes=OWNER_HEAD_BYTES)
         other = owner_of(head) if head else None
         if other is not None and other != self._require().db_identifier:

@@ -19,11 +19,13 @@ Contracts kept here, whatever the download path:
   recreated instance, another DB) is kept; the file goes beside it under ``<key>_v<n>``, with a
   warning and ``Hooks.conflict``.
 * **One owner.** ``owner_check(instance)`` (the manifest still names the instance's DB) runs
-  before every write; its ``OwnerError`` ends the run.
+  before every write; its ``OwnerError`` ends the run. It runs beside the download's first
+  request, and the download hands nothing on (so the uploader writes nothing) until it passed.
 * **Names are data.** Metadata values are percent-encoded to ASCII (``models.meta_encode``)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -295,14 +297,31 @@ class Copier:
         listing the file unchanged while serving other sizes): what arrives is kept, and the
         entry says ``changed``."""
         f = sf.file
+        owner = (
+            asyncio.ensure_future(self._owner_check(sf.instance))
+            if self._owner_check is not None
+            else None
+        )
         try:
             async for chunk in self._source.download(f, stats):
+                if owner is not None:
+                    await owner  # before the first byte is handed on: nothing written before
+                    owner = None
                 yield chunk
-        except ShortBodyError as exc:
+        except BaseException as exc:
+            if owner is not None:
+                if not owner.done():
+                    owner.cancel()
+                elif not owner.cancelled():
+                    owner.exception()  # retrieved: the download's own ending is what is said
+            if not isinstance(exc, ShortBodyError):
+                raise
             current = await self._relist(f)
             if current != f:  # it changed: the next attempt copies it as listed now
                 raise SourceChangedError(str(exc), current) from exc
             raise
+        if owner is not None:
+            await owner  # an empty file: checked before its (empty) object is written
         if stats.bytes == f.size or (stats.bytes > f.size and not complete) or keep:
             downloaded()
             return  # as listed (a file still being written may have grown)
@@ -368,8 +387,6 @@ class Copier:
             stats = DownloadStats()
             keep = steady and attempt == self._max_attempts
             try:
-                if self._owner_check is not None:
-                    await self._owner_check(sf.instance)
                 result = await self._writer.upload(
                     key,
                     self._checked(sf, complete, stats, downloaded, keep=keep),

@@ -146,6 +146,7 @@ class _Call:
     request_id: str
     region: str
     access_key: str = ""  # who signed it (empty when signatures are not checked)
+    arrived: float = field(default_factory=time.monotonic)  # when its body had been read
 
 
 @dataclass(slots=True)
@@ -227,18 +228,23 @@ class LabStats:
 
 
 class _Pacer:
-    """One shared link: bytes of all responses queue for it when a bandwidth cap is set."""
+    """One link: the bytes of the responses that share it queue for it when a bandwidth cap is
+    set. An idle shared link saves no credit. A ``stream`` pacer (one response's own rate) keeps
+    its schedule from its first byte: a chunk the lab's own loop sent late does not push back the
+    ones after it, so a loaded lab still serves the rate its knob says."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, stream: bool = False) -> None:
         self._free_at = 0.0
+        self._stream = stream
 
     async def take(self, nbytes: int, mbps: float | None) -> None:
         if not mbps or nbytes <= 0:
             return
         now = time.monotonic()
-        start = max(now, self._free_at)
+        start = self._free_at if self._stream and self._free_at else max(now, self._free_at)
         self._free_at = start + nbytes * 8 / (mbps * 1_000_000)
-        await asyncio.sleep(self._free_at - now)
+        if self._free_at > now:
+            await asyncio.sleep(self._free_at - now)
 
 
 class _TokenBucket:
@@ -678,13 +684,23 @@ class RdsEmulator:
             "AdditionalDataPending": pending,
         }
         body = awsxml.response(call.action, result, call.request_id, awsxml.RDS_NAMESPACE)
-        if faults.portion_ms_per_mb:
-            await asyncio.sleep(len(data) / 1e6 * faults.portion_ms_per_mb / 1000)
+        await self._portion_time(call, len(data))
         await self._pacer.take(len(data), faults.bandwidth_mbps)
         if faults.reset_rate and self._rng.random() < faults.reset_rate:
             stats.faults["resets"] += 1
             return await _reset_midway(call.request, body.encode())
         return _xml(body, call.request_id)
+
+    async def _portion_time(self, call: _Call, nbytes: int) -> None:
+        """A portion takes latency_ms + portion_ms_per_mb a MB from its arrival: the lab's own work
+        (signature check, XML) is part of that time, not added to it, so a lab loaded by its
+        neighbours on the same cores still answers as slowly as its knobs say, no slower."""
+        faults = self._faults
+        if faults.portion_ms_per_mb:
+            ms = faults.latency_ms + nbytes / 1e6 * faults.portion_ms_per_mb
+            wait_s = call.arrived + ms / 1000 - time.monotonic()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)
 
     def _portion_data(self, path: Path, marker: str | None, lines: int) -> tuple[Portion, bytes]:
         """The portion and the LogFileData it sends (with the overlap_bytes fault, some bytes
@@ -764,7 +780,7 @@ class RdsEmulator:
     ) -> web.StreamResponse:
         """Stream the file; with ``limit``, end cleanly after that many bytes (a short body)."""
         faults = self._faults
-        own_link = _Pacer()  # stream_mbps: this stream's rate, whatever the others do
+        own_link = _Pacer(stream=True)  # stream_mbps: this stream's rate, whatever the others do
         gzip = "gzip" in request.headers.get("Accept-Encoding", "").lower()
         reset = bool(faults.reset_rate) and self._rng.random() < faults.reset_rate
         response = web.StreamResponse(

@@ -18,12 +18,13 @@ Two download paths:
   planned from the listed size, ceil(R / 1.022 MB) of them, and each asks for the lines that
   should carry R / calls left bytes (at most 1.022 MB: 2.5 % of margin, over twice
   the spread of the sum of thousands of csvlog lines, so cuts are rare; each costs a call and a
-  10 % smaller retry). A file's first call is sized from other files' lines, so it aims 7 % lower;
-  the calls after it make up for that within the same plan. The last call asks for a few more
-  lines than needed so that the file's end comes in it. A file that outgrew its listed size (the
-  current one) goes on with 1 MB portions. Bytes per line are learnt per instance from every
-  portion: only the first file of an instance starts with a small probing call, and files
-  starting at the same time wait for that probe instead of each probing.
+  10 % smaller retry). A file's first call is sized from other files' lines, so it aims 7 % lower,
+  but never so low that the plan would need one more call (the calls after it make up for it).
+  The last call asks for a few more lines than needed so that the file's end comes in it. A file
+  that outgrew its listed size (the current one) goes on with 1 MB portions. Bytes per line are
+  learnt per instance from every portion: files that start before anything is known of an
+  instance's lines begin with a small probing call each (2,000 lines) instead of waiting for one
+  of them: a probe costs a file one call's latency, a wait costs it the probe's whole time.
 
 Guards against the known infinite loops: the marker must advance, and a file gets at most
 ``max_calls_for(size)`` calls.
@@ -45,7 +46,6 @@ What still ends short (the file shrank, or was replaced) is judged by the copier
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -79,6 +79,7 @@ PORTION_TARGET_BYTES = 1_000_000  # past the listed size (a file still being wri
 FIRST_PORTION_LINES = 2_000  # the probe, when nothing is known of an instance's lines yet
 PORTION_SMALL_BYTES = 256 * 1024  # portions under this are gathered before they are passed on
 FIRST_CALL_FACTOR = 0.93  # a file's first call, sized from other files' lines: 7 % of margin
+FIRST_CALL_LEAST_MARGIN = 1.02  # ... but 2 % over what keeps the plan's number of calls
 CUT_RETRY_FACTOR = 0.9  # first retry after a cut: most cuts overshoot the cap by a few %
 COMPLETE_PATH = "v19/downloadCompleteLogFile"
 COMPLETE_OPERATION = "DownloadCompleteLogFile"
@@ -120,7 +121,10 @@ def portion_lines(bytes_per_line: float, remaining: int, *, first: bool = False)
         calls_left = -(-remaining // PORTION_PLAN_BYTES)
         target = remaining / calls_left
         if first and calls_left > 1:
-            target *= FIRST_CALL_FACTOR
+            # Lower, but not so low that the plan's other calls could not carry the rest
+            # (aiming 2 % over that least, as the lines of this file may run short).
+            least = (remaining - (calls_left - 1) * PORTION_PLAN_BYTES) * FIRST_CALL_LEAST_MARGIN
+            target = min(target, max(target * FIRST_CALL_FACTOR, least))
         elif calls_left == 1:
             # The last call: enough lines to reach the end even if they run long, never more
             # than could still fit in one call.
@@ -200,9 +204,8 @@ class RdsDownloader:
         self._portion_only: set[str] = set()  # instances where the complete endpoint is denied
         self._short_bodies: dict[tuple[str, str], int] = {}  # whole-file streams that ended short
         # Bytes per line seen on each instance: a file's first portion is sized from it, so only
-        # the first file of an instance pays for a small probing call.
+        # the files that start before an instance's first answer pay for a small probing call.
         self._bytes_per_line: dict[str, float] = {}
-        self._probing: dict[str, asyncio.Event] = {}  # an instance's first portion is in flight
         self._http: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> RdsDownloader:
@@ -329,35 +332,18 @@ class RdsDownloader:
         if rest is not None:
             yield rest
 
-    async def _first_portion_lines(
-        self, instance: str, remaining: int
-    ) -> tuple[int, asyncio.Event | None]:
-        """Lines for a file's first call, and the event to set once it is answered when this file
-        is the instance's probe. Files that start while a probe is in flight wait for it."""
-        probing = self._probing.get(instance)
-        if probing is not None and instance not in self._bytes_per_line:
-            try:
-                async with asyncio.timeout(30):
-                    await probing.wait()
-            except TimeoutError:
-                pass
+    def _first_portion_lines(self, instance: str, remaining: int) -> int:
+        """Lines for a file's first call: planned from the instance's lines, or a probe."""
         known = self._bytes_per_line.get(instance)
         if known:
-            return portion_lines(known, remaining, first=True), None
-        probe = asyncio.Event()
-        self._probing[instance] = probe
-        return FIRST_PORTION_LINES, probe
+            return portion_lines(known, remaining, first=True)
+        return FIRST_PORTION_LINES
 
     async def _download_portions(self, f: LogFile, stats: DownloadStats) -> AsyncIterator[bytes]:
         stats.method = "portion"
-        marker = "0"
-        lines, probe = await self._first_portion_lines(f.instance, f.size)
-        try:
-            async for chunk in self._portions(f, stats, marker, lines):
-                yield chunk
-        finally:
-            if probe is not None:
-                probe.set()  # whatever happened, nobody waits for this file any longer
+        lines = self._first_portion_lines(f.instance, f.size)
+        async for chunk in self._portions(f, stats, "0", lines):
+            yield chunk
 
     async def _portions(
         self, f: LogFile, stats: DownloadStats, marker: str, lines: int
@@ -473,9 +459,6 @@ class RdsDownloader:
     def _learn(self, instance: str, size: int, newlines: int) -> None:
         if newlines >= 100:
             self._bytes_per_line[instance] = size / newlines
-        probe = self._probing.get(instance)
-        if probe is not None:
-            probe.set()  # files waiting for this instance's first answer may go
 
     @staticmethod
     def _next_lines(size: int, newlines: int, lines: int, remaining: int) -> int:
