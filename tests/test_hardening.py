@@ -22,6 +22,7 @@ from rdsrecorder.commands import abort_stale_uploads, resumed_start
 from rdsrecorder.compression import Compression
 from rdsrecorder.errors import AwsError, OwnerError, UnsafeNameError, UploadError
 from rdsrecorder.hooks import Hooks
+from rdsrecorder.logfiles import Granularity, SpannedFile
 from rdsrecorder.logsetup import setup_logging
 from rdsrecorder.manifest import FileEntry, ManifestStore, manifest_key
 from rdsrecorder.metrics import PrometheusHooks
@@ -426,3 +427,69 @@ async def test_denied_abort_of_stale_uploads_is_said_once(caplog: pytest.LogCapt
     (record,) = [r for r in caplog.records if "multipart" in r.getMessage()]
     assert "3 unfinished multipart upload(s)" in record.getMessage()
     assert "AbortIncompleteMultipartUpload" in record.getMessage()
+
+
+class SlowOwnerStorage(RangedStorage):
+    """S3 whose reads take a while (real seconds) and are counted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    async def get_bytes(self, key: str, max_bytes: int | None = None) -> bytes | None:
+        self.reads += 1
+        await asyncio.sleep(0.02)
+        return await super().get_bytes(key, max_bytes)
+
+
+async def test_owner_checks_asked_together_share_one_read_and_its_answer() -> None:
+    storage = SlowOwnerStorage()
+    store = ManifestStore(storage, "run1", FakeClock(T0), min_interval_s=0.0)
+    store.start(manifest())
+    await store.flush(force=True)
+    await asyncio.gather(*(store.check_owner() for _ in range(8)))
+    assert storage.reads == 1  # eight files starting together: one GET
+    await store.check_owner()
+    assert storage.reads == 2  # asked after the answer came: read again
+    other = manifest()
+    other.db_identifier = "db-2"
+    storage.objects[manifest_key("run1")] = other.to_json().encode()
+    results = await asyncio.gather(*(store.check_owner() for _ in range(3)), return_exceptions=True)
+    assert storage.reads == 3
+    assert all(isinstance(r, OwnerError) and "db-2" in str(r) for r in results), results
+
+
+def _spanned(name: str, size: int) -> SpannedFile:
+    return SpannedFile(
+        LogFile("db-1", name, T0 * 1000, size), T0, T0 + 3600, Granularity.HOUR, True
+    )
+
+
+@pytest.mark.parametrize("content", [b"a,b\n" * 500, b""], ids=["file", "empty-file"])
+async def test_the_owner_check_runs_beside_the_download_and_a_failed_one_writes_nothing(
+    content: bytes,
+) -> None:
+    clock = FakeClock(T0)
+    source = FakeSource(clock, lambda now: {("db-1", "f.csv"): FakeFile(content, T0)})
+    sink = FakeSink()
+    checks: list[str] = []
+
+    async def foreign(instance: str) -> None:
+        await asyncio.sleep(0.01)
+        checks.append(f"check over, {len(source.downloads)} download(s) started")
+        raise OwnerError("run1 belongs to db-2 now")
+
+    copier = Copier(source, sink, sink, Hooks(), clock, "run1", owner_check=foreign)
+    with pytest.raises(OwnerError, match="db-2"):
+        await copier.copy(_spanned("f.csv", len(content)), "run1/k", complete=True)
+    # The download did not wait for the check to end ...
+    assert checks == ["check over, 1 download(s) started"]
+    # ... and nothing reached S3: not one chunk was handed on to the upload.
+    assert sink.objects == {}
+
+    async def ours(instance: str) -> None:
+        await asyncio.sleep(0.01)
+
+    copier = Copier(source, sink, sink, Hooks(), clock, "run1", owner_check=ours)
+    entry = await copier.copy(_spanned("f.csv", len(content)), "run1/k", complete=True)
+    assert entry.status is FileStatus.COPIED and sink.objects["run1/k"][0] == content

@@ -14,6 +14,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from rdsrecorder.lab import Lab
+from rdsrecorder.lab.emulator import _Pacer
 from tests.lab_fixtures import (
     INSTANCE,
     TRICKY,
@@ -238,3 +239,22 @@ async def test_new_knobs_over_http(lab: Lab) -> None:
             async with http.patch(lab.rds_url + "/_lab/faults", json=bad) as response:
                 assert response.status == 400, bad
     assert lab.faults.stream_mbps == 5
+
+
+async def test_a_stream_keeps_its_rate_when_the_lab_itself_runs_late() -> None:
+    """stream_mbps is the rate a client sees even when the lab's loop was held up (by its
+    neighbours on the same cores): a late chunk does not push back the ones after it. A shared
+    link saves no credit while it waits: there, lateness adds up."""
+
+    async def send(pacer: _Pacer) -> float:
+        started = time.monotonic()
+        for i in range(10):  # 10 x 100 kB at 8 Mbit/s (1 MB/s): 1 s
+            await pacer.take(100_000, 8)
+            if i == 2:
+                time.sleep(0.3)  # the lab's loop blocked for 0.3 s
+        return time.monotonic() - started
+
+    stream_s = await send(_Pacer(stream=True))
+    shared_s = await send(_Pacer())
+    assert 0.95 <= stream_s < 1.2, stream_s
+    assert shared_s >= 1.25, shared_s
