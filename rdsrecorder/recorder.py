@@ -576,6 +576,18 @@ class Recorder:
             task = tg.create_task(self._copy(sf, key, complete))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+        self._look_ahead()
+
+    def _look_ahead(self) -> None:
+        """The S3 check of the files most likely to start next (the oldest queued ones), made
+        while the slots are busy: see ``Copier.look_ahead``."""
+        if self._stop.is_set():
+            return
+        n = self._concurrency
+        heads = heapq.nsmallest(
+            n, (e for q in self._queues.values() for e in heapq.nsmallest(n, q))
+        )
+        self._copier.look_ahead((key for _, _, _, key, _ in heads), limit=n)
 
     def _free_slot(self, instance: str) -> None:
         self._busy -= 1
@@ -649,10 +661,13 @@ class Recorder:
             w.mode.label,
             self._poll_interval_s,
         )
-        async with asyncio.TaskGroup() as tg:
-            self._tg = tg
-            await self._loop()
-            await self._drain()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                await self._loop()
+                await self._drain()
+        finally:
+            self._copier.close()
         self.totals.interrupted = self._stop.is_set()
         return self.totals
 

@@ -29,7 +29,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Protocol
 
 from rdsrecorder.clock import Clock
@@ -97,6 +97,12 @@ class Writer(Protocol):
     ) -> UploadResult: ...
 
 
+def _retrieved(lookup: asyncio.Future[ObjectInfo | None]) -> None:
+    """A look-up nobody used: its error (already logged by ``_head``) is not an unretrieved one."""
+    if not lookup.cancelled():
+        lookup.exception()
+
+
 def already_copied(
     info: ObjectInfo, sf: SpannedFile, complete: bool, known: FileEntry | None = None
 ) -> str | None:
@@ -141,6 +147,7 @@ def already_copied(
 
 
 MAX_CONFLICT_KEYS = 20  # versions of one key kept beside each other before giving up
+LOOKUP_MAX_AGE_S = 60.0  # a key looked up ahead (``Copier.look_ahead``) older than this: again
 
 
 def holds_other_file(info: ObjectInfo, sf: SpannedFile) -> bool:
@@ -192,6 +199,42 @@ class Copier:
         self._known = known or (lambda key: None)
         self._lister = lister
         self._owner_check = owner_check
+        # Keys looked up ahead of their copy: key -> (when, the HEAD in flight or answered).
+        self._ahead: dict[str, tuple[float, asyncio.Future[ObjectInfo | None]]] = {}
+
+    def look_ahead(self, keys: Iterable[str], limit: int) -> None:
+        """Looks up (HEAD) the keys of files the recorder starts next, at most ``limit`` at a
+        time, so that a download slot that frees goes to a file whose S3 check is already done:
+        between two files, the slot then waits for no round trip to S3 (the longest ones come
+        just when the previous files' uploads keep S3 busy). A key is still checked right before
+        its upload (the owner check) and written only if nothing else is there."""
+        now = time.monotonic()
+        for stale in [k for k, (at, _) in self._ahead.items() if now - at > LOOKUP_MAX_AGE_S]:
+            self._ahead.pop(stale)[1].cancel()  # its file did not start (a stop, another order)
+        for key in keys:
+            key += self._compression.suffix
+            if len(self._ahead) >= limit:
+                return
+            if key not in self._ahead:
+                lookup = asyncio.ensure_future(self._head(key))
+                lookup.add_done_callback(_retrieved)
+                self._ahead[key] = (now, lookup)
+
+    def close(self) -> None:
+        """Cancels the look-ups still in flight (the run is over)."""
+        for _, lookup in self._ahead.values():
+            lookup.cancel()
+        self._ahead.clear()
+
+    async def _head_of(self, key: str) -> ObjectInfo | None:
+        """What is at ``key``: looked up ahead when that answer is recent, else now."""
+        ahead = self._ahead.pop(key, None)
+        if ahead is not None:
+            at, lookup = ahead
+            if time.monotonic() - at <= LOOKUP_MAX_AGE_S:
+                return await lookup
+            lookup.cancel()
+        return await self._head(key)
 
     def _entry(self, sf: SpannedFile, key: str, **fields: object) -> FileEntry:
         entry = FileEntry(
@@ -260,7 +303,7 @@ class Copier:
         compression's suffix) that does not hold another file; and what is there now."""
         suffix = self._compression.suffix
         stem = key[: len(key) - len(suffix)] if suffix and key.endswith(suffix) else key
-        candidate, existing = key, await self._head(key)
+        candidate, existing = key, await self._head_of(key)
         n = 1
         while existing is not None and holds_other_file(existing, sf):
             n += 1

@@ -3,6 +3,7 @@ byte-exact or is reported. In-process runs (the real engine, the lab's RDS emula
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ from rdsrecorder.clock import FakeClock
 from rdsrecorder.commands import open_bucket, run_sync
 from rdsrecorder.config import AwsSettings
 from rdsrecorder.errors import OwnerError
+from rdsrecorder.fleet import FleetManifests
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.lab import LabThread
 from rdsrecorder.models import META_SOURCE, FileStatus, meta_decode
@@ -30,6 +32,7 @@ from tests.e2e import (
     sync_settings,
     write_hourly,
 )
+from tests.waits import until
 
 MB = 1000 * 1000
 DB = "hard-db"
@@ -240,6 +243,32 @@ async def test_a_run_id_owned_by_another_db_is_refused_before_writing(
         await run_sync(other)
     assert landed(env, "h-owner") == before
     assert manifest(env, "h-owner")["db_identifier"] == DB
+
+
+async def test_first_writes_run_beside_the_downloads_and_their_failure_writes_nothing(
+    env: dict[str, str], lab: LabThread, files: list[Written], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's first writes (manifest, owner checks, stale uploads) do not hold back the first
+    listing and downloads, but every log write waits for them: when they fail, the run ends with
+    their error and no log object, and its manifest is not rewritten."""
+    checked = asyncio.Event()
+
+    async def taken_meanwhile(self: FleetManifests) -> None:
+        # Another process took the run id while this one was starting: seen once the
+        # downloads are under way.
+        await until(
+            lambda: lab.stats()["calls"].get("DownloadCompleteLogFile", 0) > 0, "a download"
+        )
+        checked.set()
+        raise OwnerError("run h-gated belongs to DB other-db now")
+
+    monkeypatch.setattr(FleetManifests, "check_owners", taken_meanwhile)
+    lab.reset_stats()
+    with pytest.raises(OwnerError, match="other-db"):
+        await run_sync(settings(env, files[3], "h-gated"))  # type: ignore[arg-type]
+    assert checked.is_set()  # a download had started before the failure
+    assert landed(env, "h-gated") == {}
+    assert manifest(env, "h-gated")["files"] == {}  # the first write only: nothing after it
 
 
 async def test_stale_multipart_uploads_of_the_run_are_aborted(
