@@ -195,7 +195,10 @@ async def run_sync(
             hooks=hooks,
             retention_s=settings.retention_hours * 3600 if settings.retention_hours else None,
         )
-        async with RdsDownloader(aws, hooks, method=settings.download_method) as downloader:
+        async with (
+            RdsDownloader(aws, hooks, method=settings.download_method) as downloader,
+            fleet,  # its background reads end before the clients close
+        ):
             dbs = await _preflight(aws, bucket, fleet)
             for db in dbs.values():
                 log.info(

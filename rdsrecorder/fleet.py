@@ -140,6 +140,21 @@ class Fleet:
     def dbs(self) -> dict[str, Db]:
         return dict(self._dbs)
 
+    async def __aenter__(self) -> Fleet:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Ends the background read of the retention before the clients close (a read cut short
+        by a closed client is not an error to report)."""
+        reading, self._retention_reading = self._retention_reading, None
+        if reading is not None and not reading.done():
+            reading.remove_done_callback(_said)
+            reading.cancel()
+            await asyncio.wait([reading])
+
     def instances_now(self) -> tuple[str, ...]:
         return tuple(sorted({i for db in self._dbs.values() for i in db.instances}))
 

@@ -332,3 +332,46 @@ def test_ids_from_repeats_commas_and_the_env_var() -> None:
         ("env", "prod"),
     )
     assert shard("1/3") == Shard(1, 3) and shard(None) == Shard(0, 1)
+
+
+async def test_the_retention_is_read_in_the_background_and_the_read_ends_with_the_fleet(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rdsrecorder.aws import Aws
+    from rdsrecorder.rds.control import RdsControl
+    from tests.waits import until
+
+    generate_fleet(tmp_path, 1, prefix="rt")
+    async with Lab(tmp_path, s3="none") as lab:
+        lab.add_instance("rt-week", log_retention_period_min=7 * 1440)
+        for k, v in lab.env.items():
+            monkeypatch.setenv(k, v)
+        clock = FakeClock(pendulum.now("UTC").timestamp())
+        settings = sync_settings(db="", bucket="b-1", start=pendulum.now(), finish=None, run_id="r")
+
+        def fleet_of(aws: Aws) -> Fleet:
+            return Fleet(
+                RdsControl(aws),
+                targets=("rt-week",),
+                tags=(),
+                shard=Shard(),
+                refresh_s=300,
+                clock=clock,
+                hooks=Hooks(),
+            )
+
+        async with Aws(settings.aws, Hooks(), clock=clock) as aws:
+            async with fleet_of(aws) as fleet:
+                await fleet.start()
+                assert await fleet.instances() == ("rt-week",)  # did not wait for the read
+                assert fleet.retention_s("rt-week") == 72 * 3600  # the default meanwhile
+                await until(lambda: fleet.retention_s("rt-week") == 7 * 86400, "the retention")
+            async with fleet_of(aws) as slow:
+                await slow.start()
+                lab.set_faults(latency_ms=5000)
+                await slow.instances()
+                started = asyncio.get_running_loop().time()
+            # Leaving the fleet ends its read at once, quietly: the clients close after it.
+            assert asyncio.get_running_loop().time() - started < 1.0
+            lab.set_faults()
+    assert "reading the log retention failed" not in caplog.text
