@@ -17,6 +17,7 @@ import pendulum
 
 from rdsrecorder.aws import Aws
 from rdsrecorder.clock import Clock
+from rdsrecorder.concurrency import error_of, failed, settled
 from rdsrecorder.config import (
     AwsSettings,
     GetSettings,
@@ -230,8 +231,7 @@ async def run_sync(
             prepared = asyncio.ensure_future(prepare_writes())
 
             async def gated(instance: str) -> None:
-                await asyncio.wait([prepared])
-                if prepared.cancelled() or prepared.exception() is not None:
+                if not await settled(prepared):
                     # The run ends with that error (below): this copy is cancelled, not failed.
                     raise asyncio.CancelledError
                 await store.check_owner(instance)
@@ -277,46 +277,27 @@ async def run_sync(
             recording = asyncio.ensure_future(
                 _record(aws, rds, recorder, store, settings, mode, hooks, clock, stop, report)
             )
-            prepared.add_done_callback(lambda p: _failed(p) and recording.cancel())
+            prepared.add_done_callback(lambda p: failed(p) and recording.cancel())
             try:
                 await recording
             except asyncio.CancelledError:
-                if prepared.done() and _failed(prepared):
-                    raise _error(prepared) from None
+                if prepared.done() and failed(prepared):
+                    raise error_of(prepared) from None
                 raise
             finally:
                 # A run whose first writes failed (an owner check, a denied PutObject) writes
                 # nothing more, its manifests included.
-                if await _settled(prepared):
+                if await settled(prepared):
                     report.interrupted = report.interrupted or stop.is_set()
                     store.set_summaries(
                         report.totals.entries,
                         {} if settings.fleet else {"aborted": report.totals.aborted},
                     )
                     await store.close(finished=not report.interrupted)
-            if _failed(prepared):
-                raise _error(prepared)  # nothing else said it
+            if failed(prepared):
+                raise error_of(prepared)  # nothing else said it
     log.info("run %s done: %s", settings.run_id, summary_line(report.totals))
     return report
-
-
-async def _settled(task: asyncio.Future[None]) -> bool:
-    """Waits for ``task`` to end (it is not cancelled by a caller's cancellation); True when it
-    succeeded."""
-    await asyncio.wait([task])
-    return not _failed(task)
-
-
-def _failed(task: asyncio.Future[None]) -> bool:
-    return task.cancelled() or task.exception() is not None
-
-
-def _error(task: asyncio.Future[None]) -> BaseException:
-    if task.cancelled():
-        return asyncio.CancelledError()
-    exc = task.exception()
-    assert exc is not None
-    return exc
 
 
 def resumed_start(store: FleetManifests, settings: SyncSettings) -> pendulum.DateTime:

@@ -1,5 +1,6 @@
 """Coroutines run a few at a time: reading many manifests or objects, writing every DB's manifest
-of a fleet, without one task per item all at once nor one after another."""
+of a fleet, without one task per item all at once nor one after another. And the few helpers of
+work that runs beside the rest (a future someone may or may not await)."""
 
 from __future__ import annotations
 
@@ -28,3 +29,31 @@ async def bounded(limit: int, coros: Iterable[Coroutine[Any, Any, T]]) -> list[T
     except ExceptionGroup as group:
         raise group.exceptions[0] from None
     return [t.result() for t in tasks]
+
+
+def retrieved(fut: asyncio.Future[Any]) -> None:
+    """Done-callback of a future nobody may await: its error counts as seen (no "exception was
+    never retrieved" when it is collected); whoever awaits it still gets it."""
+    if not fut.cancelled():
+        fut.exception()
+
+
+def failed(fut: asyncio.Future[Any]) -> bool:
+    """``fut`` (done) was cancelled or raised."""
+    return fut.cancelled() or fut.exception() is not None
+
+
+def error_of(fut: asyncio.Future[Any]) -> BaseException:
+    """What a failed ``fut`` raised (a CancelledError when it was cancelled)."""
+    if fut.cancelled():
+        return asyncio.CancelledError()
+    exc = fut.exception()
+    assert exc is not None
+    return exc
+
+
+async def settled(fut: asyncio.Future[Any]) -> bool:
+    """Waits for ``fut`` to end without cancelling it when the caller is cancelled; True when it
+    succeeded."""
+    await asyncio.wait([fut])
+    return not failed(fut)

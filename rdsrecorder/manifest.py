@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from rdsrecorder.clock import Clock
+from rdsrecorder.concurrency import retrieved
 from rdsrecorder.errors import OwnerError, RdsRecorderError
 from rdsrecorder.models import FileStatus
 from rdsrecorder.times import iso
@@ -222,7 +223,7 @@ class ManifestStore:
         if read is None or read.done():
             read = self._owner_read = asyncio.ensure_future(self._read_owner())
             # Retrieved even when every caller was cancelled meanwhile.
-            read.add_done_callback(lambda f: f.cancelled() or f.exception())
+            read.add_done_callback(retrieved)
         await asyncio.shield(read)
 
     async def _read_owner(self) -> None:

@@ -34,6 +34,7 @@ from typing import Protocol
 
 from rdsrecorder.clock import Clock
 from rdsrecorder.compression import Compression
+from rdsrecorder.concurrency import retrieved
 from rdsrecorder.errors import (
     DownloadError,
     LogFileGoneError,
@@ -95,12 +96,6 @@ class Writer(Protocol):
         size_hint_bytes: int | None = None,
         compression: Compression = Compression.NONE,
     ) -> UploadResult: ...
-
-
-def _retrieved(lookup: asyncio.Future[ObjectInfo | None]) -> None:
-    """A look-up nobody used: its error (already logged by ``_head``) is not an unretrieved one."""
-    if not lookup.cancelled():
-        lookup.exception()
 
 
 def already_copied(
@@ -217,7 +212,7 @@ class Copier:
                 return
             if key not in self._ahead:
                 lookup = asyncio.ensure_future(self._head(key))
-                lookup.add_done_callback(_retrieved)
+                lookup.add_done_callback(retrieved)
                 self._ahead[key] = (now, lookup)
 
     def close(self) -> None:
