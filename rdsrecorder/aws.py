@@ -106,6 +106,8 @@ class _TlsContexts:
         """``ca_bundle``: the session's ``ca_bundle`` setting (None when unset)."""
         # As botocore resolves a client's verify setting when none is given.
         verify = ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE", True)
+        if verify in self._contexts:
+            return  # read by an earlier run of this process
 
         def load() -> None:
             try:
