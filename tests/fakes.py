@@ -84,6 +84,9 @@ class FakeSink:
         data, meta = self.objects[key]
         return ObjectInfo(key, len(data), dict(meta))
 
+    async def before_upload(self, key: str, chunks: AsyncIterator[bytes]) -> None:
+        """What a subclass does first on each upload (note when, refuse it ...)."""
+
     async def upload(
         self,
         key: str,
@@ -95,6 +98,7 @@ class FakeSink:
         compression: Compression = Compression.NONE,
     ) -> UploadResult:
         assert compression is Compression.NONE  # compression is tested against real S3 servers
+        await self.before_upload(key, chunks)
         self.uploads.append(key)
         parts = [c async for c in chunks]
         data = b"".join(parts)

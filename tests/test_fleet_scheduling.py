@@ -10,9 +10,8 @@ from dataclasses import dataclass, field
 import pendulum
 
 from rdsrecorder.clock import FakeClock
-from rdsrecorder.compression import Compression
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.models import META_COMPLETE, UploadResult
+from rdsrecorder.models import META_COMPLETE
 from rdsrecorder.recorder import Recorder, RunTotals
 from rdsrecorder.transfer import Copier
 from rdsrecorder.window import Mode, Window
@@ -51,26 +50,9 @@ class TimedSink(FakeSink):
     clock: FakeClock | None = None
     landed_at: dict[str, float] = field(default_factory=dict)
 
-    async def upload(
-        self,
-        key: str,
-        chunks: AsyncIterator[bytes],
-        *,
-        metadata: dict[str, str],
-        instance: str,
-        size_hint_bytes: int | None = None,
-        compression: Compression = Compression.NONE,
-    ) -> UploadResult:
+    async def before_upload(self, key: str, chunks: AsyncIterator[bytes]) -> None:
         assert self.clock is not None
         self.landed_at[key] = self.clock.now()
-        return await super().upload(
-            key,
-            chunks,
-            metadata=metadata,
-            instance=instance,
-            size_hint_bytes=size_hint_bytes,
-            compression=compression,
-        )
 
 
 class Gauges(Hooks):

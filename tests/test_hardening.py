@@ -19,7 +19,6 @@ from botocore.exceptions import ClientError
 from rdsrecorder.aws import translate
 from rdsrecorder.clock import FakeClock
 from rdsrecorder.commands import abort_stale_uploads, resumed_start
-from rdsrecorder.compression import Compression
 from rdsrecorder.errors import AwsError, OwnerError, UnsafeNameError, UploadError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.logfiles import Granularity, SpannedFile
@@ -32,7 +31,6 @@ from rdsrecorder.models import (
     FileStatus,
     LogFile,
     ObjectInfo,
-    UploadResult,
     meta_decode,
     meta_encode,
 )
@@ -56,29 +54,12 @@ class OutageSink(FakeSink):
     back_at_s: float = 0.0
     refused: int = 0
 
-    async def upload(
-        self,
-        key: str,
-        chunks: AsyncIterator[bytes],
-        *,
-        metadata: dict[str, str],
-        instance: str,
-        size_hint_bytes: int | None = None,
-        compression: Compression = Compression.NONE,
-    ) -> UploadResult:
+    async def before_upload(self, key: str, chunks: AsyncIterator[bytes]) -> None:
         if self.clock.now() < self.back_at_s:
             self.refused += 1
             async for _ in chunks:
                 pass
             raise UploadError("s3 PutObject failed: ServiceUnavailable (after retries)")
-        return await super().upload(
-            key,
-            chunks,
-            metadata=metadata,
-            instance=instance,
-            size_hint_bytes=size_hint_bytes,
-            compression=compression,
-        )
 
 
 class RangedStorage(MemoryStorage):
