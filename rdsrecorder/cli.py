@@ -291,8 +291,9 @@ def sync(
         int,
         typer.Option(
             envvar=ENV + "SINGLE_PUT_MAX_MIB",
-            help="Files up to this size are spooled whole and sent in one PutObject with "
-            "their SHA-256; larger ones go multipart with a full-object CRC32 (5-5120).",
+            help="Files up to this size are spooled whole and sent in one PutObject; larger "
+            "ones stream into a multipart upload as they arrive (5-5120). S3 checks the SHA-256 "
+            "of every object or part.",
         ),
     ] = DEFAULT_SINGLE_PUT_MAX_MIB,
     metrics_address: MetricsAddrOpt = "0.0.0.0",

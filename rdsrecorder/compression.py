@@ -7,18 +7,20 @@
   ``aws s3 cp`` brings down is what pgbadger reads (``pgbadger -f csv x.csv.gz``).
 * ``none`` (the default): the object holds the log's bytes as they are.
 
-Checksums (``Checksum``): S3 computes a checksum of the bytes it receives and refuses the write
-(``BadDigest``) when it differs from the one the request carries. A single PutObject carries the
-SHA-256 of the object; a multipart upload carries a CRC32 of every part and a full-object CRC32
-(``ChecksumType=FULL_OBJECT``: S3 offers no full-object SHA-256 for multipart, and CRC32 is the
-full-object algorithm botocore computes without ``awscrt``; we compute it ourselves anyway). The
-checksum S3 stored comes back from ``HeadObject(ChecksumMode=ENABLED)`` as ``<ALGO>:<base64>``.
+Checksums: S3 computes a checksum of the bytes it receives and refuses the write (``BadDigest``)
+when it differs from the one the request carries. A single PutObject carries the SHA-256 of the
+object; a multipart upload carries the SHA-256 of every part, and S3 keeps their composite
+(``ChecksumType=COMPOSITE``: the SHA-256 of the parts' digests, ``-<parts>``; S3 offers no
+full-object SHA-256 for multipart). Manifests written before 2026-12-04 may hold a full-object
+``CRC32`` of a multipart object instead: it is compared the same way. The checksum S3 stored
+comes back from ``HeadObject(ChecksumMode=ENABLED)`` as ``<ALGO>:<base64>``.
 """
 
 from __future__ import annotations
 
 import base64
 import enum
+import hashlib
 import zlib
 from collections.abc import AsyncIterator, Iterator
 
@@ -104,8 +106,11 @@ async def decompressed(
         yield rest
 
 
-def crc32_b64(crc: int) -> str:
-    return base64.b64encode(crc.to_bytes(4, "big")).decode()
+def composite_sha256_b64(part_digests_b64: list[str]) -> str:
+    """The checksum S3 keeps for a multipart upload with SHA-256 part checksums
+    (``ChecksumType=COMPOSITE``): the SHA-256 of the parts' digests, then ``-<number of parts>``."""
+    joined = b"".join(base64.b64decode(d) for d in part_digests_b64)
+    return f"{sha256_b64(hashlib.sha256(joined).digest())}-{len(part_digests_b64)}"
 
 
 def sha256_b64(digest: bytes) -> str:
@@ -115,3 +120,14 @@ def sha256_b64(digest: bytes) -> str:
 def checksum(algorithm: str, b64: str) -> str:
     """The one form checksums take in the manifest and in reports: ``SHA256:<base64>``."""
     return f"{algorithm}:{b64}"
+
+
+def same_checksum(a: str, b: str) -> bool:
+    """Whether two checksums in that form are the same. A composite one may come without its
+    ``-<parts>`` suffix (moto's HEAD): the digest covers every part's, so the count adds nothing."""
+
+    def digest(value: str) -> str:
+        head, dash, count = value.rpartition("-")
+        return head if dash and count.isdigit() else value
+
+    return digest(a) == digest(b)

@@ -27,13 +27,16 @@ from rdsrecorder.window import parse_when, validate_snapshot_start, validate_syn
 # -- defaults and limits (memory per file in flight: see the README, "Speed and memory") ---------
 DEFAULT_CONCURRENCY = 4
 MAX_CONCURRENCY = 64
-DEFAULT_PART_SIZE_MIB = 8
+# Parts as small as S3 allows: a file streams into S3 as it arrives, 5 MiB at a time, so what is
+# left to send after its last byte is at most one such part (see the README, "Speed and memory").
 MIN_PART_SIZE_MIB = 5  # S3's minimum part size
+DEFAULT_PART_SIZE_MIB = MIN_PART_SIZE_MIB
 MAX_PART_SIZE_MIB = 5 * 1024  # S3's maximum part size
 DEFAULT_PART_SIZE_BYTES = DEFAULT_PART_SIZE_MIB * MIB
-# Files up to this size are spooled whole and sent in one PutObject (S3 checks their SHA-256);
-# disk per file in flight: up to this much (see the README, "Written once").
-DEFAULT_SINGLE_PUT_MAX_MIB = 64
+# Files up to this size are spooled whole and sent in one PutObject; larger ones stream into a
+# multipart upload (S3 checks the SHA-256 of either: see the README, "Written once"). By default a
+# file that fits in one part.
+DEFAULT_SINGLE_PUT_MAX_MIB = MIN_PART_SIZE_MIB
 MAX_SINGLE_PUT_MAX_MIB = 5 * 1024  # S3's PutObject limit
 DEFAULT_SINGLE_PUT_MAX_BYTES = DEFAULT_SINGLE_PUT_MAX_MIB * MIB
 DEFAULT_GET_CONCURRENCY = 4

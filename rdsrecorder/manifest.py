@@ -75,7 +75,8 @@ class FileEntry:
     # The object as stored (``size`` and ``sha256`` are those of the log's bytes): its size
     # (None: the same as ``size``, as in manifests written before compression existed), the
     # checksum S3 verified on arrival and keeps ("SHA256:<base64>" of a single PutObject,
-    # "CRC32:<base64>" full-object of a multipart upload; "" if unknown) and the compression.
+    # "SHA256:<base64>-<parts>" composite of a multipart upload, "CRC32:<base64>" full-object in
+    # manifests of before 2026-12-04; "" if unknown) and the compression.
     stored_size: int | None = None
     checksum: str = ""
     compression: str = "none"

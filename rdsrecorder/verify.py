@@ -3,18 +3,17 @@
 ``verify_run`` reads every manifest of the run — ``<RUNID>/manifest.json`` (a run over one DB)
 and ``<RUNID>/<db>/manifest.json`` (each DB of a fleet run, written by its owner only) — and then:
 
-* checks every object the manifest lists. When S3 keeps a checksum of the object (it verified
-  the bytes against it on arrival: ``ChecksumSHA256`` of a single PutObject, the full-object
-  ``ChecksumCRC32`` of a multipart upload) and it equals the one the manifest recorded, with the
-  same stored size, the object is proven without reading it. Otherwise (or with ``--download``)
-  the object is re-read (streamed, a few at a time, decompressed when it is ``.gz``) and the
-  size and sha256 of the log's bytes are checked against the manifest and the object's own
-  metadata. Row statuses:
-  ``ok``, ``partial`` (intact, but copied while the source was still being written),
-  ``missing``, ``size``, ``short`` (a complete copy smaller than the size RDS listed for the
-  file: the manifest's ``size`` < ``source_size``), ``corrupt``, ``unreadable`` (S3 refused the
-  read), ``failed-in-run`` / ``lost-in-run`` / ``changed-in-run`` (the run itself could not copy
-  the file) and ``unexpected`` (an object under the run's prefix the manifest does not know);
+* checks every object the manifest lists. When S3 keeps a checksum of the object (it verified the
+  bytes against it on arrival: ``ChecksumSHA256`` of a single PutObject, the composite
+  ``ChecksumSHA256`` of a multipart upload's part digests) and it equals the one the manifest
+  recorded, with the same stored size, the object is proven without reading it. Otherwise (or with
+  ``--download``) the object is re-read (streamed, a few at a time, decompressed when it is ``.gz``)
+  and the size and sha256 of the log's bytes are checked against the manifest and the object's own
+  metadata. Row statuses: ``ok``, ``partial`` (intact, but copied while the source was still being
+  written), ``missing``, ``size``, ``short`` (a complete copy smaller than the size RDS listed for
+  the file: the manifest's ``size`` < ``source_size``), ``corrupt``, ``unreadable`` (S3 refused the
+  read), ``failed-in-run`` / ``lost-in-run`` / ``changed-in-run`` (the run itself could not copy the
+  file) and ``unexpected`` (an object under the run's prefix the manifest does not know);
 * checks that the window has no holes: per instance, the spans of the files that landed, sorted,
   must chain (the end of one is the start of the next) from the window start to its finish,
   except where the manifest records a gap (``before-retention``: RDS had already deleted the
@@ -33,7 +32,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
-from rdsrecorder.compression import Compression, compression_of, decompressed
+from rdsrecorder.compression import Compression, compression_of, decompressed, same_checksum
 from rdsrecorder.concurrency import bounded
 from rdsrecorder.errors import AwsError, VerifyError
 from rdsrecorder.hooks import Hooks
@@ -223,7 +222,7 @@ async def _verify_entry(
         if head is None:
             return VerifyRow(entry.key, entry.source, "missing", "object not in S3", entry.instance)
         if head.checksum and entry.checksum:
-            if head.checksum != entry.checksum:
+            if not same_checksum(head.checksum, entry.checksum):
                 return VerifyRow(
                     entry.key,
                     entry.source,

@@ -17,7 +17,7 @@ import pendulum
 import pytest
 
 from rdsrecorder.lab import LabThread
-from rdsrecorder.models import META_SHA256, META_SOURCE
+from rdsrecorder.models import META_SOURCE
 from tests.e2e import Written, multipart_uploads, objects, s3_client, write_hourly
 
 pytestmark = pytest.mark.realtime  # real processes, real signals, real seconds
@@ -121,7 +121,8 @@ def test_sigterm_mid_transfer_then_resume(
         key: client.head_object(Bucket=bucket, Key=key)["Metadata"]
         for key in objects(client, bucket, "sig-run/rds_log_")
     }
-    complete_sources = {m[META_SOURCE] for m in before.values() if m.get(META_SHA256)}
+    # Every object that landed is whole: a PutObject, or a completed (atomic) multipart upload.
+    complete_sources = {m[META_SOURCE] for m in before.values()}
     assert 1 <= len(complete_sources) < len(files)
 
     lab.set_faults()

@@ -136,6 +136,9 @@ async def test_two_runs_written_once_and_a_window_back_byte_exact(
     for run_id in ("run-raw", "run-gz"):
         report = await run_verify(VerifySettings(bucket=bucket, run_id=run_id, aws=AwsSettings()))
         assert report.ok, report.rows
+        # Proven by the checksums S3 keeps (a PutObject's SHA-256, a multipart upload's
+        # composite of its parts' SHA-256), without reading an object.
+        assert report.bytes_read == 0 and not any(r.read for r in report.rows)
         full = await run_verify(
             VerifySettings(bucket=bucket, run_id=run_id, aws=AwsSettings(), download=True)
         )

@@ -13,7 +13,6 @@ import logging
 import os
 import subprocess
 import sys
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -108,8 +107,12 @@ def b64_sha(data: bytes) -> str:
     return base64.b64encode(hashlib.sha256(data).digest()).decode()
 
 
-def b64_crc(data: bytes) -> str:
-    return base64.b64encode(zlib.crc32(data).to_bytes(4, "big")).decode()
+def b64_composite(data: bytes, first: int, part: int) -> str:
+    """The composite SHA-256 S3 keeps for ``data`` sent as a first part of ``first`` bytes, then
+    parts of ``part`` bytes: the SHA-256 of the parts' digests, ``-<parts>``."""
+    cuts = [data[:first]] + [data[i : i + part] for i in range(first, len(data), part)]
+    digests = b"".join(hashlib.sha256(c).digest() for c in cuts)
+    return f"{base64.b64encode(hashlib.sha256(digests).digest()).decode()}-{len(cuts)}"
 
 
 # -- part sizes ------------------------------------------------------------------------------------
@@ -252,10 +255,14 @@ async def test_multipart_upload_is_byte_exact_with_sha256_metadata(
     # Written once: the metadata is what CreateMultipartUpload set (the sha256 is the manifest's).
     assert META_SHA256 not in got["Metadata"]
     assert got["Metadata"][META_SOURCE] == "error/postgresql.log.2024-03-04-19.csv"
-    assert result.checksum == f"CRC32:{b64_crc(data)}"
-    if s3.kind == "seaweed":
-        head = c.head_object(Bucket=bucket, Key="run/multi", ChecksumMode="ENABLED")
-        assert (head["ChecksumCRC32"], head["ChecksumType"]) == (b64_crc(data), "FULL_OBJECT")
+    composite = b64_composite(data, 5 * MIB, 5 * MIB)
+    assert result.checksum == f"SHA256:{composite}"
+    head = c.head_object(Bucket=bucket, Key="run/multi", ChecksumMode="ENABLED")
+    assert head["ChecksumType"] == "COMPOSITE"
+    # S3 and SeaweedFS keep the "-<parts>" suffix; moto drops it.
+    assert head["ChecksumSHA256"] == (
+        composite if s3.kind == "seaweed" else composite.rpartition("-")[0]
+    )
 
 
 async def test_failing_source_aborts_and_raises_one_upload_error(
@@ -430,13 +437,11 @@ async def test_expected_owner_and_sse_go_on_every_call(
             assert seen.headers["x-amz-sdk-checksum-algorithm"] == "SHA256"
             assert seen.headers["x-amz-checksum-sha256"]
         if seen.operation == "UploadPart":
-            assert seen.headers["x-amz-sdk-checksum-algorithm"] == "CRC32"
-            assert seen.headers["x-amz-checksum-crc32"]
+            assert seen.headers["x-amz-sdk-checksum-algorithm"] == "SHA256"
+            assert seen.headers["x-amz-checksum-sha256"]
         if seen.operation == "CreateMultipartUpload":
-            assert seen.headers["x-amz-checksum-algorithm"] == "CRC32"
-            assert seen.headers["x-amz-checksum-type"] == "FULL_OBJECT"
-        if seen.operation == "CompleteMultipartUpload":
-            assert seen.headers["x-amz-checksum-crc32"] == b64_crc(data)
+            assert seen.headers["x-amz-checksum-algorithm"] == "SHA256"
+            assert seen.headers["x-amz-checksum-type"] == "COMPOSITE"
 
 
 async def test_wrong_expected_owner_is_refused(gateway: S3Gateway, moto_server: S3Server) -> None:
@@ -702,7 +707,8 @@ async def test_files_up_to_the_threshold_are_one_put_object_larger_ones_multipar
     s3: S3Server, tmp_path: Path
 ) -> None:
     """Spooled: a whole file up to --single-put-max-mib goes in one PutObject (S3 checks its
-    SHA-256); a larger one, or one listed larger, goes multipart with a full-object CRC32."""
+    SHA-256); a larger one, or one listed larger, goes multipart (S3 checks each part's SHA-256
+    and keeps their composite)."""
     bucket = s3.new_bucket("threshold")
     spool = tmp_path / "spool"
     spool.mkdir()
@@ -722,8 +728,10 @@ async def test_files_up_to_the_threshold_are_one_put_object_larger_ones_multipar
             "t/listed", chunked(small), metadata={}, instance="db", size_hint_bytes=20 * MIB
         )
     assert (one.parts, one.checksum) == (0, f"SHA256:{b64_sha(small)}")
-    assert (many.parts, many.checksum) == (2, f"CRC32:{b64_crc(large)}")  # 16 MiB + 1 MiB
-    assert (listed.parts, listed.checksum) == (3, f"CRC32:{b64_crc(small)}")
+    # 16 MiB + 1 MiB; listed larger: 5 + 5 + 2 MiB
+    assert (many.parts, many.checksum) == (2, f"SHA256:{b64_composite(large, 16 * MIB, MIB)}")
+    listed_sum = b64_composite(small, 5 * MIB, 5 * MIB)
+    assert (listed.parts, listed.checksum) == (3, f"SHA256:{listed_sum}")
     c = s3.client()
     for key, data in (("t/small", small), ("t/large", large), ("t/listed", small)):
         assert c.get_object(Bucket=bucket, Key=key)["Body"].read() == data
@@ -778,7 +786,7 @@ async def test_gzip_objects_are_gzip_streams_of_the_exact_bytes(
         assert got["Metadata"][META_SHA256] == sha(data)  # of the log's bytes
         assert got["Metadata"][META_SIZE] == str(size)
     else:
-        assert result.checksum == f"CRC32:{b64_crc(stored)}"
+        assert result.checksum == f"SHA256:{b64_composite(stored, 5 * MIB, 5 * MIB)}"
 
 
 async def test_the_storage_class_reaches_the_server(s3: S3Server) -> None:

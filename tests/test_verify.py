@@ -13,6 +13,7 @@ import pytest
 
 from rdsrecorder.aws import Aws
 from rdsrecorder.clock import FakeClock
+from rdsrecorder.compression import same_checksum
 from rdsrecorder.config import AwsSettings
 from rdsrecorder.errors import VerifyError
 from rdsrecorder.hooks import Hooks
@@ -397,3 +398,12 @@ async def test_partial_copies_pass_and_truncated_lines_do_not() -> None:
     store.objects[manifest_key("p")] = (saved.to_json().encode(), {})
     report = await verify_run(store, "p")
     assert report.rows[0].detail == "3 truncated line(s)" and not report.ok
+
+
+def test_checksums_compare_with_or_without_the_parts_suffix() -> None:
+    composite = "SHA256:n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg=-3"
+    assert same_checksum(composite, composite)
+    assert same_checksum(composite, composite.rpartition("-")[0])  # moto's HEAD drops it
+    assert not same_checksum(composite, "SHA256:AAAAgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg=-3")
+    assert not same_checksum(composite, "CRC32:n4bQgYhMfWWaL+qgxVrQFaO/TxsrC4Is0V1sFbDwCgg=")
+    assert same_checksum("CRC32:AAAAAA==", "CRC32:AAAAAA==")  # manifests of before 2026-12-04

@@ -5,23 +5,24 @@ rewritten, so a versioned bucket holds one version per key and S3 Object Lock se
 Upload (``Uploader.upload``), with tasks named after the S3 calls they make:
 
 * The chunk stream (compressed first with ``--compress gzip``: ``rdsrecorder.compression``) is
-  spooled up to ``single_put_max_bytes`` (``--single-put-max-mib``, 64 MiB by default; with
-  ``--spool-dir memory`` only up to one part). If it ends there, the object goes in one
+  spooled up to ``single_put_max_bytes`` (``--single-put-max-mib``, by default 5 MiB: one part;
+  with ``--spool-dir memory`` only up to one part). If it ends there, the object goes in one
   ``PutObject`` carrying ``ChecksumSHA256`` (S3 refuses the write with ``BadDigest`` if the bytes
   it got differ) and the ``sha256`` and ``size`` metadata of the log's bytes. A file listed larger
   than the threshold (and not compressed) goes straight to multipart.
-* Otherwise ``CreateMultipartUpload`` with a full-object CRC32 (``ChecksumAlgorithm=CRC32``,
-  ``ChecksumType=FULL_OBJECT``): every ``UploadPart`` carries the CRC32 of its part and
-  ``CompleteMultipartUpload`` the CRC32 of the whole object, computed here while streaming, and
-  S3 checks both. The metadata is fixed at creation, before the hash is known: the sha256 of a
-  multipart object is in the run's manifest (``rdsrecorder.transfer.already_copied`` trusts an
-  object by its metadata and the manifest entry, never by a later rewrite). From the create
-  request on, any failure or cancellation runs ``AbortMultipartUpload`` (shielded from
-  cancellation, bounded by ``ABORT_TIMEOUT_S``); a cancellation that arrives while the create
-  request is in flight waits for its answer and aborts the upload it created. An abort S3 denies
-  (the seed's IAM list lacks ``s3:AbortMultipartUpload``) is said once per uploader at error level,
-  counted (``Hooks.multipart_abort_denied``), and left to the bucket's
-  ``AbortIncompleteMultipartUpload`` lifecycle rule.
+* Otherwise ``CreateMultipartUpload`` with SHA-256 part checksums (``ChecksumAlgorithm=SHA256``,
+  ``ChecksumType=COMPOSITE``): every ``UploadPart`` carries the SHA-256 of its part, computed here
+  while the part fills, and S3 refuses a part whose bytes differ (``BadDigest``).
+  ``CompleteMultipartUpload`` lists them, and S3 keeps the composite checksum: the SHA-256 of the
+  parts' digests, suffixed ``-<parts>`` (``composite_sha256_b64``). The metadata is fixed at
+  creation, before the hash is known: the sha256 of a multipart object is in the run's manifest
+  (``rdsrecorder.transfer.already_copied`` trusts an object by its metadata and the manifest entry,
+  never by a later rewrite). From the create request on, any failure or cancellation runs
+  ``AbortMultipartUpload`` (shielded from cancellation, bounded by ``ABORT_TIMEOUT_S``); a
+  cancellation that arrives while the create request is in flight waits for its answer and aborts
+  the upload it created. An abort S3 denies (the seed's IAM list lacks ``s3:AbortMultipartUpload``)
+  is said once per uploader at error level, counted (``Hooks.multipart_abort_denied``), and left to
+  the bucket's ``AbortIncompleteMultipartUpload`` lifecycle rule.
 * Overlapped pipeline: while part k uploads (one ``UploadPart`` task), part k+1 fills from the
   download. At most one part upload is in flight per file, so a file has at most two parts.
 * Where parts wait (``spool_dir``, see ``_Part``): spooled to an anonymous temporary file
@@ -63,11 +64,16 @@ import io
 import logging
 import os
 import tempfile
-import zlib
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
-from rdsrecorder.compression import Compression, Gzipper, checksum, crc32_b64, sha256_b64
+from rdsrecorder.compression import (
+    Compression,
+    Gzipper,
+    checksum,
+    composite_sha256_b64,
+    sha256_b64,
+)
 from rdsrecorder.config import (
     DEFAULT_PART_SIZE_BYTES,
     DEFAULT_SINGLE_PUT_MAX_BYTES,
@@ -119,10 +125,10 @@ def grown_part_size(part_bytes: int, parts_done: int) -> int:
 class _PartBody(io.BytesIO):
     """One part (or a small object) in memory, owning its bytes alone: see the module docstring."""
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, sha256: bytes) -> None:
         super().__init__(data)
         self.size = len(data)
-        self.crc = zlib.crc32(data)
+        self.sha256 = sha256  # digest of ``data``, computed as it arrived
 
 
 class _SpoolBody(io.FileIO):
@@ -130,7 +136,7 @@ class _SpoolBody(io.FileIO):
     nothing is left behind on any exit). botocore and aiohttp read it like any file."""
 
     size = 0
-    crc = 0  # CRC32 of the part, set by ``_Part.body``
+    sha256 = b""  # SHA-256 digest of the part, set by ``_Part.body``
 
 
 PartBody = _PartBody | _SpoolBody
@@ -197,7 +203,7 @@ class _Part:
         self._file: _SpoolBody | None = None
         self._target = target
         self.size = 0
-        self.crc = 0  # CRC32 of the bytes added so far
+        self._sha256 = hashlib.sha256()  # of the bytes added so far (the part's checksum)
         if spool_dir is not None:
             try:
                 self._file = _new_spool_file(spool_dir)
@@ -219,7 +225,7 @@ class _Part:
         else:
             self._pieces.append(chunk)
         self.size += len(chunk)
-        self.crc = zlib.crc32(chunk, self.crc)
+        self._sha256.update(chunk)
 
     def _to_memory(self, exc: OSError) -> None:
         """Moves what the spool file holds so far into memory."""
@@ -250,12 +256,12 @@ class _Part:
         if self._file is not None:
             body, self._file = self._file, None
             body.size = self.size
-            body.crc = self.crc
+            body.sha256 = self._sha256.digest()
             body.seek(0)
             return body
         data = b"".join(self._pieces)
         self._pieces.clear()
-        return _PartBody(data)
+        return _PartBody(data, self._sha256.digest())
 
     def close(self) -> None:
         self._pieces.clear()
@@ -266,9 +272,9 @@ class _Part:
 
 class _PartCutter:
     """Cuts a chunk stream into parts of exactly ``part_bytes`` (the last one shorter), compressing
-    it first when asked. It hashes the log's bytes (``sha256``, ``size``) and the stored bytes
-    (``stored_crc``, ``stored_sha256``) as they pass. Errors of the stream are turned into what
-    ``upload`` promises."""
+    it first when asked. It hashes the log's bytes (``sha256``, ``size``) and, when compressed, the
+    stored bytes (``stored_sha256``) as they pass (each part hashes its own bytes). Errors of the
+    stream are turned into what ``upload`` promises."""
 
     def __init__(self, chunks: AsyncIterator[bytes], target: str, compression: Compression) -> None:
         self._chunks = aiter(chunks)
@@ -279,7 +285,6 @@ class _PartCutter:
         self.sha256 = hashlib.sha256()
         self.size = 0
         self._stored_sha256 = hashlib.sha256() if self._gzip is not None else None
-        self.stored_crc = 0
         self.exhausted = False
 
     def stored_sha256_digest(self) -> bytes:
@@ -331,7 +336,6 @@ class _PartCutter:
                 return self._stored(out)
 
     def _stored(self, data: bytes) -> bytes:
-        self.stored_crc = zlib.crc32(data, self.stored_crc)
         if self._stored_sha256 is not None:
             self._stored_sha256.update(data)
         return data
@@ -554,14 +558,12 @@ class Uploader:
             if in_flight is not None:
                 parts.append(await in_flight)
                 in_flight = None
-            full_crc = crc32_b64(cutter.stored_crc)
+            composite = composite_sha256_b64([p["ChecksumSHA256"] for p in parts])
             resp = await self._write(
                 key,
                 "complete_multipart_upload",
                 UploadId=upload_id,
                 MultipartUpload={"Parts": parts},
-                ChecksumCRC32=full_crc,
-                ChecksumType="FULL_OBJECT",
             )
         except BaseException as exc:
             why = "cancelled" if isinstance(exc, asyncio.CancelledError) else str(exc)
@@ -580,7 +582,7 @@ class Uploader:
             str(resp.get("ETag", "")),
             len(parts),
             stored_size=sent_bytes,
-            checksum=checksum("CRC32", full_crc),
+            checksum=checksum("SHA256", composite),
             compression=compression.value,
         )
 
@@ -593,8 +595,8 @@ class Uploader:
                 "create_multipart_upload",
                 Metadata=metadata,
                 ContentType=self._content_type(key, metadata, compression),
-                ChecksumAlgorithm="CRC32",
-                ChecksumType="FULL_OBJECT",
+                ChecksumAlgorithm="SHA256",
+                ChecksumType="COMPOSITE",
                 **self._class,
                 **self._sse,
             )
@@ -620,7 +622,7 @@ class Uploader:
         self, key: str, upload_id: str, number: int, body: PartBody, instance: str
     ) -> dict[str, Any]:
         size = body.size
-        crc = crc32_b64(body.crc)
+        digest = sha256_b64(body.sha256)
         try:
             resp = await self._write(
                 key,
@@ -629,13 +631,13 @@ class Uploader:
                 PartNumber=number,
                 Body=body,
                 ContentLength=size,
-                ChecksumAlgorithm="CRC32",
-                ChecksumCRC32=crc,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=digest,
             )
         finally:
             body.close()
         self._hooks.bytes_uploaded(instance, size)
-        return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumCRC32": crc}
+        return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": digest}
 
     async def _abort(
         self,
