@@ -293,6 +293,30 @@ async def test_failing_source_aborts_and_raises_one_upload_error(
         assert await sink.head("run/gone") is None
 
 
+async def test_a_part_whose_bytes_differ_from_its_sha256_is_refused_by_s3(
+    seaweed: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The part checksums are checked by the server (SeaweedFS, as S3; moto checks nothing): a
+    part sent with another SHA-256 than its bytes' fails the upload, which is aborted."""
+    bucket = seaweed.new_bucket("bad-part")
+    real_body = s3_module._Part.body
+    bodies = itertools.count(1)
+
+    def body(part: s3_module._Part) -> s3_module.PartBody:
+        sent = real_body(part)
+        if next(bodies) == 2:
+            sent.sha256 = hashlib.sha256(b"other bytes").digest()
+        return sent
+
+    monkeypatch.setattr(s3_module._Part, "body", body)
+    async with aws() as client:
+        sink = BucketSink(client, bucket, Hooks(), part_size_bytes=5 * MIB)
+        with pytest.raises(UploadError, match="BadDigest"):
+            await sink.upload("run/bad", chunked(blob(12 * MIB)), metadata={}, instance="db")
+        assert await sink.list_multipart_uploads() == []
+        assert await sink.head("run/bad") is None
+
+
 async def test_cancelled_upload_is_aborted(s3: S3Server, spool_dir: str | None) -> None:
     bucket = s3.new_bucket("cancel")
     hooks = RecordingHooks()
