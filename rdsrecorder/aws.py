@@ -239,7 +239,7 @@ class Aws:
             max_pool_connections=max_pool_connections,
             connect_timeout=10,
             read_timeout=60,
-            # Every write carries its own checksum header (ChecksumSHA256 / ChecksumCRC32), so
+            # Every write carries its own checksum header (ChecksumSHA256), so
             # the body is not hashed a second time for the signature: what botocore does on its
             # own over HTTPS, kept over plain HTTP (local S3 servers) too.
             s3={"addressing_style": "path", "payload_signing_enabled": False},

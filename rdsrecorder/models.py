@@ -71,7 +71,7 @@ class UploadResult:
     etag: str
     parts: int  # 0 for a single PutObject
     stored_size: int = -1  # bytes of the object; -1: the same as ``size``
-    checksum: str = ""  # what S3 verified and stores: "SHA256:<base64>" or "CRC32:<base64>"
+    checksum: str = ""  # what S3 verified and stores: "SHA256:<base64>[-<parts>]"
     compression: str = "none"
 
 
