@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import compileall
 import datetime as dt
+import functools
 import hashlib
 import os
 import platform
@@ -18,6 +20,7 @@ from typing import Any
 import boto3
 from botocore.config import Config
 
+import rdsrecorder
 from rdsrecorder.lab import LAB_REGION
 
 MB = 1_000_000
@@ -139,8 +142,17 @@ def run_process(
     )
 
 
+@functools.cache
+def byte_compile() -> None:
+    """rdsrecorder's modules compiled to bytecode once, as pip leaves an installed package (the
+    Docker image's): an editable install has none, and with PYTHONDONTWRITEBYTECODE set Python
+    would compile every module again at each start (about 0.1 s here)."""
+    compileall.compile_dir(Path(rdsrecorder.__file__).parent, quiet=1)
+
+
 def run_sync(env: dict[str, str], args: list[str]) -> ProcessRun:
     """A real `rdsrecorder sync` process (start-up included), no metrics server, no progress."""
+    byte_compile()
     argv = [sys.executable, "-m", "rdsrecorder", "sync", *args, "--metrics-port", "0"]
     return run_process([*argv, "--no-progress"], {**os.environ, **env})
 

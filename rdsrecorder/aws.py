@@ -348,19 +348,36 @@ class Aws:
 
     async def call(self, service: str, method: str, **params: Any) -> dict[str, Any]:
         """``client.<method>(**params)`` through ``run``."""
+        return await self._call(service, method, None, params)
+
+    async def call_once(self, service: str, method: str, **params: Any) -> dict[str, Any]:
+        """``call`` without retries: for a request whose body cannot be sent twice."""
+        return await self._call(service, method, 1, params)
+
+    async def _call(
+        self, service: str, method: str, attempts: int | None, params: dict[str, Any]
+    ) -> dict[str, Any]:
         client = self._client(service)
 
         async def once() -> dict[str, Any]:
             result: dict[str, Any] = await getattr(client, method)(**params)
             return result
 
-        return await self.run(service, self.operation_name(client, method), once)
+        return await self.run(service, self.operation_name(client, method), once, attempts)
 
-    async def run(self, service: str, operation: str, once: Callable[[], Awaitable[T]]) -> T:
+    async def run(
+        self,
+        service: str,
+        operation: str,
+        once: Callable[[], Awaitable[T]],
+        attempts: int | None = None,
+    ) -> T:
         """One AWS request under the retry policy (``rdsrecorder.retry``): rate-limited (RDS
         only: the account's RDS API budget is shared with other tools), attempted again on
-        transient errors, counted through the hooks, and translated once into
-        ``rdsrecorder.errors``. ``once`` may raise ``RdsRecorderError`` itself: it passes as is."""
+        transient errors (at most ``attempts`` times in all, by default ``--max-attempts``; 1 for
+        a request whose body cannot be sent twice), counted through the hooks, and translated
+        once into ``rdsrecorder.errors``. ``once`` may raise ``RdsRecorderError`` itself: it
+        passes as is."""
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -383,7 +400,7 @@ class Aws:
 
         try:
             async for attempt in retrying(
-                max_attempts=self.settings.max_attempts,
+                max_attempts=attempts or self.settings.max_attempts,
                 sleep=self.clock.sleep,
                 before_sleep=before_sleep,
             ):

@@ -171,7 +171,9 @@ async def run_sync(
         human(settings.start),
         human(settings.finish) if settings.finish else "forever (no --finish)",
     )
-    pool = max(10, settings.concurrency * 2 + 4)
+    # Per file: two UploadParts (the part filling, sent as it fills, and the one before it),
+    # the look-ahead HEAD of the file that starts next; plus the manifest and the checks.
+    pool = max(10, settings.concurrency * 3 + 4)
     spool_dir = resolve_spool_dir(settings.spool_dir)
     async with Aws(settings.aws, hooks, max_pool_connections=pool, clock=clock) as aws:
         bucket = _bucket(aws, settings.bucket, settings.aws)

@@ -57,3 +57,10 @@ async def settled(fut: asyncio.Future[Any]) -> bool:
     succeeded."""
     await asyncio.wait([fut])
     return not failed(fut)
+
+
+async def cancelled(task: asyncio.Future[Any]) -> None:
+    """Cancels ``task`` and waits for it to end; what it raised is dropped (nobody wants it)."""
+    task.cancel()
+    await asyncio.wait([task])
+    retrieved(task)

@@ -52,6 +52,10 @@ class Bucket:
     async def call(self, method: str, **params: Any) -> dict[str, Any]:
         return await self.aws.call("s3", method, Bucket=self.name, **self.owner, **params)
 
+    async def call_once(self, method: str, **params: Any) -> dict[str, Any]:
+        """``call`` without retries: for a request whose body cannot be sent twice."""
+        return await self.aws.call_once("s3", method, Bucket=self.name, **self.owner, **params)
+
     # -- reading and listing ---------------------------------------------------------------------
     async def check_bucket(self) -> None:
         try:

@@ -64,6 +64,7 @@ import io
 import logging
 import os
 import tempfile
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
@@ -74,6 +75,7 @@ from rdsrecorder.compression import (
     composite_sha256_b64,
     sha256_b64,
 )
+from rdsrecorder.concurrency import cancelled
 from rdsrecorder.config import (
     DEFAULT_PART_SIZE_BYTES,
     DEFAULT_SINGLE_PUT_MAX_BYTES,
@@ -83,7 +85,14 @@ from rdsrecorder.config import (
 )
 from rdsrecorder.errors import AwsError, ConfigError, RdsRecorderError, UploadError
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.models import META_SHA256, META_SIZE, META_SOURCE, MIB, UploadResult
+from rdsrecorder.models import (
+    META_COMPLETE,
+    META_SHA256,
+    META_SIZE,
+    META_SOURCE,
+    MIB,
+    UploadResult,
+)
 from rdsrecorder.s3.bucket import DENIED, Bucket
 
 log = logging.getLogger(__name__)
@@ -96,6 +105,12 @@ GROWTH_HEADROOM = 1.25  # the current file keeps growing after it was listed
 GROW_AFTER_PARTS = 4_000  # a file past this many parts outgrew its estimate ...
 GROW_EVERY_PARTS = 500  # ... and from then on its part size doubles this often
 ABORT_TIMEOUT_S = 60.0  # a stop (SIGTERM) waits at most this long for an abort
+# A part sent while it fills holds the bytes S3 has not read yet: past this, the download waits
+# for S3 (memory: concurrency x this at most) ...
+LIVE_MAX_QUEUED_BYTES = 2 * MIB
+# ... but not for ever: a request that reads nothing this long is given up, and the part is sent
+# once filled, from the spool.
+LIVE_STALL_S = 10.0
 
 
 def _round_up_mib(n: int) -> int:
@@ -137,6 +152,115 @@ class _SpoolBody(io.FileIO):
 
     size = 0
     sha256 = b""  # SHA-256 digest of the part, set by ``_Part.body``
+
+
+class _LiveAbort(Exception):
+    """Raised into a part's streaming request to break it off (the part is sent again)."""
+
+
+class _LiveBody:
+    """The body of an ``UploadPart`` sent while its part fills: the bytes as they arrive, framed
+    by botocore as ``aws-chunked`` with the part's SHA-256 in the trailer, so that S3 verifies it
+    as it verifies a checksum header (``BadDigest``). ``len()`` is the part's size as predicted
+    from the listed size (``x-amz-decoded-content-length``). The request ends well only if the
+    part filled to exactly that size; any other end (more bytes, fewer, an error) breaks the
+    request off before its last chunk, so S3 stores nothing of it, and the part goes again from
+    the spool, whole, with a checksum header (``Uploader._send_part``)."""
+
+    def __init__(self, declared: int) -> None:
+        self.declared = declared
+        self._chunks: deque[bytes | memoryview] = deque()
+        self._queued = 0  # bytes fed and not read by the request yet
+        self._fed = 0
+        self._filled = False
+        self.whole = False  # every byte of the part was handed to the request, then its end
+        self.failure = ""  # why the part is no longer sent while it fills
+        self._wake = asyncio.Event()  # for the request: bytes, the part's end, or a failure
+        self._room = asyncio.Event()  # for the download: S3 has read enough of the queue
+        self._room.set()
+
+    def __len__(self) -> int:
+        return self.declared
+
+    @property
+    def active(self) -> bool:
+        return not self.failure
+
+    def feed(self, chunk: bytes | memoryview) -> None:
+        if self.failure:
+            return
+        self._fed += len(chunk)
+        if self._fed > self.declared:
+            self.fail(f"the part outgrew the {self.declared} bytes it was listed at")
+            return
+        self._chunks.append(chunk)
+        self._queued += len(chunk)
+        if self._queued > LIVE_MAX_QUEUED_BYTES:
+            self._room.clear()
+        # Whole once its listed size is in: the request ends now, not after the look-ahead at
+        # the next chunk (on the portion path, the next call's latency).
+        self._filled = self._fed == self.declared
+        self._wake.set()
+
+    async def room(self) -> None:
+        """Waits until S3 has read the queue down to ``LIVE_MAX_QUEUED_BYTES`` (the download's
+        back-pressure), at most ``LIVE_STALL_S``: then the part is sent once filled."""
+        if self._room.is_set():
+            return
+        try:
+            async with asyncio.timeout(LIVE_STALL_S):
+                await self._room.wait()
+        except TimeoutError:
+            self.fail(f"S3 read nothing of it for {LIVE_STALL_S:.0f} s")
+
+    def filled(self, size: int) -> None:
+        """The part is complete at ``size`` bytes."""
+        if size != self.declared:
+            self.fail(f"the part ended at {size} bytes, not {self.declared}")
+        self._filled = True
+        self._wake.set()
+
+    def fail(self, why: str) -> None:
+        if not self.failure:
+            self.failure = why
+            self._chunks.clear()
+            self._queued = 0
+        self._wake.set()
+        self._room.set()
+
+    async def read(self, size: int = -1) -> bytes:
+        while not self._chunks:
+            if self.failure:
+                raise _LiveAbort(self.failure)
+            if self._filled:
+                self.whole = True
+                return b""  # the part is whole: botocore sends the trailer
+            self._wake.clear()
+            await self._wake.wait()
+        chunk = self._chunks.popleft()
+        if 0 < size < len(chunk):
+            self._chunks.appendleft(memoryview(chunk)[size:])
+            chunk = memoryview(chunk)[:size]
+        self._queued -= len(chunk)
+        if self._queued <= LIVE_MAX_QUEUED_BYTES:
+            self._room.set()
+        return bytes(chunk)
+
+
+def _stream_live_parts(params: dict[str, Any], **_: Any) -> None:
+    # botocore handler, before an UploadPart is made: a live body carries its checksum in an
+    # aws-chunked trailer (what botocore does on its own over HTTPS; here over HTTP too).
+    if isinstance(params.get("body"), _LiveBody):
+        checksum = params["context"].setdefault("checksum", {})
+        checksum["request_algorithm"] = {
+            "algorithm": "sha256",
+            "in": "trailer",
+            "name": "x-amz-checksum-sha256",
+        }
+        checksum["request_algorithm_header"] = {
+            "name": "x-amz-sdk-checksum-algorithm",
+            "value": "SHA256",
+        }
 
 
 PartBody = _PartBody | _SpoolBody
@@ -204,6 +328,7 @@ class _Part:
         self._target = target
         self.size = 0
         self._sha256 = hashlib.sha256()  # of the bytes added so far (the part's checksum)
+        self.live: _LiveBody | None = None  # the part's request, when it is sent as it fills
         if spool_dir is not None:
             try:
                 self._file = _new_spool_file(spool_dir)
@@ -226,6 +351,8 @@ class _Part:
             self._pieces.append(chunk)
         self.size += len(chunk)
         self._sha256.update(chunk)
+        if self.live is not None:
+            self.live.feed(chunk)
 
     def _to_memory(self, exc: OSError) -> None:
         """Moves what the spool file holds so far into memory."""
@@ -290,6 +417,19 @@ class _PartCutter:
     def stored_sha256_digest(self) -> bytes:
         return (self._stored_sha256 or self.sha256).digest()
 
+    @property
+    def done(self) -> bool:
+        """Every byte of the stream has been handed to a part."""
+        return self.exhausted and not self._carry
+
+    async def prime(self) -> None:
+        """Waits for the stream's first bytes (kept for the first part), or its end: a source
+        hands over its first bytes only once it may be written (the run's owner check)."""
+        if not self._carry and not self.exhausted:
+            chunk = await self._next_chunk()
+            if not self.exhausted:
+                self._carry = chunk
+
     async def read(self, part_bytes: int, part: _Part) -> None:
         """Fills ``part`` with the next ``part_bytes`` of the stream (fewer at its end)."""
         while part.size < part_bytes and not (self.exhausted and not self._carry):
@@ -306,6 +446,8 @@ class _PartCutter:
                 chunk, self._carry = view[:room], view[room:]
             if chunk:
                 part.add(chunk)
+                if part.live is not None:
+                    await part.live.room()
         if not self._carry and not self.exhausted and part.size == part_bytes:
             # Look one chunk ahead so that a stream ending exactly on a part boundary is known
             # to be over before the caller decides between PutObject and a multipart upload.
@@ -363,6 +505,31 @@ class _PartCutter:
                 log.debug("closing the source of %s: %s", self._target, exc)
 
 
+class _LivePlan:
+    """Which parts of a file are sent while they fill (``_LiveBody``): those whose size is known
+    before their first byte. From the listed size: a full part while the file has at least a
+    part's worth left (unless it shrinks), and the last part of a rotated file (its size no longer
+    changes). The last part of the current file (it grows) and compressed bytes (their size is
+    known only at the end) are sent once filled."""
+
+    def __init__(
+        self, size_hint_bytes: int | None, compression: Compression, metadata: dict[str, str]
+    ) -> None:
+        self.listed = (size_hint_bytes or 0) if compression is Compression.NONE else 0
+        self.final = metadata.get(META_COMPLETE) == "true"
+
+    def multipart_at_once(self, single_put_max_bytes: int) -> bool:
+        """Listed larger than one PutObject: a multipart upload from the first byte."""
+        return self.listed > single_put_max_bytes
+
+    def live_part_bytes(self, sent_bytes: int, part_bytes: int) -> int:
+        """The size of the next part if it can be sent while it fills, else 0."""
+        left = self.listed - sent_bytes
+        if left >= part_bytes:
+            return part_bytes
+        return left if self.final and left > 0 else 0
+
+
 async def _to_completion(step: Awaitable[None]) -> None:
     """Runs ``step`` to its end even if the caller is cancelled meanwhile (then re-raises the
     cancellation): cleanup that saves money must not be cut short by a shutdown."""
@@ -409,7 +576,7 @@ class Uploader:
         self.bucket = bucket.name
         self.abort_denied = 0  # aborts S3 refused (AccessDenied), said once at error level
 
-    def _register_rewind(self) -> None:
+    def _register_handlers(self) -> None:
         events = self._bucket.aws.s3.meta.events
         for operation in ("PutObject", "UploadPart"):
             events.register(
@@ -417,6 +584,9 @@ class Uploader:
                 _rewind_part_body,
                 unique_id=f"rdsrecorder-rewind-{operation}",
             )
+        events.register(
+            "before-call.s3.UploadPart", _stream_live_parts, unique_id="rdsrecorder-live-parts"
+        )
 
     async def _write(self, key: str, method: str, **params: Any) -> dict[str, Any]:
         """An S3 call of an upload: a failure becomes one ``UploadError`` line."""
@@ -431,12 +601,6 @@ class Uploader:
         """How much of the stream is gathered before choosing PutObject or multipart."""
         if self.spool_dir is None:
             return part_bytes  # in memory: never more than one part per file
-        if (
-            compression is Compression.NONE
-            and size_hint_bytes
-            and size_hint_bytes > self.single_put_max_bytes
-        ):
-            return part_bytes  # listed too large already: multipart from the first part
         return max(part_bytes, self.single_put_max_bytes)
 
     async def upload(
@@ -452,9 +616,18 @@ class Uploader:
         """Streams ``chunks`` into ``key`` (see the module docstring for the whole contract)."""
         part_bytes = part_size_for(size_hint_bytes, self.part_size_bytes)
         cutter = _PartCutter(chunks, self._url(key), compression)
-        self._register_rewind()
+        self._register_handlers()
+        plan = _LivePlan(size_hint_bytes, compression, metadata)
         first = self._new_part(key)
         try:
+            if plan.multipart_at_once(self.single_put_max_bytes):
+                # Listed larger than one PutObject: multipart from the first byte, so that the
+                # first part is sent while it fills.
+                await cutter.prime()
+                if not cutter.done:
+                    return await self._multipart(
+                        key, cutter, None, part_bytes, metadata, instance, compression, plan
+                    )
             await cutter.read(
                 self._first_read_bytes(size_hint_bytes, part_bytes, compression), first
             )
@@ -463,7 +636,7 @@ class Uploader:
                     key, first.body(), cutter, metadata, instance, compression
                 )
             return await self._multipart(
-                key, cutter, first, part_bytes, metadata, instance, compression
+                key, cutter, first, part_bytes, metadata, instance, compression, plan
             )
         finally:
             first.close()
@@ -521,43 +694,61 @@ class Uploader:
         self,
         key: str,
         cutter: _PartCutter,
-        first: _Part,
+        first: _Part | None,
         part_bytes: int,
         metadata: dict[str, str],
         instance: str,
         compression: Compression,
+        plan: _LivePlan,
     ) -> UploadResult:
+        """``first``: a part already filled (read before PutObject was ruled out), or None."""
         upload_id = await self._create_multipart_upload(key, metadata, compression)
-        in_flight: asyncio.Task[dict[str, Any]] | None = None
+        sending: list[asyncio.Task[dict[str, Any]]] = []
+        parts: list[dict[str, Any]] = []
         part = first
         try:
-            parts: list[dict[str, Any]] = []
             sent_bytes = 0
-            while part.size:
-                if in_flight is not None:
-                    parts.append(await in_flight)
-                number = len(parts) + 1
+            while part is not None or not cutter.done:
+                number = len(sending) + 1
                 if number > MAX_PARTS:
                     raise UploadError(
                         f"upload of {self._url(key)} failed: more than {MAX_PARTS} parts needed "
                         f"({sent_bytes} bytes so far); raise the part size"
                     )
-                # In memory, the part is joined only now that the previous one is sent: a file
-                # holds at most two parts. body() hands the part over: the upload task owns (and
-                # closes) it, and ``part`` holds nothing more.
-                body = part.body()
+                if part is None:
+                    body = await self._fill_part(
+                        key,
+                        upload_id,
+                        number,
+                        cutter,
+                        part_bytes,
+                        sent_bytes,
+                        plan,
+                        sending,
+                        instance,
+                    )
+                    if body is None:
+                        break
+                else:
+                    # body() hands the part over: the upload task owns (and closes) it.
+                    body = part.body()
+                    part.close()
+                    part = None
+                    sending.append(
+                        asyncio.create_task(
+                            self._upload_part(key, upload_id, number, body, instance),
+                            name=f"UploadPart {key} #{number}",
+                        )
+                    )
                 sent_bytes += body.size
-                in_flight = asyncio.create_task(
-                    self._upload_part(key, upload_id, number, body, instance),
-                    name=f"UploadPart {key} #{number}",
-                )
                 del body
                 part_bytes = grown_part_size(part_bytes, number)
-                part = self._new_part(key)
-                await cutter.read(part_bytes, part)
-            if in_flight is not None:
-                parts.append(await in_flight)
-                in_flight = None
+                # The part before this one is sent before the next one fills: a file holds at
+                # most two parts (the one filling, and the one on its way).
+                if len(sending) >= 2:
+                    parts.append(await sending[-2])
+            if sending and len(parts) < len(sending):
+                parts.append(await sending[-1])
             composite = composite_sha256_b64([p["ChecksumSHA256"] for p in parts])
             resp = await self._write(
                 key,
@@ -567,14 +758,15 @@ class Uploader:
             )
         except BaseException as exc:
             why = "cancelled" if isinstance(exc, asyncio.CancelledError) else str(exc)
-            await _to_completion(self._abort(key, upload_id, in_flight, why))
+            await _to_completion(self._abort(key, upload_id, sending, why))
             if isinstance(exc, Exception) and not isinstance(exc, RdsRecorderError):
                 raise UploadError(
                     f"upload of {self._url(key)} failed: {type(exc).__name__}: {exc}"
                 ) from exc
             raise
         finally:
-            part.close()
+            if part is not None:
+                part.close()
         return UploadResult(
             key,
             cutter.size,
@@ -585,6 +777,133 @@ class Uploader:
             checksum=checksum("SHA256", composite),
             compression=compression.value,
         )
+
+    async def _fill_part(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        cutter: _PartCutter,
+        part_bytes: int,
+        sent_bytes: int,
+        plan: _LivePlan,
+        sending: list[asyncio.Task[dict[str, Any]]],
+        instance: str,
+    ) -> PartBody | None:
+        """Fills part ``number`` from the stream, its upload task (in ``sending``) started first
+        when its size can be predicted, so that it is sent while it fills; the filled part (None
+        if the stream had nothing more)."""
+        part = self._new_part(key)
+        filled: asyncio.Future[PartBody] = asyncio.get_running_loop().create_future()
+        declared = plan.live_part_bytes(sent_bytes, part_bytes)
+        part.live = _LiveBody(declared) if declared else None
+        previous = sending[-1] if sending else None
+        sending.append(
+            asyncio.create_task(
+                self._send_part(key, upload_id, number, part.live, filled, previous, instance),
+                name=f"UploadPart {key} #{number}",
+            )
+        )
+        try:
+            await cutter.read(part_bytes, part)
+            if part.live is not None:
+                part.live.filled(part.size)
+            if previous is not None:
+                # In memory, a part is joined only once the one before it is sent: a file holds
+                # at most two parts.
+                await asyncio.wait([previous])
+            body = part.body()
+        except BaseException as exc:
+            if part.live is not None:
+                part.live.fail(f"the stream failed: {type(exc).__name__}")
+            raise
+        finally:
+            part.close()
+        if not body.size:  # the stream ended exactly at the previous part's end
+            body.close()
+            await cancelled(sending.pop())
+            return None
+        filled.set_result(body)
+        return body
+
+    async def _send_part(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        live: _LiveBody | None,
+        filled: asyncio.Future[PartBody],
+        previous: asyncio.Task[dict[str, Any]] | None,
+        instance: str,
+    ) -> dict[str, Any]:
+        """Sends a part: while it fills when it can (``live``), else (or if that failed) once
+        it is filled, from the spool, after the part before it (``previous``) is sent: one
+        whole part on its way at a time (with parts in memory, a second would be a third part
+        held)."""
+        try:
+            if live is not None:
+                sent = await self._upload_live_part(key, upload_id, number, live, filled, instance)
+                if sent is not None:
+                    return sent
+            body = await filled
+            if previous is not None:
+                await asyncio.wait([previous])  # its outcome is the caller's
+            return await self._upload_part(key, upload_id, number, body, instance)
+        finally:
+            if filled.done():  # the part is this task's: closed however it ends
+                filled.result().close()
+
+    async def _upload_live_part(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        live: _LiveBody,
+        filled: asyncio.Future[PartBody],
+        instance: str,
+    ) -> dict[str, Any] | None:
+        """One attempt (a stream cannot be sent twice): its answer, or None when it failed."""
+        resp: dict[str, Any] | None = None
+        try:
+            resp = await self._bucket.call_once(
+                "upload_part",
+                Key=key,
+                UploadId=upload_id,
+                PartNumber=number,
+                Body=live,
+                ChecksumAlgorithm="SHA256",
+            )
+        except (AwsError, _LiveAbort) as exc:
+            live.fail(str(exc))
+        if resp is None or not live.whole:
+            live.fail("the request ended before the part was whole")  # no bytes kept for it
+            log.info(
+                "part %d of %s is sent again once filled: %s", number, self._url(key), live.failure
+            )
+            return None
+        body = await filled  # the spool's copy: set once the part before it is sent
+        digest = sha256_b64(body.sha256)
+        stored = resp.get("ChecksumSHA256")
+        if body.size != live.declared:
+            log.info(
+                "part %d of %s went on past the %d bytes it was listed at: sent again",
+                number,
+                self._url(key),
+                live.declared,
+            )
+            return None
+        if stored and stored != digest:
+            log.warning(
+                "part %d of %s: S3 stored checksum %s, not %s; sending it again",
+                number,
+                self._url(key),
+                stored,
+                digest,
+            )
+            return None
+        body.close()
+        self._hooks.bytes_uploaded(instance, body.size)
+        return {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": digest}
 
     async def _create_multipart_upload(
         self, key: str, metadata: dict[str, str], compression: Compression
@@ -616,7 +935,7 @@ class Uploader:
         except (Exception, asyncio.CancelledError) as exc:
             log.debug("CreateMultipartUpload of %s did not finish: %s", self._url(key), exc)
             return
-        await self._abort(key, str(created["UploadId"]), None, "cancelled while it was created")
+        await self._abort(key, str(created["UploadId"]), [], "cancelled while it was created")
 
     async def _upload_part(
         self, key: str, upload_id: str, number: int, body: PartBody, instance: str
@@ -643,16 +962,17 @@ class Uploader:
         self,
         key: str,
         upload_id: str,
-        in_flight: asyncio.Task[dict[str, Any]] | None,
+        sending: list[asyncio.Task[dict[str, Any]]],
         why: str,
     ) -> None:
-        # A part still uploading while the abort runs may survive it: stop that part first.
-        if in_flight is not None and not in_flight.done():
-            in_flight.cancel()
-        if in_flight is not None:
-            await asyncio.wait([in_flight])
-            if not in_flight.cancelled():
-                in_flight.exception()  # retrieved: the caller reports the failure
+        # A part still uploading while the abort runs may survive it: stop those parts first.
+        for task in sending:
+            task.cancel()
+        if sending:
+            await asyncio.wait(sending)
+        for task in sending:
+            if not task.cancelled():
+                task.exception()  # retrieved: the caller reports the failure
         try:
             async with asyncio.timeout(ABORT_TIMEOUT_S):
                 await self._call("abort_multipart_upload", Key=key, UploadId=upload_id)
