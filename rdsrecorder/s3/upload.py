@@ -23,19 +23,35 @@ Upload (``Uploader.upload``), with tasks named after the S3 calls they make:
   the upload it created. An abort S3 denies (the seed's IAM list lacks ``s3:AbortMultipartUpload``)
   is said once per uploader at error level, counted (``Hooks.multipart_abort_denied``), and left to
   the bucket's ``AbortIncompleteMultipartUpload`` lifecycle rule.
-* Overlapped pipeline: while part k uploads (one ``UploadPart`` task), part k+1 fills from the
-  download. At most one part upload is in flight per file, so a file has at most two parts.
+* **Parts sent while they fill** (``_LivePlan``, ``_LiveBody``): a file listed larger than
+  ``single_put_max_bytes`` (not compressed) starts its multipart upload at its first byte, and a
+  part whose size is known before its first byte (a full part while the listed size has a part's
+  worth left; the last part of a rotated file, whose size is final) is sent while it fills: its
+  ``UploadPart`` streams the bytes as the download brings them, framed ``aws-chunked`` with the
+  part's SHA-256 in the trailer (``STREAMING-UNSIGNED-PAYLOAD-TRAILER``, what botocore does by
+  itself over HTTPS), which S3 checks as it checks a header. The end of a file then leaves only
+  its last chunk and ``CompleteMultipartUpload`` to send. The part is still spooled: if it ends at
+  another size than predicted (the file shrank or grew), if S3 refuses the request, or if S3
+  reads nothing of it for ``LIVE_STALL_S``, the request is broken off before its last chunk
+  (S3 stores nothing of it) and the part goes again whole, with a checksum header and the
+  retry policy. A stream is sent once (no retry of its own). The download waits while S3 has
+  not read ``LIVE_MAX_QUEUED_BYTES`` of a part (back-pressure, not memory).
+* Other parts: while part k uploads (one ``UploadPart`` task), part k+1 fills from the download,
+  and is sent once part k is: at most one whole part on its way per file, so a file has at most
+  two parts (plus, for a part sent while it fills, up to ``LIVE_MAX_QUEUED_BYTES`` not yet read
+  by S3).
 * Where parts wait (``spool_dir``, see ``_Part``): spooled to an anonymous temporary file
   (unlinked at once) as chunks arrive, or, with ``--spool-dir memory``, in memory, joined once per
   part into a ``BytesIO`` that is the only owner of its bytes (aiohttp copies a ``BytesIO`` whose
   buffer is shared, and a whole ``bytearray`` body). What each costs: the README, "Speed and
   memory". botocore reads a file-like body from where it stands, so every attempt rewinds it
   first (``_rewind_part_body``).
-* Every write carries a checksum header (``x-amz-checksum-*`` with
-  ``x-amz-sdk-checksum-algorithm``), which S3 Object Lock requires. The values are computed
-  here: the client's ``request_checksum_calculation="when_required"`` only stops botocore from
-  adding checksums of its own (some S3-compatible servers reject the aws-chunked trailers it
-  would use).
+* Every write carries its checksum (``x-amz-sdk-checksum-algorithm`` with an
+  ``x-amz-checksum-*`` header, or its trailer for a part sent while it fills), which S3 Object
+  Lock requires. Header values are computed here: the client's
+  ``request_checksum_calculation="when_required"`` only stops botocore from adding checksums of
+  its own elsewhere (trailers are asked for explicitly, ``_stream_live_parts``; SeaweedFS 4.48 and
+  moto 5.2.5 decode and check them: ``tests/test_live_parts.py``).
 
 Part size (``part_size_for`` and ``grown_part_size``): S3 allows parts of 5 MiB to 5 GiB (the last
 may be smaller, and parts need not be equal) and at most 10,000 parts. The part size is the
