@@ -165,7 +165,7 @@ class Fleet:
             self._explicit[ident] = Db(ident, target.kind, target.instances)
             if target.kind == "instance" and target.parameter_group is not None:
                 self._groups[target.instances[0]] = target.parameter_group
-        self._apply(await self._select())
+        self._apply(await self._select(just_resolved=True))
         self._next_refresh_s = self._clock.now() + self._refresh_s
         if self._shard.count > 1:
             log.info(
@@ -179,10 +179,10 @@ class Fleet:
     def attach(self, manifests: ManifestOpener) -> None:
         self._manifests = manifests
 
-    async def _select(self) -> dict[str, Db]:
+    async def _select(self, just_resolved: bool = False) -> dict[str, Db]:
         dbs: dict[str, Db] = {}
         for ident, db in self._explicit.items():
-            if db.kind == "cluster":
+            if db.kind == "cluster" and not just_resolved:
                 try:
                     db = Db(ident, "cluster", (await self._rds.resolve(ident)).instances)
                 except DbNotFoundError:

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import random
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -118,6 +120,32 @@ async def gateway(
         yield gw
     finally:
         await gw.stop()
+
+
+@pytest.fixture(params=["memory", "spooled"])
+def spool_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | None]:
+    """Parts in memory, or spooled to anonymous files in a directory that must stay empty and
+    whose files must all be closed by the end of the test."""
+    if request.param == "memory":
+        yield None
+        return
+    directory = tmp_path / "spool"
+    directory.mkdir()
+    yield str(directory)
+    assert list(directory.iterdir()) == []
+    still_open = [
+        target
+        for fd in os.listdir("/proc/self/fd")
+        if (target := _fd_target(fd)) and target.startswith(str(directory))
+    ]
+    assert still_open == []
+
+
+def _fd_target(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        return ""
 
 
 # -- data ------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 
 import pendulum
 import pytest
@@ -53,3 +54,53 @@ async def test_cluster_members_each_get_their_folder(
             f"one/rds_log_one_{reader[0].timestamp_s}",
             "one/manifest.json",
         }
+
+
+async def test_one_instance_is_listed_beside_the_preflight(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    """One round trip less before the first download: the listing of a single named DB goes out
+    with the preflight's DescribeDBInstances, and is the run's only listing of it."""
+    now = pendulum.now("UTC")
+    first = now.start_of("hour").subtract(hours=2)
+    files = write_hourly(tmp_path, "solo", first, [30_000, 500], now)
+    with LabThread(tmp_path, s3="moto") as lab:
+        for k, v in lab.env.items():
+            monkeypatch.setenv(k, v)
+        lab.set_faults(latency_ms=100)
+        report = await run_sync(
+            sync_settings(
+                db="solo", bucket=lab.bucket, start=first, finish=first.add(hours=1), run_id="e"
+            )
+        )
+        order, stats = lab.order(), lab.stats()
+        got = objects(s3_client(lab.env), lab.bucket, "e/")
+    assert report.exit_code == 0
+    assert order.index("DescribeDBLogFiles") < order.index("/DescribeDBInstances")
+    assert stats["calls_by_instance"]["solo"]["DescribeDBLogFiles"] == 1
+    assert hashlib.sha256(got[f"e/rds_log_e_{files[0].timestamp_s}"]).hexdigest() == files[0].sha256
+
+
+async def test_a_cluster_name_listed_early_is_dropped(
+    tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    """The early listing cannot know a cluster's name from an instance's: RDS's not-found answer
+    is dropped without a word, and only the members are listed after it."""
+    now = pendulum.now("UTC")
+    first = now.start_of("hour").subtract(hours=2)
+    write_hourly(tmp_path, "c-1", first, [10_000, 500], now)
+    (tmp_path / "lab.json").write_text(json.dumps({"clusters": {"cl": {"members": ["c-1"]}}}))
+    with LabThread(tmp_path, s3="moto") as lab:
+        for k, v in lab.env.items():
+            monkeypatch.setenv(k, v)
+        report = await run_sync(
+            sync_settings(
+                db="cl", bucket=lab.bucket, start=first, finish=first.add(hours=1), run_id="d"
+            )
+        )
+        stats = lab.stats()
+    assert report.exit_code == 0
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert stats["calls_by_instance"]["cl"] == {"DescribeDBInstances": 1, "DescribeDBLogFiles": 1}
+    assert stats["calls_by_instance"]["c-1"]["DescribeDBLogFiles"] == 1
+    assert stats["errors"].get("DBInstanceNotFound", 0) >= 2  # the resolve and the early listing

@@ -9,8 +9,7 @@ import asyncio
 import base64
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -28,6 +27,7 @@ seaweed_server = s3_servers.seaweed_server
 s3 = s3_servers.s3
 seaweed = s3_servers.seaweed
 gateway = s3_servers.gateway
+spool_dir = s3_servers.spool_dir
 
 PART = 5 * MIB
 ROTATED = {META_SOURCE: "error/postgresql.log.2024-03-04-19.csv", META_COMPLETE: "true"}
@@ -40,17 +40,6 @@ class PartHooks(Hooks):
 
     def bytes_uploaded(self, instance: str, count: int) -> None:
         self.uploaded.append(count)
-
-
-@pytest.fixture(params=["memory", "spooled"])
-def spool_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | None]:
-    if request.param == "memory":
-        yield None
-        return
-    directory = tmp_path / "spool"
-    directory.mkdir()
-    yield str(directory)
-    assert list(directory.iterdir()) == []
 
 
 def aws(hooks: Hooks | None = None) -> Aws:

@@ -13,7 +13,6 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,6 +50,7 @@ s3 = s3_servers.s3
 moto = s3_servers.moto
 seaweed = s3_servers.seaweed
 gateway = s3_servers.gateway
+spool_dir = s3_servers.spool_dir
 
 GIB = 1024 * MIB
 
@@ -67,32 +67,6 @@ class RecordingHooks(Hooks):
 
     def retry(self, service: str, operation: str, reason: str) -> None:
         self.retries.append((operation, reason))
-
-
-@pytest.fixture(params=["memory", "spooled"])
-def spool_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | None]:
-    """Parts in memory, or spooled to anonymous files in a directory that must stay empty and
-    whose files must all be closed by the end of the test."""
-    if request.param == "memory":
-        yield None
-        return
-    directory = tmp_path / "spool"
-    directory.mkdir()
-    yield str(directory)
-    assert list(directory.iterdir()) == []
-    still_open = [
-        target
-        for fd in os.listdir("/proc/self/fd")
-        if (target := _fd_target(fd)) and target.startswith(str(directory))
-    ]
-    assert still_open == []
-
-
-def _fd_target(fd: str) -> str:
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return ""
 
 
 def aws(hooks: Hooks | None = None, max_attempts: int = 3) -> Aws:

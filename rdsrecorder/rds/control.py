@@ -5,6 +5,8 @@ generator: the caller never sees markers. Only ``rds:Describe*`` actions."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -186,3 +188,72 @@ class RdsControl:
                     size=int(item.get("Size", 0)),
                 )
         return None
+
+
+EARLY_LISTING_FRESH_S = 30.0  # an early listing older than this is asked again
+
+
+class EarlyLister:
+    """The recorder's lister, whose first full listing of one name may already be under way.
+
+    A run over one DB asks for that name's log files beside the preflight, which is what says
+    whether the name is an instance at all: one round trip less before the first download. When
+    the name is a cluster, the early call's not-found answer is dropped, and any failed early call
+    is asked again as the recorder asks it, so its error reaches the user the usual way. Only
+    ``rds:DescribeDBLogFiles``: nothing is written."""
+
+    def __init__(self, rds: RdsControl) -> None:
+        self._rds = rds
+        self._early: dict[str, asyncio.Task[list[LogFile]]] = {}
+        self._answered_at: dict[str, float] = {}
+
+    async def __aenter__(self) -> EarlyLister:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def ask(self, instance: str) -> None:
+        """Start the full listing of ``instance`` now (once)."""
+        if instance not in self._early:
+            self._early[instance] = asyncio.ensure_future(self._collect(instance))
+
+    async def _collect(self, instance: str) -> list[LogFile]:
+        files = [f async for f in self._rds.list_log_files(instance)]
+        self._answered_at[instance] = asyncio.get_running_loop().time()
+        return files
+
+    async def list_log_files(
+        self, instance: str, since_ms: int | None = None
+    ) -> AsyncIterator[LogFile]:
+        early = self._early.pop(instance, None)
+        files: list[LogFile] | None = None
+        if early is not None and since_ms is None:
+            with contextlib.suppress(Exception):
+                files = await early
+            answered_at = self._answered_at.pop(instance, None)
+            if answered_at is not None and (
+                asyncio.get_running_loop().time() - answered_at > EARLY_LISTING_FRESH_S
+            ):
+                files = None
+        elif early is not None:
+            await _dropped(early)
+        if files is None:
+            async for f in self._rds.list_log_files(instance, since_ms):
+                yield f
+            return
+        for f in files:
+            yield f
+
+    async def aclose(self) -> None:
+        """Ends the early listings nobody asked for (a cluster's name, a failed preflight)."""
+        early, self._early = self._early, {}
+        for task in early.values():
+            await _dropped(task)
+
+
+async def _dropped(task: asyncio.Task[list[LogFile]]) -> None:
+    task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled():
+        task.exception()  # retrieved: a failed early listing is not an error of its own
