@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -106,3 +108,21 @@ def test_xml_text_round_trips_through_an_xml_parser() -> None:
     for binary in (b"nul \x00 byte", b"bell \x07", b"\xff\xfe invalid utf-8", "\ufffe".encode()):
         with pytest.raises(BinaryDataError, match="binary data"):
             to_xml_text(binary)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_xml_text_agrees_with_what_xml_allows(seed: int) -> None:
+    """Random texts near the edges (neighbours of U+FFFE/U+FFFF, control characters, the
+    escaped ones): refused exactly when XML 1.0 cannot carry them, else they round-trip."""
+    rng = random.Random(seed)
+    alphabet = [*'a&<>\r\n\t"', "ü", "\ufff0", "\uffef", "\ufffd", "\ufffe", "\uffff"]
+    alphabet += ["\x00", "\x08", "\x0b", "\x1f", "\U0001f600", "\ue000", "\u07ff", "\x7f"]
+    forbidden = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+    for _ in range(300):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 10)))
+        if forbidden.search(text):
+            with pytest.raises(BinaryDataError):
+                to_xml_text(text.encode())
+        else:
+            escaped = to_xml_text(text.encode())
+            assert (ET.fromstring(f"<x>{escaped}</x>").text or "") == text
