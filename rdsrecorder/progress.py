@@ -4,19 +4,17 @@ is not a TTY). The final tables are in ``rdsrecorder.tables``."""
 from __future__ import annotations
 
 import logging
+import os
+import sys
 import time
 from types import TracebackType
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-)
+from typing import TYPE_CHECKING
 
 from rdsrecorder.hooks import Hooks
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress, TaskID
 
 
 def human_bytes(n: float) -> str:
@@ -31,8 +29,16 @@ class ProgressHooks(Hooks):
     """Files done / known, bytes copied and byte rate, ETA. enabled=None: only on a terminal."""
 
     def __init__(self, enabled: bool | None = None, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=True)
-        self.enabled = self.console.is_terminal if enabled is None else enabled
+        if enabled is None and console is None and not _maybe_terminal():
+            enabled = False  # rich (about 25 ms of start-up) is not even imported
+        self.console: Console | None = console
+        if enabled is not False and console is None:
+            from rich.console import Console
+
+            self.console = Console(stderr=True)
+        self.enabled = (
+            bool(self.console and self.console.is_terminal) if enabled is None else enabled
+        )
         self._progress: Progress | None = None
         self._files: TaskID | None = None
         self._done = 0
@@ -43,6 +49,8 @@ class ProgressHooks(Hooks):
 
     def __enter__(self) -> ProgressHooks:
         if self.enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
             self._progress = Progress(
                 TextColumn("[bold]{task.description}"),
                 BarColumn(),
@@ -105,6 +113,17 @@ class ProgressHooks(Hooks):
     def bytes_downloaded(self, instance: str, count: int) -> None:
         self._bytes += count
         self._update()
+
+
+def _maybe_terminal() -> bool:
+    """Whether rich could find stderr to be a terminal: a TTY, or one of the variables that tell
+    it so (``TTY_COMPATIBLE``, ``FORCE_COLOR``)."""
+    if "TTY_COMPATIBLE" in os.environ or "FORCE_COLOR" in os.environ:
+        return True
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # replaced or closed: rich decides
+        return True
 
 
 class _RichHandler(logging.Handler):

@@ -3,16 +3,23 @@ a terminal, the summary table."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from rdsrecorder.commands import SyncReport
 from rdsrecorder.logsetup import redact, setup_logging
 from rdsrecorder.progress import ProgressHooks
 from rdsrecorder.recorder import RunTotals
+from rdsrecorder.runtime import ImportAhead
 from rdsrecorder.tables import render_summary
 from rdsrecorder.window import Mode
 
@@ -70,3 +77,36 @@ def test_summary_table_lists_failures() -> None:
     text = out.getvalue()
     assert "Download interval & Finish" in text and "1,234" in text
     assert report.exit_code == 4
+
+
+def test_no_terminal_no_rich_at_start() -> None:
+    """A container's stderr is no terminal: the bar is off and rich is not imported for it (it
+    costs about 25 ms of start-up); TTY_COMPATIBLE or FORCE_COLOR let rich decide."""
+    probe = (
+        "import sys; from rdsrecorder.progress import ProgressHooks; "
+        "p = ProgressHooks(enabled=None); print(p.enabled, 'rich' in sys.modules)"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("TTY_COMPATIBLE", "FORCE_COLOR")}
+    run = functools.partial(
+        subprocess.run, [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert run(env=env).stdout.split() == ["False", "False"]
+    assert run(env={**env, "TTY_COMPATIBLE": "1"}).stdout.split() == ["True", "True"]
+
+
+def test_a_module_is_imported_ahead_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "ahead_probe_module.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "ahead_probe_module", raising=False)
+    ahead = ImportAhead("ahead_probe_module")
+    assert ahead.thread is None
+    ahead.file_started("db")
+    first = ahead.thread
+    ahead.file_started("db")
+    assert first is not None and ahead.thread is first
+    first.join(10)
+    assert not first.is_alive() and "ahead_probe_module" in sys.modules
+    broken = ImportAhead("rdsrecorder.no_such_module")
+    broken.file_started("db")
+    assert broken.thread is not None
+    broken.thread.join(10)  # nothing raised: the main thread's own import says what is wrong
