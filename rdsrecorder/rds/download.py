@@ -486,11 +486,11 @@ class RdsDownloader:
                 calls.awaited = marker
                 resp, ahead = await ahead, None
                 calls.awaited = None
-                text: str = resp.get("LogFileData") or ""
+                raw: bytes = resp.get("LogFileData") or b""
                 next_marker = str(resp.get("Marker") or "")
                 pending = bool(resp.get("AdditionalDataPending"))
                 del resp
-                if TRUNCATION_NOTICE in text:
+                if _NOTICE_BYTES in raw:
                     fewer = self._after_cut(f, stats, marker, lines, recovering)
                     if fewer is not None:
                         lines, recovering = fewer, True
@@ -498,8 +498,8 @@ class RdsDownloader:
                 elif recovering:
                     stats.recovered_truncations += 1
                     recovering = False
-                data, tail, lines = self._page(f, stats, text, marker, next_marker, tail, lines)
-                del text  # up to 4 bytes a character: not kept while the consumer writes it
+                data, tail, lines = self._page(f, stats, raw, marker, next_marker, tail, lines)
+                del raw
                 chunk = coalescer.add(data) if data else None
                 del data
                 more = _goes_on(f, stats, pending, marker, next_marker)
@@ -521,7 +521,7 @@ class RdsDownloader:
         self,
         f: LogFile,
         stats: DownloadStats,
-        text: str,
+        data: bytes,
         marker: str,
         next_marker: str,
         tail: bytes,
@@ -529,8 +529,7 @@ class RdsDownloader:
     ) -> tuple[bytes, bytes, int]:
         """A portion's bytes (a repeated head dropped), counted: (bytes, the new tail, lines for
         the next call)."""
-        data = text.encode("utf-8")
-        if data and TRUNCATION_NOTICE not in text:
+        if data and _NOTICE_BYTES not in data:
             data = self._drop_overlap(f, stats, data, marker, next_marker, tail)
             tail = _tail(tail, data)
         if data:
@@ -591,9 +590,14 @@ class RdsDownloader:
         stats.api_calls += 1
         token = _EARLY.set(early)
         try:
-            return await self._portion(f, marker, lines)
+            resp = await self._portion(f, marker, lines)
         finally:
             _EARLY.reset(token)
+        # As bytes at once: botocore's str takes up to 4 bytes a character, and an answer may
+        # wait here while the consumer writes the one before it.
+        text = resp.get("LogFileData")
+        resp["LogFileData"] = text.encode("utf-8") if text else b""
+        return resp
 
     @staticmethod
     def _drop_overlap(
