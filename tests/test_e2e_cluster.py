@@ -9,9 +9,27 @@ import logging
 import pendulum
 import pytest
 
-from rdsrecorder.commands import run_sync
+from rdsrecorder.commands import SyncReport, run_sync
 from rdsrecorder.lab import LabThread
 from tests.e2e import objects, s3_client, sync_settings, write_hourly
+
+
+async def synced(
+    lab: LabThread,
+    monkeypatch: pytest.MonkeyPatch,
+    db: str,
+    first: pendulum.DateTime,
+    hours: int,
+    run_id: str,
+) -> SyncReport:
+    """``sync`` of ``hours`` from ``first`` of one DB, against the lab."""
+    for k, v in lab.env.items():
+        monkeypatch.setenv(k, v)
+    return await run_sync(
+        sync_settings(
+            db=db, bucket=lab.bucket, start=first, finish=first.add(hours=hours), run_id=run_id
+        )
+    )
 
 
 async def test_cluster_members_each_get_their_folder(
@@ -25,13 +43,7 @@ async def test_cluster_members_each_get_their_folder(
         json.dumps({"clusters": {"aur": {"members": ["aur-1", "aur-2"], "writer": "aur-1"}}})
     )
     with LabThread(tmp_path, s3="moto") as lab:
-        for k, v in lab.env.items():
-            monkeypatch.setenv(k, v)
-        report = await run_sync(
-            sync_settings(
-                db="aur", bucket=lab.bucket, start=first, finish=first.add(hours=3), run_id="clu"
-            )
-        )
+        report = await synced(lab, monkeypatch, "aur", first, 3, "clu")
         assert report.exit_code == 0
         assert report.instances == ("aur-1", "aur-2")
         got = objects(s3_client(lab.env), lab.bucket, "clu/")
@@ -42,13 +54,7 @@ async def test_cluster_members_each_get_their_folder(
     assert len(got) == 6 + 1  # + manifest
     # A member on its own keeps the seed's flat layout.
     with LabThread(tmp_path, s3="moto") as lab:
-        for k, v in lab.env.items():
-            monkeypatch.setenv(k, v)
-        report = await run_sync(
-            sync_settings(
-                db="aur-2", bucket=lab.bucket, start=first, finish=first.add(hours=1), run_id="one"
-            )
-        )
+        report = await synced(lab, monkeypatch, "aur-2", first, 1, "one")
         assert report.exit_code == 0
         assert set(objects(s3_client(lab.env), lab.bucket, "one/")) == {
             f"one/rds_log_one_{reader[0].timestamp_s}",
@@ -65,14 +71,8 @@ async def test_one_instance_is_listed_beside_the_preflight(
     first = now.start_of("hour").subtract(hours=2)
     files = write_hourly(tmp_path, "solo", first, [30_000, 500], now)
     with LabThread(tmp_path, s3="moto") as lab:
-        for k, v in lab.env.items():
-            monkeypatch.setenv(k, v)
         lab.set_faults(latency_ms=100)
-        report = await run_sync(
-            sync_settings(
-                db="solo", bucket=lab.bucket, start=first, finish=first.add(hours=1), run_id="e"
-            )
-        )
+        report = await synced(lab, monkeypatch, "solo", first, 1, "e")
         order, stats = lab.order(), lab.stats()
         got = objects(s3_client(lab.env), lab.bucket, "e/")
     assert report.exit_code == 0
@@ -91,13 +91,7 @@ async def test_a_cluster_name_listed_early_is_dropped(
     write_hourly(tmp_path, "c-1", first, [10_000, 500], now)
     (tmp_path / "lab.json").write_text(json.dumps({"clusters": {"cl": {"members": ["c-1"]}}}))
     with LabThread(tmp_path, s3="moto") as lab:
-        for k, v in lab.env.items():
-            monkeypatch.setenv(k, v)
-        report = await run_sync(
-            sync_settings(
-                db="cl", bucket=lab.bucket, start=first, finish=first.add(hours=1), run_id="d"
-            )
-        )
+        report = await synced(lab, monkeypatch, "cl", first, 1, "d")
         stats = lab.stats()
     assert report.exit_code == 0
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []

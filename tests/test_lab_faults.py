@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aioboto3
@@ -12,6 +11,7 @@ import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
 from rdsrecorder.lab import LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY, Faults, Lab
+from tests import lab_fixtures
 from tests.lab_fixtures import (
     INSTANCE,
     TRICKY,
@@ -20,27 +20,13 @@ from tests.lab_fixtures import (
     LabData,
     complete_url,
     download_portions,
-    make_lab_root,
     rds_client,
     signed_headers,
 )
 
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> LabData:
-    return make_lab_root(tmp_path_factory.mktemp("labroot"))
-
-
-@pytest.fixture
-async def lab(data: LabData) -> AsyncIterator[Lab]:
-    async with Lab(data.root, s3="none") as lab:
-        yield lab
-
-
-@pytest.fixture
-async def rds(lab: Lab) -> AsyncIterator[Any]:
-    async with rds_client(lab.rds_url) as client:
-        yield client
+data = lab_fixtures.data
+lab = lab_fixtures.lab
+rds = lab_fixtures.rds
 
 
 async def outcome(call: Any) -> str:
