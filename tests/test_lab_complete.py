@@ -14,6 +14,7 @@ from multidict import CIMultiDict
 
 from rdsrecorder.lab import LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY, Lab
 from rdsrecorder.lab.sigv4 import SignatureError, verify
+from tests import lab_fixtures
 from tests.lab_fixtures import (
     BINARY,
     INSTANCE,
@@ -22,7 +23,6 @@ from tests.lab_fixtures import (
     WIDE,
     LabData,
     complete_url,
-    make_lab_root,
     presigned,
     signed_headers,
 )
@@ -30,15 +30,8 @@ from tests.lab_fixtures import (
 IDENTITY = {"Accept-Encoding": "identity"}
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> LabData:
-    return make_lab_root(tmp_path_factory.mktemp("labroot"))
-
-
-@pytest.fixture
-async def lab(data: LabData) -> AsyncIterator[Lab]:
-    async with Lab(data.root, s3="none") as lab:
-        yield lab
+data = lab_fixtures.data
+lab = lab_fixtures.lab
 
 
 @pytest.fixture

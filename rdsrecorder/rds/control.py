@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rdsrecorder.aws import Aws
+from rdsrecorder.concurrency import cancelled
 from rdsrecorder.errors import AwsError, DbNotFoundError, PreflightError
 from rdsrecorder.models import LogFile
 
@@ -204,8 +205,8 @@ class EarlyLister:
 
     def __init__(self, rds: RdsControl) -> None:
         self._rds = rds
-        self._early: dict[str, asyncio.Task[list[LogFile]]] = {}
-        self._answered_at: dict[str, float] = {}
+        # By instance: the listing, and when it was answered (the loop's clock).
+        self._early: dict[str, asyncio.Task[tuple[list[LogFile], float]]] = {}
 
     async def __aenter__(self) -> EarlyLister:
         return self
@@ -218,10 +219,9 @@ class EarlyLister:
         if instance not in self._early:
             self._early[instance] = asyncio.ensure_future(self._collect(instance))
 
-    async def _collect(self, instance: str) -> list[LogFile]:
+    async def _collect(self, instance: str) -> tuple[list[LogFile], float]:
         files = [f async for f in self._rds.list_log_files(instance)]
-        self._answered_at[instance] = asyncio.get_running_loop().time()
-        return files
+        return files, asyncio.get_running_loop().time()
 
     async def list_log_files(
         self, instance: str, since_ms: int | None = None
@@ -230,14 +230,11 @@ class EarlyLister:
         files: list[LogFile] | None = None
         if early is not None and since_ms is None:
             with contextlib.suppress(Exception):
-                files = await early
-            answered_at = self._answered_at.pop(instance, None)
-            if answered_at is not None and (
-                asyncio.get_running_loop().time() - answered_at > EARLY_LISTING_FRESH_S
-            ):
-                files = None
+                listed, answered_at = await early
+                if asyncio.get_running_loop().time() - answered_at <= EARLY_LISTING_FRESH_S:
+                    files = listed
         elif early is not None:
-            await _dropped(early)
+            await cancelled(early)
         if files is None:
             async for f in self._rds.list_log_files(instance, since_ms):
                 yield f
@@ -249,11 +246,4 @@ class EarlyLister:
         """Ends the early listings nobody asked for (a cluster's name, a failed preflight)."""
         early, self._early = self._early, {}
         for task in early.values():
-            await _dropped(task)
-
-
-async def _dropped(task: asyncio.Task[list[LogFile]]) -> None:
-    task.cancel()
-    await asyncio.wait([task])
-    if not task.cancelled():
-        task.exception()  # retrieved: a failed early listing is not an error of its own
+            await cancelled(task)  # a failed early listing is not an error of its own
