@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import ssl
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -29,10 +26,8 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import aioboto3
-import aiohttp
 from aiobotocore.config import AioConfig
 from aiobotocore.credentials import AioRefreshableCredentials
-from aiobotocore.httpsession import AIOHTTPSession
 from aiobotocore.session import AioSession
 from botocore.exceptions import (
     BotoCoreError,
@@ -40,7 +35,6 @@ from botocore.exceptions import (
     NoCredentialsError,
     PartialCredentialsError,
 )
-from botocore.httpsession import create_urllib3_context, get_cert_path
 from botocore.parsers import ResponseParserError
 from tenacity import RetryCallState
 
@@ -79,61 +73,6 @@ CREDENTIAL_CODES = frozenset(
         "AuthFailure",
     }
 )
-
-
-class _TlsContexts:
-    """One TLS context (CA bundle read once) per ``verify`` setting for every client of the
-    process. aiobotocore gives each client its own, reading the bundle at the client's first
-    request: about 30 ms of blocked event loop each, three times at start. ``warm`` reads it in
-    a thread (OpenSSL releases the GIL) while the clients are being built."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._contexts: dict[object, ssl.SSLContext] = {}
-
-    def get(self, verify: object) -> ssl.SSLContext:
-        with self._lock:
-            context = self._contexts.get(verify)
-            if context is None:
-                context = create_urllib3_context()
-                ca_certs = get_cert_path(verify)
-                if ca_certs:
-                    context.load_verify_locations(ca_certs, None, None)
-                self._contexts[verify] = context
-            return context
-
-    def warm(self, ca_bundle: object) -> None:
-        """``ca_bundle``: the session's ``ca_bundle`` setting (None when unset)."""
-        # As botocore resolves a client's verify setting when none is given.
-        verify = ca_bundle or os.environ.get("REQUESTS_CA_BUNDLE", True)
-        if verify in self._contexts:
-            return  # read by an earlier run of this process
-
-        def load() -> None:
-            try:
-                self.get(verify)
-            except (OSError, ssl.SSLError) as exc:  # said again, and raised, by the first request
-                log.debug("cannot read the CA bundle yet: %s", exc)
-
-        threading.Thread(target=load, name="rdsrecorder-tls", daemon=True).start()
-
-
-TLS_CONTEXTS = _TlsContexts()
-
-
-class SharedTlsHttpSession(AIOHTTPSession):  # type: ignore[misc]  # untyped base
-    """aiobotocore's HTTP session, with the process's shared TLS context when it would have
-    built a plain one (no proxy, no client certificate): ``_TlsContexts``."""
-
-    def _create_connector(self, proxy_url: str | None) -> aiohttp.TCPConnector:
-        if proxy_url or not self._verify or self._cert_file:
-            connector: aiohttp.TCPConnector = super()._create_connector(proxy_url)
-            return connector
-        return aiohttp.TCPConnector(
-            limit=self._max_pool_connections,
-            ssl=TLS_CONTEXTS.get(self._verify),
-            **self._connector_args,
-        )
 
 
 class RateLimiter:
@@ -243,7 +182,6 @@ class Aws:
             # the body is not hashed a second time for the signature: what botocore does on its
             # own over HTTPS, kept over plain HTTP (local S3 servers) too.
             s3={"addressing_style": "path", "payload_signing_enabled": False},
-            http_session_cls=SharedTlsHttpSession,
             # Local S3 servers differ in their support of the newer default checksums.
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
@@ -257,7 +195,6 @@ class Aws:
         self.sts: Any = None
 
     async def __aenter__(self) -> Aws:
-        TLS_CONTEXTS.warm(self.session._session.get_config_variable("ca_bundle"))
         self._stack = AsyncExitStack()
         await self._stack.__aenter__()
         try:

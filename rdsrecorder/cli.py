@@ -581,4 +581,4 @@ def main() -> None:
             hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
             print(f"error: {' '.join(str(message).split())}{hint}", file=sys.stderr)
             code = int(getattr(exc, "exit_code", EXIT_CONFIG) or EXIT_CONFIG)
-    runtime.leave(code if isinstance(code, int) else 0)
+    sys.exit(code if isinstance(code, int) else 0)

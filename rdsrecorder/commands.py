@@ -37,7 +37,7 @@ from rdsrecorder.errors import (
 from rdsrecorder.fleet import Db, Fleet, FleetManifests
 from rdsrecorder.get import GetReport, get_window
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.rds.control import EarlyLister, RdsControl
+from rdsrecorder.rds.control import RdsControl
 from rdsrecorder.rds.download import RdsDownloader
 from rdsrecorder.recorder import Recorder, RunTotals, summary_line
 from rdsrecorder.s3.bucket import Bucket
@@ -129,11 +129,6 @@ async def _preflight(aws: Aws, bucket: Bucket, fleet: Fleet) -> dict[str, Db]:
     return dbs
 
 
-def _one_name(settings: SyncSettings) -> bool:
-    """One DB named, not sharded: the name is an instance's unless RDS says it is a cluster's."""
-    return not settings.fleet and settings.shard.count == 1 and len(settings.targets) == 1
-
-
 def _bucket(aws: Aws, name: str, settings: AwsSettings) -> Bucket:
     return Bucket(
         aws,
@@ -206,10 +201,7 @@ async def run_sync(
         async with (
             RdsDownloader(aws, hooks, method=settings.download_method) as downloader,
             fleet,  # its background reads end before the clients close
-            EarlyLister(rds) as lister,
         ):
-            if _one_name(settings) and mode != Mode.WAIT_AND_SYNC:
-                lister.ask(settings.targets[0])  # beside the preflight (a cluster's is dropped)
             dbs = await _preflight(aws, bucket, fleet)
             for db in dbs.values():
                 log.info(
@@ -257,7 +249,7 @@ async def run_sync(
                 ),
                 run_id=settings.run_id,
                 per_instance_keys=settings.fleet or single_cluster,
-                lister=lister,
+                lister=rds,
                 resolver=fleet,
                 copier=Copier(
                     downloader,

@@ -267,9 +267,9 @@ class MetricsServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.address, self.port)
         await site.start()
-        sockets = getattr(site._server, "sockets", None) or []
-        if sockets:
-            self.port = int(sockets[0].getsockname()[1])
+        addresses = self._runner.addresses  # (host, port, ...) of each bound socket
+        if addresses:
+            self.port = int(addresses[0][1])
         return self
 
     async def __aexit__(

@@ -3,7 +3,7 @@ event loop, signals, the metrics server, and the one boundary where every outcom
 code and every error one line on stderr.
 
 * Signals: the first SIGINT/SIGTERM sets the stop event (work drains), the second cancels the
-  command (abort now), a third exits at once.
+  command (abort now), a third kills the process (the system's default action).
 * Errors: every ``RdsRecorderError`` becomes ``error: <message>`` and its exit code; an
   ``ExceptionGroup`` (from a TaskGroup) is unwrapped into one line per distinct cause; anything
   else is a bug and says so in one line. ``--debug`` adds the traceback.
@@ -16,12 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
-import importlib
 import logging
 import os
 import signal
 import sys
-import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
@@ -61,20 +59,6 @@ def stderr_line(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-def leave(code: int) -> None:
-    """Ends the process once a command is over. Every file is closed and every task has ended by
-    then; what an ordinary exit still does (freeing botocore's service models object by object,
-    about a quarter of a second after a sync) changes nothing. Logs and the standard streams are
-    flushed, then the process exits with ``code``."""
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing more can be said
-            pass
-    os._exit(code)
-
-
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
     """glibc gives each thread that allocates its own malloc arena (up to 8 per core), and an arena
     keeps much of what it once held; aiohttp reads spooled parts and resolves names in worker
@@ -91,8 +75,9 @@ def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
 
 
 class _Signals:
-    """First SIGINT/SIGTERM: set the stop event (drain). Second: cancel the run (abort now).
-    Third: exit at once."""
+    """First SIGINT/SIGTERM: set the stop event (drain). Second: cancel the run (abort now) and
+    give both signals back to the system, so that a third ends the process at once the way an
+    unhandled signal does (no Python code runs: nothing left to hang on)."""
 
     def __init__(self, stop: asyncio.Event, main: asyncio.Task[Any]) -> None:
         self._stop = stop
@@ -105,11 +90,11 @@ class _Signals:
         if self._count == 1:
             log.warning("%s received: stopping (again to abort at once)", name)
             self._stop.set()
-        elif self._count == 2:
-            log.warning("%s received again: aborting", name)
-            self._main.cancel()
         else:
-            os._exit(EXIT_INTERRUPTED)
+            log.warning("%s received again: aborting (again to kill the process)", name)
+            self._main.cancel()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, signal.SIG_DFL)
 
     @contextlib.contextmanager
     def installed(self) -> Iterator[_Signals]:
@@ -241,7 +226,7 @@ def sync(debug: bool, log_format: LogFormat, build: Callable[[], SyncSettings]) 
     async def main(stop: asyncio.Event) -> int:
         async with serve_metrics(settings.obs, settings.run_id, required=True) as metrics_hooks:
             progress = ProgressHooks(enabled=settings.obs.progress)
-            hooks = MultiHooks(metrics_hooks, progress, ImportAhead("rdsrecorder.tables"))
+            hooks = MultiHooks(metrics_hooks, progress)
             with progress:
                 report = await run_sync(settings, hooks=hooks, clock=Clock(), stop=stop)
         from rdsrecorder.tables import render_summary
@@ -250,30 +235,6 @@ def sync(debug: bool, log_format: LogFormat, build: Callable[[], SyncSettings]) 
         return report.exit_code
 
     return run(settings.obs.debug, main)
-
-
-class ImportAhead(Hooks):
-    """Imports a module the command needs at its end (the final table: rich, about 25 ms) in a
-    thread once the first file has started, while the run mostly waits on the network, rather
-    than before the first download or after the last one."""
-
-    def __init__(self, module: str) -> None:
-        self._module = module
-        self.thread: threading.Thread | None = None
-
-    def file_started(self, instance: str) -> None:
-        if self.thread is None:
-            self.thread = threading.Thread(
-                target=_import_quietly, args=(self._module,), name="rdsrecorder-import", daemon=True
-            )
-            self.thread.start()
-
-
-def _import_quietly(module: str) -> None:
-    try:
-        importlib.import_module(module)
-    except Exception:  # the main thread imports it again, and says what is wrong
-        log.debug("importing %s ahead failed", module, exc_info=True)
 
 
 def snapshot(debug: bool, log_format: LogFormat, build: Callable[[], SnapshotSettings]) -> int:

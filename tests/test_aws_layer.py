@@ -3,14 +3,13 @@ backoff counted through the hooks (against the lab's throttling and 5xx knobs), 
 
 from __future__ import annotations
 
-import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from rdsrecorder.aws import Aws, RateLimiter, SharedTlsHttpSession, translate
+from rdsrecorder.aws import Aws, RateLimiter, translate
 from rdsrecorder.config import AwsSettings
 from rdsrecorder.errors import AwsError, LogFileGoneError, ThrottledError
 from rdsrecorder.hooks import Hooks
@@ -125,20 +124,3 @@ async def test_throttles_and_500s_are_retried_and_counted(
     assert hooks.calls[-1] == ("rds", "DescribeDBLogFiles", "error")
     assert "InternalFailure" in str(err.value)
     lab.set_faults()
-
-
-async def test_every_client_shares_one_tls_context_per_ca_bundle() -> None:
-    """The CA bundle is read once for the process, not once per client (aiobotocore's own
-    session builds a context per client, at its first request)."""
-    one = SharedTlsHttpSession(verify=True)._create_connector(None)
-    two = SharedTlsHttpSession(verify=True)._create_connector(None)
-    try:
-        assert isinstance(one._ssl, ssl.SSLContext) and one._ssl is two._ssl
-        assert one._ssl.cert_store_stats()["x509_ca"] > 0  # the bundle was loaded into it
-        # verify=False: no TLS context at all, as in aiobotocore.
-        plain = SharedTlsHttpSession(verify=False)._create_connector(None)
-        assert plain._ssl is False
-        await plain.close()
-    finally:
-        await one.close()
-        await two.close()

@@ -62,30 +62,11 @@ async def test_cluster_members_each_get_their_folder(
         }
 
 
-async def test_one_instance_is_listed_beside_the_preflight(
-    tmp_path, monkeypatch: pytest.MonkeyPatch
-) -> None:  # type: ignore[no-untyped-def]
-    """One round trip less before the first download: the listing of a single named DB goes out
-    with the preflight's DescribeDBInstances, and is the run's only listing of it."""
-    now = pendulum.now("UTC")
-    first = now.start_of("hour").subtract(hours=2)
-    files = write_hourly(tmp_path, "solo", first, [30_000, 500], now)
-    with LabThread(tmp_path, s3="moto") as lab:
-        lab.set_faults(latency_ms=100)
-        report = await synced(lab, monkeypatch, "solo", first, 1, "e")
-        order, stats = lab.order(), lab.stats()
-        got = objects(s3_client(lab.env), lab.bucket, "e/")
-    assert report.exit_code == 0
-    assert order.index("DescribeDBLogFiles") < order.index("/DescribeDBInstances")
-    assert stats["calls_by_instance"]["solo"]["DescribeDBLogFiles"] == 1
-    assert hashlib.sha256(got[f"e/rds_log_e_{files[0].timestamp_s}"]).hexdigest() == files[0].sha256
-
-
-async def test_a_cluster_name_listed_early_is_dropped(
+async def test_a_cluster_name_is_resolved_without_a_word(
     tmp_path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:  # type: ignore[no-untyped-def]
-    """The early listing cannot know a cluster's name from an instance's: RDS's not-found answer
-    is dropped without a word, and only the members are listed after it."""
+    """A cluster's name is not an instance's: RDS's not-found answer to it is how the name is
+    resolved, not a warning, and only the members' logs are listed."""
     now = pendulum.now("UTC")
     first = now.start_of("hour").subtract(hours=2)
     write_hourly(tmp_path, "c-1", first, [10_000, 500], now)
@@ -95,6 +76,5 @@ async def test_a_cluster_name_listed_early_is_dropped(
         stats = lab.stats()
     assert report.exit_code == 0
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
-    assert stats["calls_by_instance"]["cl"] == {"DescribeDBInstances": 1, "DescribeDBLogFiles": 1}
-    assert stats["calls_by_instance"]["c-1"]["DescribeDBLogFiles"] == 1
-    assert stats["errors"].get("DBInstanceNotFound", 0) >= 2  # the resolve and the early listing
+    assert "DescribeDBLogFiles" not in stats["calls_by_instance"]["cl"]
+    assert stats["calls_by_instance"]["c-1"]["DescribeDBLogFiles"] >= 1

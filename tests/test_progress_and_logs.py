@@ -10,16 +10,13 @@ import logging
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
 from rich.console import Console
 
 from rdsrecorder.commands import SyncReport
 from rdsrecorder.logsetup import redact, setup_logging
 from rdsrecorder.progress import ProgressHooks
 from rdsrecorder.recorder import RunTotals
-from rdsrecorder.runtime import ImportAhead
 from rdsrecorder.tables import render_summary
 from rdsrecorder.window import Mode
 
@@ -92,21 +89,3 @@ def test_no_terminal_no_rich_at_start() -> None:
     )
     assert run(env=env).stdout.split() == ["False", "False"]
     assert run(env={**env, "TTY_COMPATIBLE": "1"}).stdout.split() == ["True", "True"]
-
-
-def test_a_module_is_imported_ahead_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "ahead_probe_module.py").write_text("VALUE = 1\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "ahead_probe_module", raising=False)
-    ahead = ImportAhead("ahead_probe_module")
-    assert ahead.thread is None
-    ahead.file_started("db")
-    first = ahead.thread
-    ahead.file_started("db")
-    assert first is not None and ahead.thread is first
-    first.join(10)
-    assert not first.is_alive() and "ahead_probe_module" in sys.modules
-    broken = ImportAhead("rdsrecorder.no_such_module")
-    broken.file_started("db")
-    assert broken.thread is not None
-    broken.thread.join(10)  # nothing raised: the main thread's own import says what is wrong

@@ -20,8 +20,6 @@ from rdsrecorder.models import DownloadMethod, DownloadStats, LogFile
 from rdsrecorder.rds.download import (
     PORTION_PLAN_BYTES,
     RdsDownloader,
-    _Calls,
-    peek_answer,
     portion_lines,
 )
 
@@ -157,63 +155,3 @@ async def test_the_next_portion_is_asked_for_while_the_consumer_holds_a_chunk(
     assert hashlib.sha256(b"".join(body)).hexdigest() == g.sha256
     assert held >= 3  # a file of several portions, each held while the next was asked for
     assert lab_calls() == stats.api_calls  # nothing asked twice, nothing left in flight
-
-
-def answer_xml(data: str, marker: str, pending: bool, *, marker_first: bool = False) -> bytes:
-    """A DownloadDBLogFilePortion answer as RDS shapes it (the lab's escapes)."""
-    escaped = data.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    parts = [
-        f"<LogFileData>{escaped}</LogFileData>",
-        f"<AdditionalDataPending>{'true' if pending else 'false'}</AdditionalDataPending>",
-    ]
-    marker_xml = f"<Marker>{marker}</Marker>"
-    parts = [marker_xml, *parts] if marker_first else [*parts, marker_xml]
-    return (
-        '<?xml version="1.0" encoding="UTF-8"?>\n<DownloadDBLogFilePortionResponse '
-        'xmlns="http://rds.amazonaws.com/doc/2014-10-31/"><DownloadDBLogFilePortionResult>'
-        + "".join(parts)
-        + "</DownloadDBLogFilePortionResult><ResponseMetadata><RequestId>r</RequestId>"
-        "</ResponseMetadata></DownloadDBLogFilePortionResponse>\n"
-    ).encode()
-
-
-def test_a_raw_answer_tells_the_next_call_only_when_certain() -> None:
-    lines = 'a,"b < c",1\n' * 50
-    size = len(lines.replace("<", "&lt;"))
-    for marker_first in (False, True):
-        body = answer_xml(lines, "7:600", True, marker_first=marker_first)
-        assert peek_answer(body, "7:0") == ("7:600", size, 50)
-    assert peek_answer(answer_xml(lines, "7:600", False), "7:0") is None  # the end, or a false one
-    assert peek_answer(answer_xml(lines, "7:0", True), "7:0") is None  # a marker that did not move
-    cut = lines + " [Your log message was truncated]\n"
-    assert peek_answer(answer_xml(cut, "7:600", True), "7:0") is None  # asked again, fewer lines
-    assert peek_answer(b"<DownloadDBLogFilePortionResponse/>", "7:0") is None
-
-
-async def test_only_the_awaited_answer_sends_the_next_call_early(
-    lab: LabThread, lab_files: tuple[Path, list[GeneratedFile]], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The call after an answer leaves when that answer has arrived, before it is parsed, if
-    the download waits for it and nothing else went out early: a consumer that falls behind
-    holds at most one call."""
-    for key, value in lab.env.items():
-        monkeypatch.setenv(key, value)
-    g = max(lab_files[1], key=lambda g: g.size)
-    async with Aws(AwsSettings(region="us-east-1", max_api_rps=1000), Hooks()) as aws:
-        rds = RdsDownloader(aws, Hooks(), DownloadMethod.PORTION)
-        stats = DownloadStats()
-        calls = _Calls(rds, LogFile(INSTANCE, g.name, 0, g.size), stats, max_calls=100)
-        body = answer_xml("x,1\n" * 200, "6:800", True)
-        send = calls._on_answer("6:0", 2000)
-        assert send(body) is False  # the download does not wait for that call: nothing sent
-        calls.awaited = "6:0"
-        assert send(body) is True
-        assert send(body) is False  # one call early at a time
-        task, lines = calls.next("6:800", 1)
-        assert lines > 1  # sized from the raw answer, not from the caller's guess
-        await task
-        assert stats.api_calls == 1
-        task, lines = calls.next("6:999", 7)  # nothing early from there: a call of its own
-        assert lines == 7
-        await calls.aclose(task)
-        await rds.aclose()

@@ -82,7 +82,7 @@ import secrets
 import time
 import uuid
 import zlib
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,9 +180,6 @@ class LabStats:
     # Who signed each call: the lab's user or an assumed role's ARN -> action -> count.
     calls_by_caller: dict[str, Counter[str]] = field(default_factory=dict)
     throttled_by_action: Counter[str] = field(default_factory=Counter)
-    # The last query-protocol events in order: "Action" when a call arrives, "/Action" when it
-    # is answered (for tests of what overlaps what; not in ``to_dict``).
-    order: deque[str] = field(default_factory=lambda: deque(maxlen=1000))
     _portion_in_flight: set[str] = field(default_factory=set)
     _complete_in_flight: Counter[str] = field(default_factory=Counter)
 
@@ -342,9 +339,6 @@ class RdsEmulator:
     def stats(self) -> dict[str, Any]:
         return self._stats.to_dict()
 
-    def order(self) -> list[str]:
-        return list(self._stats.order)
-
     def reset_stats(self) -> None:
         self._stats = LabStats()
 
@@ -367,11 +361,7 @@ class RdsEmulator:
             self._stats.instance_call(instance_param, action)
         region = sigv4.credential_region(request.headers, request.query_string) or LAB_REGION
         call = _Call(request, params, action, request_id, region)
-        self._stats.order.append(action)
-        try:
-            return await self._answer(call, body, sts, namespace)
-        finally:
-            self._stats.order.append("/" + action)
+        return await self._answer(call, body, sts, namespace)
 
     async def _answer(
         self, call: _Call, body: bytes, sts: bool, namespace: str

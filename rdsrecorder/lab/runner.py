@@ -204,10 +204,6 @@ class Lab:
     def stats(self) -> dict[str, Any]:
         return self.emulator.stats()
 
-    def order(self) -> list[str]:
-        """The last RDS/STS calls in order: ``Action`` on arrival, ``/Action`` once answered."""
-        return self.emulator.order()
-
     def reset_stats(self) -> None:
         self.emulator.reset_stats()
 
@@ -377,10 +373,6 @@ class LabThread:
 
     def stats(self) -> dict[str, Any]:
         result: dict[str, Any] = self._on_loop(self.lab.stats)
-        return result
-
-    def order(self) -> list[str]:
-        result: list[str] = self._on_loop(self.lab.order)
         return result
 
     def reset_stats(self) -> None:

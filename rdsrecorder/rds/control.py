@@ -5,14 +5,11 @@ generator: the caller never sees markers. Only ``rds:Describe*`` actions."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
 from rdsrecorder.aws import Aws
-from rdsrecorder.concurrency import cancelled
 from rdsrecorder.errors import AwsError, DbNotFoundError, PreflightError
 from rdsrecorder.models import LogFile
 
@@ -189,61 +186,3 @@ class RdsControl:
                     size=int(item.get("Size", 0)),
                 )
         return None
-
-
-EARLY_LISTING_FRESH_S = 30.0  # an early listing older than this is asked again
-
-
-class EarlyLister:
-    """The recorder's lister, whose first full listing of one name may already be under way.
-
-    A run over one DB asks for that name's log files beside the preflight, which is what says
-    whether the name is an instance at all: one round trip less before the first download. When
-    the name is a cluster, the early call's not-found answer is dropped, and any failed early call
-    is asked again as the recorder asks it, so its error reaches the user the usual way. Only
-    ``rds:DescribeDBLogFiles``: nothing is written."""
-
-    def __init__(self, rds: RdsControl) -> None:
-        self._rds = rds
-        # By instance: the listing, and when it was answered (the loop's clock).
-        self._early: dict[str, asyncio.Task[tuple[list[LogFile], float]]] = {}
-
-    async def __aenter__(self) -> EarlyLister:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
-
-    def ask(self, instance: str) -> None:
-        """Start the full listing of ``instance`` now (once)."""
-        if instance not in self._early:
-            self._early[instance] = asyncio.ensure_future(self._collect(instance))
-
-    async def _collect(self, instance: str) -> tuple[list[LogFile], float]:
-        files = [f async for f in self._rds.list_log_files(instance)]
-        return files, asyncio.get_running_loop().time()
-
-    async def list_log_files(
-        self, instance: str, since_ms: int | None = None
-    ) -> AsyncIterator[LogFile]:
-        early = self._early.pop(instance, None)
-        files: list[LogFile] | None = None
-        if early is not None and since_ms is None:
-            with contextlib.suppress(Exception):
-                listed, answered_at = await early
-                if asyncio.get_running_loop().time() - answered_at <= EARLY_LISTING_FRESH_S:
-                    files = listed
-        elif early is not None:
-            await cancelled(early)
-        if files is None:
-            async for f in self._rds.list_log_files(instance, since_ms):
-                yield f
-            return
-        for f in files:
-            yield f
-
-    async def aclose(self) -> None:
-        """Ends the early listings nobody asked for (a cluster's name, a failed preflight)."""
-        early, self._early = self._early, {}
-        for task in early.values():
-            await cancelled(task)  # a failed early listing is not an error of its own

@@ -21,10 +21,9 @@ Two download paths:
   10 % smaller retry). A file's first call is sized from other files' lines, so it aims 10 %
   lower, even when that costs the file one more call: files differ (in the limits benchmark one
   first call in eight, aimed 4 % under the plan, was cut), and a call costs its latency where a
-  cut costs a whole call. The next call goes out as soon as the raw answer of the previous one
-  has arrived, before botocore parses it (about 5 ms a MB) and before the consumer does its part
-  (spool, hashes, the upload): its marker is read off the raw XML (``peek_answer``) and checked
-  against the parsed answer (``_Calls``).
+  cut costs a whole call. The next call goes out once the previous answer is parsed, while the
+  consumer takes that answer's bytes (spool, hashes, the upload): one call ahead at most, so a
+  consumer that falls behind holds one chunk and one answer.
   The last call asks for a few more lines than needed so that the file's end comes in it. A file
   that outgrew its listed size (the current one) goes on with 1 MB portions. Bytes per line are
   learnt per instance from every portion: files that start before anything is known of an
@@ -52,10 +51,8 @@ What still ends short (the file shrank, or was replaced) is judged by the copier
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
-import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
@@ -65,7 +62,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 
 from rdsrecorder.aws import Aws
-from rdsrecorder.concurrency import cancelled, retrieved
+from rdsrecorder.concurrency import cancelled
 from rdsrecorder.errors import (
     AwsError,
     DownloadError,
@@ -94,15 +91,6 @@ COMPLETE_OPERATION = "DownloadCompleteLogFile"
 STREAM_READ_BYTES = 256 * 1024
 SHORT_BODIES_BEFORE_PORTIONS = 2  # whole-file streams that ended short before portions are used
 OVERLAP_TAIL_BYTES = 256 * 1024  # the end of the previous page kept to recognise a repeated head
-EARLY_HOOK_ID = "rdsrecorder-portion-early"
-
-# The call whose raw answer is being read, and what to do with it (see ``_answer_arrived``).
-_EARLY: contextvars.ContextVar[Callable[[bytes], bool] | None] = contextvars.ContextVar(
-    "rdsrecorder_portion_early", default=None
-)
-_DATA_OPEN, _DATA_CLOSE = b"<LogFileData>", b"</LogFileData>"
-_MARKER_XML = re.compile(rb"<Marker>([^<&]*)</Marker>")
-_PENDING_XML = re.compile(rb"<AdditionalDataPending>(true|false)</AdditionalDataPending>")
 _NOTICE_BYTES = TRUNCATION_NOTICE.encode()
 
 
@@ -190,40 +178,6 @@ def _goes_on(
     return pending or _false_end(f, stats, marker, next_marker)
 
 
-def peek_answer(body: bytes, marker: str) -> tuple[str, int, int] | None:
-    """What the raw XML answer of a portion call says of the next call, before botocore parses
-    it: (the next marker, about how many bytes it carries, its line feeds), or None when it says
-    nothing certain (no more data, a cut portion, a marker that did not move, an unexpected
-    shape). Only the next call's marker has to be right, and it is checked against the parsed
-    answer; the byte count, escapes included, is a little high, so the lines asked for are a
-    little low."""
-    start, end = body.find(_DATA_OPEN), body.rfind(_DATA_CLOSE)
-    if start < 0 or end < start:
-        return None
-    rest = body[:start] + body[end:]
-    found_marker, found_pending = _MARKER_XML.search(rest), _PENDING_XML.search(rest)
-    if found_marker is None or found_pending is None or found_pending.group(1) != b"true":
-        return None
-    next_marker = found_marker.group(1).decode("utf-8", "replace")
-    content = body[start + len(_DATA_OPEN) : end]
-    if not next_marker or next_marker == marker or _NOTICE_BYTES in content:
-        return None
-    return next_marker, len(content), content.count(b"\n")
-
-
-async def _answer_arrived(response_dict: dict[str, Any], **_: Any) -> None:
-    """botocore's ``before-parse`` event of DownloadDBLogFilePortion: the whole answer has
-    arrived and is about to be parsed (about 5 ms a MB, and the copy's own work follows). The
-    call that reads it may hand it to the file's next call, which then goes out first."""
-    early = _EARLY.get()
-    body = response_dict.get("body")
-    if early is None or response_dict.get("status_code") != 200 or not isinstance(body, bytes):
-        return
-    _EARLY.set(None)  # once per call
-    if early(body):
-        await asyncio.sleep(0)  # the next call's task sends its request before this parse
-
-
 class _Coalescer:
     """Joins small pieces into chunks of about ``target`` bytes (one join per chunk)."""
 
@@ -243,64 +197,6 @@ class _Coalescer:
         out = self.parts[0] if len(self.parts) == 1 else b"".join(self.parts)
         self.parts, self.size = [], 0
         return out
-
-
-class _Calls:
-    """A file's portion calls. Each goes out as soon as the raw answer of the one before has
-    arrived (``peek_answer``): botocore's parse of that answer, and what the consumer does with
-    its chunk (spool, hashes, the upload), then run beside the next call's latency. A call sent
-    early is used when the parsed answer gives the marker it asked from; otherwise it is
-    cancelled and the call is made as the parsed answer says. Only the answer the download waits
-    for sends a call early, and only one at a time: a consumer that falls behind holds at most
-    one chunk and one call, as when calls went out only as each answer was handed on."""
-
-    def __init__(
-        self, downloader: RdsDownloader, f: LogFile, stats: DownloadStats, max_calls: int
-    ) -> None:
-        self._downloader = downloader
-        self._f = f
-        self._stats = stats
-        self._max_calls = max_calls
-        self._early: dict[str, tuple[asyncio.Task[dict[str, Any]], int]] = {}  # by marker
-        self.awaited: str | None = None  # the marker of the call the download waits for
-
-    def next(self, marker: str, lines: int) -> tuple[asyncio.Task[dict[str, Any]], int]:
-        """The call from ``marker``: the one sent early from there, with the lines it asked
-        for, or a new one for ``lines``."""
-        sent = self._early.pop(marker, None)
-        for stale, _ in self._early.values():  # asked from a marker the answer did not give
-            stale.cancel()
-            stale.add_done_callback(retrieved)
-        self._early.clear()
-        return sent if sent is not None else (self._send(marker, lines), lines)
-
-    def _send(self, marker: str, lines: int) -> asyncio.Task[dict[str, Any]]:
-        f, stats = self._f, self._stats
-        call = self._downloader._counted_portion(
-            f, stats, marker, lines, self._max_calls, self._on_answer(marker, lines)
-        )
-        return asyncio.ensure_future(call)
-
-    def _on_answer(self, asked: str, asked_lines: int) -> Callable[[bytes], bool]:
-        def send_next(body: bytes) -> bool:
-            if asked != self.awaited or self._early:
-                return False
-            peeked = peek_answer(body, asked)
-            if peeked is None:
-                return False
-            marker, size, newlines = peeked
-            left = self._f.size - self._stats.bytes - size
-            lines = RdsDownloader._next_lines(size, newlines, asked_lines, left)
-            self._early[marker] = (self._send(marker, lines), lines)
-            return True
-
-        return send_next
-
-    async def aclose(self, ahead: asyncio.Task[dict[str, Any]] | None) -> None:
-        pending = [task for task, _ in self._early.values()]
-        self._early.clear()
-        for task in [*pending, *([ahead] if ahead is not None else [])]:
-            await cancelled(task)
 
 
 class _CompleteUnavailable(Exception):
@@ -327,9 +223,6 @@ class RdsDownloader:
         # the files that start before an instance's first answer pay for a small probing call.
         self._bytes_per_line: dict[str, float] = {}
         self._http: aiohttp.ClientSession | None = None
-        aws.rds.meta.events.register(
-            "before-parse.rds.DownloadDBLogFilePortion", _answer_arrived, unique_id=EARLY_HOOK_ID
-        )
 
     async def __aenter__(self) -> RdsDownloader:
         return self
@@ -477,15 +370,12 @@ class RdsDownloader:
         # A portion is already a big chunk (~1 MB): passed on as it is, without a join; only
         # small ones (cuts, the probe, a file's end) are gathered.
         coalescer = _Coalescer(min(self._chunk_target_bytes, PORTION_SMALL_BYTES))
-        calls = _Calls(self, f, stats, max_calls)
         ahead: asyncio.Task[dict[str, Any]] | None = None
         try:
             while True:
                 if ahead is None:
-                    ahead, lines = calls.next(marker, lines)
-                calls.awaited = marker
+                    ahead = self._send(f, stats, marker, lines, max_calls)
                 resp, ahead = await ahead, None
-                calls.awaited = None
                 raw: bytes = resp.get("LogFileData") or b""
                 next_marker = str(resp.get("Marker") or "")
                 pending = bool(resp.get("AdditionalDataPending"))
@@ -505,14 +395,17 @@ class RdsDownloader:
                 more = _goes_on(f, stats, pending, marker, next_marker)
                 marker = next_marker
                 if more:
-                    ahead, lines = calls.next(marker, lines)
+                    # One call ahead: the next portion is on its way while the consumer takes
+                    # this one (spool, hashes, the upload).
+                    ahead = self._send(f, stats, marker, lines, max_calls)
                 if chunk is not None:
                     yield chunk
                     del chunk
                 if not more:
                     break
-        finally:  # the consumer stopped, or the file ended: what went out early is not wanted
-            await calls.aclose(ahead)
+        finally:  # the consumer stopped, or a call failed: the call ahead is not wanted
+            if ahead is not None:
+                await cancelled(ahead)
         rest = coalescer.take()
         if rest is not None:
             yield rest
@@ -573,6 +466,11 @@ class RdsDownloader:
         )
         return None
 
+    def _send(
+        self, f: LogFile, stats: DownloadStats, marker: str, lines: int, max_calls: int
+    ) -> asyncio.Task[dict[str, Any]]:
+        return asyncio.ensure_future(self._counted_portion(f, stats, marker, lines, max_calls))
+
     async def _counted_portion(
         self,
         f: LogFile,
@@ -580,7 +478,6 @@ class RdsDownloader:
         marker: str,
         lines: int,
         max_calls: int,
-        early: Callable[[bytes], bool] | None = None,
     ) -> dict[str, Any]:
         if stats.api_calls >= max_calls:
             raise DownloadError(
@@ -588,11 +485,7 @@ class RdsDownloader:
                 f"({stats.bytes} bytes); the API is not making progress"
             )
         stats.api_calls += 1
-        token = _EARLY.set(early)
-        try:
-            resp = await self._portion(f, marker, lines)
-        finally:
-            _EARLY.reset(token)
+        resp = await self._portion(f, marker, lines)
         # As bytes at once: botocore's str takes up to 4 bytes a character, and an answer may
         # wait here while the consumer writes the one before it.
         text = resp.get("LogFileData")
