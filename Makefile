@@ -24,7 +24,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy --strict rdsrecorder
+	$(BIN)/mypy --strict rdsrecorder rdsrecorder_lab
 
 test: $(STAMP)
 	bash scripts/system-deps.sh

@@ -21,7 +21,7 @@ import boto3
 from botocore.config import Config
 
 import rdsrecorder
-from rdsrecorder.lab import LAB_REGION
+from rdsrecorder_lab import LAB_REGION
 
 MB = 1_000_000
 MIB = 1 << 20

@@ -35,12 +35,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rdsrecorder.clock import FakeClock
 from rdsrecorder.compression import Compression
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.lab import LabThread
-from rdsrecorder.lab.generate import generate_fleet
 from rdsrecorder.models import DownloadStats, LogFile, ObjectInfo, UploadResult
 from rdsrecorder.recorder import Recorder
 from rdsrecorder.transfer import Copier
 from rdsrecorder.window import Mode, Window
+from rdsrecorder_lab import LabThread
+from rdsrecorder_lab.generate import generate_fleet
 
 
 def vm_hwm_kib(pid: int) -> int:

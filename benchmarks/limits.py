@@ -41,8 +41,8 @@ from typing import Any
 
 from common import MB, ProcessRun, clients, machine, object_hashes, run_process, run_sync
 
-from rdsrecorder.lab import LAB_REGION, LabThread, generate
-from rdsrecorder.lab.s3local import find_weed
+from rdsrecorder_lab import LAB_REGION, LabThread, generate
+from rdsrecorder_lab.s3local import find_weed
 
 INSTANCE = "limits-db"
 # rdsrecorder's own count, logged at the end of a run (rdsrecorder.aws).

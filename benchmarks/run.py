@@ -40,8 +40,8 @@ from typing import Any
 from common import MB, CpuMeter, check_exact, clients, machine, run_sync
 from limits import add_arguments, limits_table, limits_targets
 
-from rdsrecorder.lab import LabThread, generate
-from rdsrecorder.lab.s3local import find_weed
+from rdsrecorder_lab import LabThread, generate
+from rdsrecorder_lab.s3local import find_weed
 
 
 def baseline(env: dict[str, str], instance: str, names: list[str], bucket: str) -> float:

@@ -4,6 +4,7 @@ Nothing else happens here."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from typing import Annotated
 
@@ -30,7 +31,6 @@ from rdsrecorder.config import (
     StorageClass,
 )
 from rdsrecorder.errors import EXIT_CONFIG, EXIT_INTERRUPTED
-from rdsrecorder.lab.cli import lab_cli
 from rdsrecorder.models import DownloadMethod
 
 cli = typer.Typer(
@@ -44,7 +44,6 @@ cli = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-cli.add_typer(lab_cli, name="lab")
 
 ENV = "RDSRECORDER_"
 
@@ -561,6 +560,32 @@ def ls_(
 def version() -> None:
     """Print the version."""
     typer.echo(f"rdsrecorder {__version__}")
+
+
+@cli.command(
+    "lab",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def lab(ctx: typer.Context) -> None:
+    """The lab (the [lab] extra): emulated RDS log API + local S3, to try rdsrecorder without
+    AWS. See `rdsrecorder lab --help`."""
+    # The lab is its own package with its own dependencies: imported here, when the command
+    # runs, so that the runtime never loads it (docs/lab.md).
+    try:
+        from rdsrecorder_lab.cli import lab_cli
+
+        if importlib.util.find_spec("moto") is None:
+            raise ModuleNotFoundError("No module named 'moto'")
+    except ImportError as exc:
+        print(
+            f"error: the lab needs the [lab] extra: pip install 'rdsrecorder[lab]' ({exc})",
+            file=sys.stderr,
+        )
+        raise typer.Exit(EXIT_CONFIG) from None
+    group = typer.main.get_command(lab_cli)
+    code = group.main(args=ctx.args, prog_name=ctx.command_path, standalone_mode=False)
+    raise typer.Exit(code if isinstance(code, int) else 0)
 
 
 def main() -> None:

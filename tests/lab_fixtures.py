@@ -19,7 +19,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from rdsrecorder.lab import (
+from rdsrecorder_lab import (
     LAB_ACCESS_KEY_ID,
     LAB_REGION,
     LAB_SECRET_ACCESS_KEY,

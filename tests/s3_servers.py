@@ -30,7 +30,7 @@ import yarl
 from aiohttp import web
 from moto.server import ThreadedMotoServer
 
-from rdsrecorder.lab.s3local import SeaweedS3, create_bucket, find_weed
+from rdsrecorder_lab.s3local import SeaweedS3, create_bucket, find_weed
 
 REGION = "us-east-1"
 MOTO_ACCOUNT = "123456789012"  # the account moto's buckets belong to

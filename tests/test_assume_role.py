@@ -14,8 +14,8 @@ import pytest
 from rdsrecorder import aws as aws_module
 from rdsrecorder.commands import run_sync
 from rdsrecorder.config import RoleSettings
-from rdsrecorder.lab import LabThread
-from rdsrecorder.lab.catalog import ACCOUNT_ID
+from rdsrecorder_lab import LabThread
+from rdsrecorder_lab.catalog import ACCOUNT_ID
 from tests.e2e import objects, s3_client, sync_settings, write_hourly
 
 ROLE = f"arn:aws:iam::{ACCOUNT_ID}:role/logs-reader"

@@ -13,9 +13,9 @@ from rdsrecorder.aws import Aws, RateLimiter, translate
 from rdsrecorder.config import AwsSettings
 from rdsrecorder.errors import AwsError, LogFileGoneError, ThrottledError
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.lab import LabThread, generate
 from rdsrecorder.retry import error_code
 from rdsrecorder.retry import is_transient as is_retryable
+from rdsrecorder_lab import LabThread, generate
 
 
 class Recorded(Hooks):

@@ -17,7 +17,7 @@ from pathlib import Path
 import pendulum
 import pytest
 
-from rdsrecorder.lab import LabThread
+from rdsrecorder_lab import LabThread
 from tests.e2e import Written, objects, s3_client, write_hourly
 
 pytestmark = pytest.mark.realtime  # real processes and signals

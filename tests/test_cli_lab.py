@@ -10,7 +10,7 @@ from pathlib import Path
 import boto3
 import pendulum
 
-from rdsrecorder.lab import LabThread, generate
+from rdsrecorder_lab import LabThread, generate
 
 
 def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -339,6 +339,37 @@ def test_kustomize_changes_replicas_image_and_namespace_together(tmp_path: Path)
 # --- docker compose ------------------------------------------------------------------------------
 
 
+def dockerfile_stages() -> dict[str, str]:
+    """The Dockerfile's stages by name (the last one, the default target, also as "")."""
+    stages: dict[str, str] = {}
+    for block in re.split(r"^(?=FROM )", (ROOT / "Dockerfile").read_text(), flags=re.M)[1:]:
+        match = re.match(r"FROM \S+(?: AS (\S+))?", block)
+        assert match and match.group(1), "every stage is named"
+        stages[match.group(1)] = stages[""] = block
+    return stages
+
+
+def stage_chain(stages: dict[str, str], name: str) -> str:
+    """A stage's text with every stage it is built on or copies its venv from."""
+    text = stages[name]
+    parents = re.findall(r"^FROM (\S+)", text, re.M) + re.findall(r"--from=(\S+)", text)
+    return text + "".join(stage_chain(stages, p) for p in parents if p in stages)
+
+
+def test_the_default_image_carries_no_lab_and_a_lab_target_does() -> None:
+    stages = dockerfile_stages()
+    default = stage_chain(stages, "")
+    assert "pip install" in default
+    assert not re.search(r"\[lab\]|moto|seaweed|weed", default, re.I)
+    lab = stage_chain(stages, "lab")
+    assert re.search(r'pip install .*"\.\[lab\]"', lab)
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    # The lab service runs the lab image; the recorder next to it the product image.
+    assert services["lab"]["build"]["target"] == "lab"
+    assert services["lab"]["image"] != services["rdsrecorder-lab"]["image"]
+    assert services["rdsrecorder-lab"]["image"] == services["rdsrecorder"]["image"]
+
+
 def compose_value(raw: object) -> str:
     """What compose gives the container when the variable is not set in .env: the default of
     `${VAR:-default}`, or the literal."""

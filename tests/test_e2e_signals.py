@@ -16,8 +16,8 @@ from pathlib import Path
 import pendulum
 import pytest
 
-from rdsrecorder.lab import LabThread
 from rdsrecorder.models import META_SOURCE
+from rdsrecorder_lab import LabThread
 from tests.e2e import Written, multipart_uploads, objects, s3_client, write_hourly
 
 pytestmark = pytest.mark.realtime  # real processes, real signals, real seconds

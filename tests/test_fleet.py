@@ -21,9 +21,9 @@ from rdsrecorder.commands import run_sync, run_verify
 from rdsrecorder.config import Shard, VerifySettings
 from rdsrecorder.fleet import Fleet, owns, shard_of
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.lab import Lab, LabThread
-from rdsrecorder.lab.generate import Rotation, generate, generate_fleet
 from rdsrecorder.verify import list_runs
+from rdsrecorder_lab import Lab, LabThread
+from rdsrecorder_lab.generate import Rotation, generate, generate_fleet
 from tests.e2e import objects, s3_client, sync_settings
 
 

@@ -21,10 +21,10 @@ from rdsrecorder.config import AwsSettings, ConfigError, LogFormat, VerifySettin
 from rdsrecorder.errors import EXIT_VERIFY
 from rdsrecorder.get import GetError, get_window, safe_relative
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.lab import LabThread
-from rdsrecorder.lab.s3local import create_bucket
 from rdsrecorder.models import MIB
 from rdsrecorder.s3.bucket import Bucket
+from rdsrecorder_lab import LabThread
+from rdsrecorder_lab.s3local import create_bucket
 from tests.e2e import Written, s3_client, sync_settings, write_hourly
 
 KB, MB = 1000, 1000 * 1000

@@ -1,4 +1,4 @@
-"""``rdsrecorder lab`` commands (the Typer app in ``rdsrecorder.lab.cli``): bad input is one
+"""``rdsrecorder lab`` commands (the Typer app in ``rdsrecorder_lab.cli``): bad input is one
 ``error: ...`` line and exit 2, never a traceback; ``generate`` writes a fleet."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rdsrecorder.lab.cli import lab_cli
+from rdsrecorder_lab.cli import lab_cli
 
 
 @pytest.mark.parametrize(

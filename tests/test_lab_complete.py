@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from rdsrecorder.lab import LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY, Lab
-from rdsrecorder.lab.sigv4 import SignatureError, verify
+from rdsrecorder_lab import LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY, Lab
+from rdsrecorder_lab.sigv4 import SignatureError, verify
 from tests import lab_fixtures
 from tests.lab_fixtures import (
     BINARY,

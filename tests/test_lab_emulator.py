@@ -18,7 +18,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from rdsrecorder.lab import (
+from rdsrecorder_lab import (
     LAB_ACCESS_KEY_ID,
     LAB_SECRET_ACCESS_KEY,
     MAX_PORTION_BYTES,

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from botocore.exceptions import BotoCoreError, ClientError
 
-from rdsrecorder.lab import LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY, Faults, Lab
+from rdsrecorder_lab import LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY, Faults, Lab
 from tests import lab_fixtures
 from tests.lab_fixtures import (
     INSTANCE,

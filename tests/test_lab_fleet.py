@@ -18,8 +18,8 @@ import aiohttp
 import pytest
 from botocore.exceptions import ClientError
 
-from rdsrecorder.lab import LAB_REGION, Lab
-from rdsrecorder.lab.generate import generate_fleet
+from rdsrecorder_lab import LAB_REGION, Lab
+from rdsrecorder_lab.generate import generate_fleet
 from tests.lab_fixtures import complete_url, rds_client, signed_headers
 
 NAME = "error/postgresql.log.2024-03-04-19.csv"

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rdsrecorder.lab import Rotation, generate, generate_main
-from rdsrecorder.lab.generate import MB, parse_size_range
+from rdsrecorder_lab import Rotation, generate, generate_main
+from rdsrecorder_lab.generate import MB, parse_size_range
 
 END = dt.datetime(2024, 3, 4, 19, 25, 30, 123000, tzinfo=dt.UTC)
 LOG_TIME_RE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} UTC$")

@@ -12,8 +12,8 @@ import aiohttp
 import pytest
 from botocore.exceptions import ClientError
 
-from rdsrecorder.lab import Lab
-from rdsrecorder.lab.emulator import _Pacer
+from rdsrecorder_lab import Lab
+from rdsrecorder_lab.emulator import _Pacer
 from tests import lab_fixtures
 from tests.lab_fixtures import (
     INSTANCE,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from rdsrecorder.lab.portion import (
+from rdsrecorder_lab.portion import (
     TRUNCATION_SUFFIX,
     BinaryDataError,
     MarkerError,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from rdsrecorder.lab import Lab
-from rdsrecorder.lab.postgres import missing_reason
+from rdsrecorder_lab import Lab
+from rdsrecorder_lab.postgres import missing_reason
 from tests.lab_fixtures import download_portions, rds_client
 
 pytestmark = pytest.mark.postgres

@@ -20,8 +20,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from rdsrecorder.lab import LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY, Faults, LabThread, generate
-from rdsrecorder.lab.s3local import find_weed
+from rdsrecorder_lab import LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY, Faults, LabThread, generate
+from rdsrecorder_lab.s3local import find_weed
 
 
 def s3(env: dict[str, str], **overrides: str) -> Any:
@@ -120,7 +120,7 @@ def test_lab_main_serves_until_sigint(tmp_path: Path) -> None:
         f"""
         import sys
         from pathlib import Path
-        from rdsrecorder.lab.runner import lab_main
+        from rdsrecorder_lab.runner import lab_main
         sys.exit(lab_main(data=Path({str(tmp_path)!r}), port=0, s3="none", generate_hours=3,
                           size_mb="0.01-0.02", latency_ms=1.0))
         """
@@ -160,7 +160,7 @@ def test_lab_main_serves_until_sigint(tmp_path: Path) -> None:
 
 
 def test_lab_main_refuses_bad_knobs(capsys: pytest.CaptureFixture[str]) -> None:
-    from rdsrecorder.lab.runner import lab_main
+    from rdsrecorder_lab.runner import lab_main
 
     assert lab_main(error_rate=2.0, s3="none", port=0) == 2
     assert "error_rate" in capsys.readouterr().err

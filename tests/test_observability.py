@@ -22,7 +22,7 @@ import pendulum
 import pytest
 import yaml
 
-from rdsrecorder.lab import LabThread, generate
+from rdsrecorder_lab import LabThread, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.prometheus

@@ -16,8 +16,8 @@ import pytest
 from rdsrecorder.commands import run_get, run_sync
 from rdsrecorder.compression import Compression
 from rdsrecorder.config import LogFormat, build_get
-from rdsrecorder.lab import Lab
-from rdsrecorder.lab.postgres import missing_reason
+from rdsrecorder_lab import Lab
+from rdsrecorder_lab.postgres import missing_reason
 from tests.e2e import sync_settings
 
 pytestmark = pytest.mark.postgres

@@ -15,13 +15,13 @@ import pytest
 from rdsrecorder.aws import Aws
 from rdsrecorder.config import AwsSettings
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.lab import GeneratedFile, LabThread, generate
 from rdsrecorder.models import DownloadMethod, DownloadStats, LogFile
 from rdsrecorder.rds.download import (
     PORTION_PLAN_BYTES,
     RdsDownloader,
     portion_lines,
 )
+from rdsrecorder_lab import GeneratedFile, LabThread, generate
 
 INSTANCE = "portion-db"
 FILES = 6

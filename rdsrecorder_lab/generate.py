@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rdsrecorder.lab.catalog import Catalog
+from rdsrecorder_lab.catalog import Catalog
 
 MB = 1_000_000
 LONG_LINE_BYTES = 1_200_000

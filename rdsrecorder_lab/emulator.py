@@ -91,17 +91,17 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from rdsrecorder.lab import awsxml, sigv4
-from rdsrecorder.lab.awsxml import QueryError, XmlList, invalid
-from rdsrecorder.lab.catalog import (
+from rdsrecorder_lab import awsxml, sigv4
+from rdsrecorder_lab.awsxml import QueryError, XmlList, invalid
+from rdsrecorder_lab.catalog import (
     ACCOUNT_ID,
     DEFAULT_LOG_RETENTION_MIN,
     Catalog,
     Instance,
     LogFileEntry,
 )
-from rdsrecorder.lab.faults import Faults
-from rdsrecorder.lab.portion import (
+from rdsrecorder_lab.faults import Faults
+from rdsrecorder_lab.portion import (
     BINARY_DATA_MESSAGE,
     MAX_LINES_PER_PORTION,
     MAX_PORTION_BYTES,

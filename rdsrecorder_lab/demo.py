@@ -20,10 +20,10 @@ from rdsrecorder.commands import SyncReport, open_bucket, run_sync
 from rdsrecorder.config import AwsSettings, ObservabilitySettings, SyncSettings
 from rdsrecorder.errors import EXIT_OK, EXIT_VERIFY
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.lab import LAB_REGION, LabThread, generate
 from rdsrecorder.logfiles import object_key
 from rdsrecorder.times import human
 from rdsrecorder.verify import VerifyReport, verify_run
+from rdsrecorder_lab import LAB_REGION, LabThread, generate
 
 INSTANCE = "lab-db"
 

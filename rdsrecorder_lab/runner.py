@@ -35,28 +35,28 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from rdsrecorder.errors import ConfigError
-from rdsrecorder.lab.catalog import (
+from rdsrecorder_lab.catalog import (
     DEFAULT_LOG_RETENTION_MIN,
     IDENTIFIER_RE,
     Instance,
     LogFileEntry,
 )
-from rdsrecorder.lab.emulator import (
+from rdsrecorder_lab.emulator import (
     LAB_ACCESS_KEY_ID,
     LAB_REGION,
     LAB_SECRET_ACCESS_KEY,
     RdsEmulator,
 )
-from rdsrecorder.lab.faults import Faults
-from rdsrecorder.lab.generate import (
+from rdsrecorder_lab.faults import Faults
+from rdsrecorder_lab.generate import (
     Rotation,
     generate,
     generate_fleet,
     parse_size_range,
     period_s,
 )
-from rdsrecorder.lab.postgres import LabPostgres
-from rdsrecorder.lab.s3local import S3_KINDS, LocalS3, connect_host, create_bucket, make_s3
+from rdsrecorder_lab.postgres import LabPostgres
+from rdsrecorder_lab.s3local import S3_KINDS, LocalS3, connect_host, create_bucket, make_s3
 
 T = TypeVar("T")
 DEFAULT_BUCKET = "rdsrecorder-lab"

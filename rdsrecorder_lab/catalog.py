@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rdsrecorder.lab.awsxml import QueryError, invalid
+from rdsrecorder_lab.awsxml import QueryError, invalid
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ lab_cli = typer.Typer(
     rich_markup_mode=None,
 )
 
-_FAULTS = "Fault knobs (see rdsrecorder/lab/faults.py)"
+_FAULTS = "Fault knobs (see rdsrecorder_lab/faults.py)"
 
 
 def _setup_logging() -> None:
@@ -168,7 +168,7 @@ def serve(
     ] = True,
 ) -> None:
     """Serve the emulated RDS log API and a local S3; prints the env vars to use it."""
-    from rdsrecorder.lab.runner import serve as run_serve
+    from rdsrecorder_lab.runner import serve as run_serve
 
     _setup_logging()
     try:
@@ -232,7 +232,7 @@ def generate(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 1,
 ) -> None:
     """Write realistic csvlog files for an emulated DB instance (or a fleet of them)."""
-    from rdsrecorder.lab.runner import generate_files
+    from rdsrecorder_lab.runner import generate_files
 
     _setup_logging()
     try:
@@ -268,7 +268,7 @@ def demo(
             raise ConfigError(f"--hours must be from 2 to 168, not {hours}")
     except ConfigError as exc:
         raise _fail(exc) from None
-    from rdsrecorder.demo import demo_main
+    from rdsrecorder_lab.demo import demo_main
 
     _setup_logging()
     raise typer.Exit(demo_main(concurrency=concurrency, hours=hours))
