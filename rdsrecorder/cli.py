@@ -283,7 +283,7 @@ def sync(
         typer.Option(
             envvar=ENV + "STORAGE_CLASS",
             help="S3 storage class of the log objects (the cold ones bill at least 128 KB "
-            "and 30/90 days per object: see the README).",
+            "and 30/90 days per object: see docs/bucket.md).",
         ),
     ] = StorageClass.STANDARD,
     single_put_max_mib: Annotated[

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Iterator
 
 from rdsrecorder.models import MIB
 
-GZIP_LEVEL = 6  # zlib's default: see the README, "Compression", for the measured trade-off
+GZIP_LEVEL = 6  # zlib's default: see docs/benchmarks.md, "Compression", for the measured trade-off
 GZIP_WBITS = 31  # a gzip header and trailer around the deflate stream
 DECOMPRESS_CHUNK_BYTES = MIB  # bounds the memory of reading back an object whatever its ratio
 

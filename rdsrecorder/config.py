@@ -24,17 +24,17 @@ from rdsrecorder.errors import ConfigError
 from rdsrecorder.models import MIB, DownloadMethod
 from rdsrecorder.window import parse_when, validate_snapshot_start, validate_sync_window
 
-# -- defaults and limits (memory per file in flight: see the README, "Speed and memory") ---------
+# -- defaults and limits (memory per file in flight: see docs/design.md, "Memory") ---------------
 DEFAULT_CONCURRENCY = 4
 MAX_CONCURRENCY = 64
 # Parts as small as S3 allows: a file streams into S3 as it arrives, 5 MiB at a time, so what is
-# left to send after its last byte is at most one such part (see the README, "Speed and memory").
+# left to send after its last byte is at most one such part (see docs/design.md, "Memory").
 MIN_PART_SIZE_MIB = 5  # S3's minimum part size
 DEFAULT_PART_SIZE_MIB = MIN_PART_SIZE_MIB
 MAX_PART_SIZE_MIB = 5 * 1024  # S3's maximum part size
 DEFAULT_PART_SIZE_BYTES = DEFAULT_PART_SIZE_MIB * MIB
 # Files up to this size are spooled whole and sent in one PutObject; larger ones stream into a
-# multipart upload (S3 checks the SHA-256 of either: see the README, "Written once"). By default a
+# multipart upload (S3 checks the SHA-256 of either: see docs/design.md, "Uploads"). By default a
 # file that fits in one part.
 DEFAULT_SINGLE_PUT_MAX_MIB = MIN_PART_SIZE_MIB
 MAX_SINGLE_PUT_MAX_MIB = 5 * 1024  # S3's PutObject limit
@@ -43,7 +43,7 @@ DEFAULT_GET_CONCURRENCY = 4
 DEFAULT_MAX_API_RPS = 8.0  # under the account's ~12 req/s refill, leaves room for other tools
 # Calls that may go at once after a pause, before --max-api-rps paces them. The account's bucket
 # (AWS: 300 calls) is shared with every other tool and the console: 20 lets a short backfill start
-# at full speed while leaving the rest of it to them. See the README, "Speed and memory".
+# at full speed while leaving the rest of it to them. See docs/design.md, "The RDS API budget".
 DEFAULT_MAX_API_BURST = 20
 MAX_API_BURST = 300  # the account's whole bucket: more could never be used
 DEFAULT_POLL_INTERVAL_S = 30.0
@@ -79,7 +79,7 @@ class LogFormat(enum.StrEnum):
 
 
 class StorageClass(enum.StrEnum):
-    """The S3 storage classes a log object may go to (minimums and costs: the README)."""
+    """The S3 storage classes a log object may go to (minimums and costs: docs/bucket.md)."""
 
     STANDARD = "STANDARD"
     STANDARD_IA = "STANDARD_IA"

@@ -131,7 +131,7 @@ async def test_two_runs_written_once_and_a_window_back_byte_exact(
         assert entry["compression"] == "gzip"
         raw_bytes += len(original)
         stored_bytes += len(stored)
-    assert raw_bytes / stored_bytes > 4  # the lab's csvlog; real figures: the README
+    assert raw_bytes / stored_bytes > 4  # the lab's csvlog; real figures: docs/benchmarks.md
 
     for run_id in ("run-raw", "run-gz"):
         report = await run_verify(VerifySettings(bucket=bucket, run_id=run_id, aws=AwsSettings()))
