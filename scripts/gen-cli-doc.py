@@ -15,8 +15,13 @@ from typing import Any
 import typer
 
 from rdsrecorder.cli import cli
+from rdsrecorder_lab.cli import lab_cli
 
 WIDTH = 100
+_ROOT = typer.main.get_command(cli)
+# `rdsrecorder lab` hands its arguments to the lab's own typer app (the [lab] extra), which
+# holds the lab's help: that app is documented in its place.
+_LAB = typer.main.get_command(lab_cli)
 
 PREAMBLE = """\
 # CLI reference
@@ -28,8 +33,9 @@ Every option can also be set with the environment variable named in its help
 (`RDSRECORDER_<OPTION>`, for example `RDSRECORDER_DB_IDENTIFIER`); `--bucket` also reads
 `AWS_S3_BUCKET_NAME`. AWS settings come from the usual places: `AWS_REGION`, `AWS_PROFILE`, the
 credentials chain, and `AWS_ENDPOINT_URL`, `AWS_ENDPOINT_URL_RDS`, `AWS_ENDPOINT_URL_S3` and
-`AWS_ENDPOINT_URL_STS` for LocalStack or the lab. Input is checked before any AWS call; what is refused, and the exit codes:
-[sync.md](sync.md#retries-and-failures), [README](../README.md#exit-codes).
+`AWS_ENDPOINT_URL_STS` for LocalStack or the lab. Input is checked before any AWS call; what is
+refused, and the exit codes: [sync.md](sync.md#retries-and-failures),
+[README](../README.md#exit-codes).
 """
 
 
@@ -37,7 +43,7 @@ def _sections(command: Any, ctx: typer.Context) -> list[str]:
     """This command's help, then each subcommand's, depth first, in the CLI's order."""
     out = [f"## {ctx.command_path}\n\n```\n{command.get_help(ctx).rstrip()}\n```\n"]
     for name in getattr(command, "list_commands", lambda _ctx: [])(ctx):
-        sub = command.get_command(ctx, name)
+        sub = _LAB if (command is _ROOT and name == "lab") else command.get_command(ctx, name)
         if sub is None or sub.hidden:
             continue
         out += _sections(sub, typer.Context(sub, info_name=name, parent=ctx, terminal_width=WIDTH))
@@ -45,11 +51,10 @@ def _sections(command: Any, ctx: typer.Context) -> list[str]:
 
 
 def render() -> str:
-    root = typer.main.get_command(cli)
     ctx = typer.Context(
-        root, info_name="rdsrecorder", terminal_width=WIDTH, max_content_width=WIDTH
+        _ROOT, info_name="rdsrecorder", terminal_width=WIDTH, max_content_width=WIDTH
     )
-    return PREAMBLE + "\n" + "\n".join(_sections(root, ctx))
+    return PREAMBLE + "\n" + "\n".join(_sections(_ROOT, ctx))
 
 
 if __name__ == "__main__":
