@@ -31,6 +31,7 @@ from rdsrecorder.config import (
     StorageClass,
 )
 from rdsrecorder.errors import EXIT_CONFIG, EXIT_INTERRUPTED
+from rdsrecorder.iam import Command, Principal
 from rdsrecorder.models import DownloadMethod
 
 cli = typer.Typer(
@@ -552,6 +553,95 @@ def ls_(
                 log_format=log_format,
                 debug=debug,
             ),
+        )
+    )
+
+
+@cli.command("iam-policy")
+def iam_policy(
+    bucket: BucketOpt = None,
+    command: Annotated[
+        Command,
+        typer.Option(help="The command the policy is for (verify, get and ls only read)."),
+    ] = Command.SYNC,
+    download_method: Annotated[
+        DownloadMethod,
+        typer.Option(
+            envvar=ENV + "DOWNLOAD_METHOD",
+            help="sync's --download-method: auto needs both download actions, complete and "
+            "portion one each.",
+        ),
+    ] = DownloadMethod.AUTO,
+    snapshot: Annotated[
+        bool,
+        typer.Option(
+            "--snapshot/--no-snapshot",
+            envvar=ENV + "SNAPSHOT",
+            help="sync's --snapshot: the snapshot of Wait & Sync mode.",
+        ),
+    ] = True,
+    retention_hours: Annotated[
+        float | None,
+        typer.Option(
+            envvar=ENV + "RETENTION_HOURS",
+            help="sync's --retention-hours: given, the DB's parameters need not be read.",
+        ),
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", envvar=ENV + "WAIT", help="snapshot's --wait."),
+    ] = False,
+    assume_role: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENV + "ASSUME_ROLE",
+            help="sync's --assume-role: the RDS actions go on that role, sts:AssumeRole on it "
+            "to this process.",
+        ),
+    ] = None,
+    s3_assume_role: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENV + "S3_ASSUME_ROLE",
+            help="sync's --s3-assume-role: the S3 actions go on that role.",
+        ),
+    ] = None,
+    sse: Annotated[
+        Sse | None, typer.Option(envvar=ENV + "SSE", help="--sse of sync (or of the objects read).")
+    ] = None,
+    sse_kms_key_id: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENV + "SSE_KMS_KEY_ID",
+            help="A customer managed KMS key (id, ARN or alias/...): the KMS actions on it.",
+        ),
+    ] = None,
+    principal: Annotated[
+        Principal,
+        typer.Option(
+            "--for",
+            help="Whose policy: this process's identity, or the role of --assume-role "
+            "(rds-role) or of --s3-assume-role (s3-role).",
+        ),
+    ] = Principal.IDENTITY,
+) -> None:
+    """Print the least-privilege IAM policy (JSON) for these options; each statement's Sid says
+    what it buys (docs/iam.md)."""
+    raise typer.Exit(
+        runtime.iam_policy(
+            lambda: config.build_iam_policy(
+                bucket=bucket,
+                command=command,
+                download_method=download_method,
+                snapshot=snapshot,
+                retention_hours=retention_hours,
+                wait=wait,
+                assume_role=assume_role,
+                s3_assume_role=s3_assume_role,
+                sse=sse,
+                sse_kms_key_id=sse_kms_key_id,
+                principal=principal,
+            )
         )
     )
 

@@ -21,6 +21,7 @@ import pendulum
 
 from rdsrecorder.compression import Compression
 from rdsrecorder.errors import ConfigError
+from rdsrecorder.iam import Command, IamPolicySettings, Principal
 from rdsrecorder.models import MIB, DownloadMethod
 from rdsrecorder.window import parse_when, validate_snapshot_start, validate_sync_window
 
@@ -350,13 +351,16 @@ def _which_dbs(
             f"--discover-interval must be at least {MIN_DISCOVER_INTERVAL_S:.0f} seconds, "
             f"not {discover_interval_s}"
         )
-    if retention_hours is not None and not (
-        0 < _finite(retention_hours, "--retention-hours") <= MAX_RETENTION_HOURS
-    ):
-        raise ConfigError(
-            f"--retention-hours must be between 0 and {MAX_RETENTION_HOURS}, not {retention_hours}"
-        )
+    _retention_hours(retention_hours)
     return ids, tags
+
+
+def _retention_hours(value: float | None) -> float | None:
+    if value is not None and not 0 < _finite(value, "--retention-hours") <= MAX_RETENTION_HOURS:
+        raise ConfigError(
+            f"--retention-hours must be between 0 and {MAX_RETENTION_HOURS}, not {value}"
+        )
+    return value
 
 
 def _role(
@@ -379,6 +383,14 @@ def _role(
             f"invalid --assume-role-session-name {name!r}: 2-64 letters, digits or +=,.@-"
         )
     return RoleSettings(arn=arn.strip(), external_id=external_id, session_name=name)
+
+
+def _kms_key(sse: Sse | None, key: str | None) -> str | None:
+    if key and sse is not Sse.KMS:
+        raise ConfigError("--sse-kms-key-id needs --sse aws:kms")
+    if key and not _KMS_KEY_RE.fullmatch(key):
+        raise ConfigError(f"invalid --sse-kms-key-id {key!r}")
+    return key or None
 
 
 def _when(text: str, now: pendulum.DateTime, option: str) -> pendulum.DateTime:
@@ -521,10 +533,7 @@ def build_sync(
         raise ConfigError("--finish-grace must not be negative")
     if _finite(shutdown_grace_s, "--shutdown-grace") < 0:
         raise ConfigError("--shutdown-grace must not be negative")
-    if sse_kms_key_id and sse is not Sse.KMS:
-        raise ConfigError("--sse-kms-key-id needs --sse aws:kms")
-    if sse_kms_key_id and not _KMS_KEY_RE.fullmatch(sse_kms_key_id):
-        raise ConfigError(f"invalid --sse-kms-key-id {sse_kms_key_id!r}")
+    _kms_key(sse, sse_kms_key_id)
     return SyncSettings(
         db_identifier=ids[0] if ids else "",
         db_identifiers=ids,
@@ -690,4 +699,40 @@ def build_get(
             region=_region(region), expected_bucket_owner=_account(expected_bucket_owner)
         ),
         obs=_observability(debug=debug, log_format=log_format),
+    )
+
+
+def build_iam_policy(
+    *,
+    bucket: str | None,
+    command: Command,
+    download_method: DownloadMethod,
+    snapshot: bool,
+    retention_hours: float | None,
+    wait: bool,
+    assume_role: str | None,
+    s3_assume_role: str | None,
+    sse: Sse | None,
+    sse_kms_key_id: str | None,
+    principal: Principal,
+) -> IamPolicySettings:
+    rds_role = _role(assume_role, None, None, "--assume-role")
+    s3_role = _role(s3_assume_role, None, None, "--s3-assume-role")
+    if (rds_role or s3_role) and command is not Command.SYNC:
+        raise ConfigError("--assume-role and --s3-assume-role are options of --command sync")
+    if principal is Principal.RDS_ROLE and rds_role is None:
+        raise ConfigError("--for rds-role needs --assume-role (the role the RDS calls go through)")
+    if principal is Principal.S3_ROLE and s3_role is None:
+        raise ConfigError("--for s3-role needs --s3-assume-role (the role the S3 calls go through)")
+    return IamPolicySettings(
+        bucket=None if command is Command.SNAPSHOT else _bucket(bucket),
+        command=command,
+        download_method=download_method,
+        snapshot=snapshot,
+        retention_known=_retention_hours(retention_hours) is not None,
+        wait=wait,
+        assume_role=rds_role.arn if rds_role else None,
+        s3_assume_role=s3_role.arn if s3_role else None,
+        kms_key=_kms_key(sse, sse_kms_key_id),
+        principal=principal,
     )

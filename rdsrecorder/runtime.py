@@ -47,6 +47,7 @@ from rdsrecorder.errors import (
     one_line,
 )
 from rdsrecorder.hooks import Hooks, MultiHooks
+from rdsrecorder.iam import IamPolicySettings, policy, render
 from rdsrecorder.logsetup import setup_logging
 
 log = logging.getLogger("rdsrecorder")
@@ -301,3 +302,11 @@ def ls(debug: bool, log_format: LogFormat, build: Callable[[], LsSettings]) -> i
         return EXIT_OK
 
     return run(settings.obs.debug, main)
+
+
+def iam_policy(build: Callable[[], IamPolicySettings]) -> int:
+    built = configure(False, LogFormat.TEXT, build)
+    if isinstance(built, int):
+        return built
+    sys.stdout.write(render(policy(built)))
+    return EXIT_OK
