@@ -17,7 +17,6 @@ import pendulum
 
 from rdsrecorder.aws import Aws
 from rdsrecorder.clock import Clock
-from rdsrecorder.concurrency import error_of, failed, settled
 from rdsrecorder.config import (
     AwsSettings,
     GetSettings,
@@ -171,8 +170,8 @@ async def run_sync(
         human(settings.start),
         human(settings.finish) if settings.finish else "forever (no --finish)",
     )
-    # Per file: two UploadParts (the part filling, sent as it fills, and the one before it),
-    # the look-ahead HEAD of the file that starts next; plus the manifest and the checks.
+    # Per file: two UploadParts (the part filling, sent as it fills, and the one before it) and
+    # its HEAD; plus the manifest and the checks.
     pool = max(10, settings.concurrency * 3 + 4)
     spool_dir = resolve_spool_dir(settings.spool_dir)
     async with Aws(settings.aws, hooks, max_pool_connections=pool, clock=clock) as aws:
@@ -223,20 +222,10 @@ async def run_sync(
                 hooks.mode(mode.value)
             owned = _owned_prefixes(settings, fleet.instances_now())
 
-            async def prepare_writes() -> None:
-                # The first write records each run id's DB, before any log file is written.
-                await store.flush(force=True)
-                await store.check_owners()
-                await abort_stale_uploads(bucket, settings.run_id, owned, hooks)
-
-            # Beside the first listings and downloads; every write waits for it (``gated``).
-            prepared = asyncio.ensure_future(prepare_writes())
-
-            async def gated(instance: str) -> None:
-                if not await settled(prepared):
-                    # The run ends with that error (below): this copy is cancelled, not failed.
-                    raise asyncio.CancelledError
-                await store.check_owner(instance)
+            # The first writes record each run id's DB, before any log file is written.
+            await store.flush(force=True)
+            await store.check_owners()
+            await abort_stale_uploads(bucket, settings.run_id, owned, hooks)
 
             report = SyncReport(run_id=settings.run_id, mode=mode, totals=RunTotals())
             report.instances = fleet.instances_now()
@@ -261,7 +250,7 @@ async def run_sync(
                     compression=settings.compress,
                     known=store.known,
                     lister=rds,
-                    owner_check=gated,
+                    owner_check=store.check_owner,
                 ),
                 manifest=store,
                 hooks=hooks,
@@ -276,28 +265,15 @@ async def run_sync(
                 retention_s=fleet.retention_s,
                 fleet=settings.fleet,
             )
-            recording = asyncio.ensure_future(
-                _record(aws, rds, recorder, store, settings, mode, hooks, clock, stop, report)
-            )
-            prepared.add_done_callback(lambda p: failed(p) and recording.cancel())
             try:
-                await recording
-            except asyncio.CancelledError:
-                if prepared.done() and failed(prepared):
-                    raise error_of(prepared) from None
-                raise
+                await _record(aws, rds, recorder, store, settings, mode, hooks, clock, stop, report)
             finally:
-                # A run whose first writes failed (an owner check, a denied PutObject) writes
-                # nothing more, its manifests included.
-                if await settled(prepared):
-                    report.interrupted = report.interrupted or stop.is_set()
-                    store.set_summaries(
-                        report.totals.entries,
-                        {} if settings.fleet else {"aborted": report.totals.aborted},
-                    )
-                    await store.close(finished=not report.interrupted)
-            if failed(prepared):
-                raise error_of(prepared)  # nothing else said it
+                report.interrupted = report.interrupted or stop.is_set()
+                store.set_summaries(
+                    report.totals.entries,
+                    {} if settings.fleet else {"aborted": report.totals.aborted},
+                )
+                await store.close(finished=not report.interrupted)
     log.info("run %s done: %s", settings.run_id, summary_line(report.totals))
     return report
 

@@ -38,27 +38,6 @@ def retrieved(fut: asyncio.Future[Any]) -> None:
         fut.exception()
 
 
-def failed(fut: asyncio.Future[Any]) -> bool:
-    """``fut`` (done) was cancelled or raised."""
-    return fut.cancelled() or fut.exception() is not None
-
-
-def error_of(fut: asyncio.Future[Any]) -> BaseException:
-    """What a failed ``fut`` raised (a CancelledError when it was cancelled)."""
-    if fut.cancelled():
-        return asyncio.CancelledError()
-    exc = fut.exception()
-    assert exc is not None
-    return exc
-
-
-async def settled(fut: asyncio.Future[Any]) -> bool:
-    """Waits for ``fut`` to end without cancelling it when the caller is cancelled; True when it
-    succeeded."""
-    await asyncio.wait([fut])
-    return not failed(fut)
-
-
 async def cancelled(task: asyncio.Future[Any]) -> None:
     """Cancels ``task`` and waits for it to end; what it raised is dropped (nobody wants it)."""
     task.cancel()

@@ -29,12 +29,11 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from rdsrecorder.clock import Clock
 from rdsrecorder.compression import Compression
-from rdsrecorder.concurrency import retrieved
 from rdsrecorder.errors import (
     DownloadError,
     LogFileGoneError,
@@ -142,7 +141,6 @@ def already_copied(
 
 
 MAX_CONFLICT_KEYS = 20  # versions of one key kept beside each other before giving up
-LOOKUP_MAX_AGE_S = 60.0  # a key looked up ahead (``Copier.look_ahead``) older than this: again
 
 
 def holds_other_file(info: ObjectInfo, sf: SpannedFile) -> bool:
@@ -194,42 +192,6 @@ class Copier:
         self._known = known or (lambda key: None)
         self._lister = lister
         self._owner_check = owner_check
-        # Keys looked up ahead of their copy: key -> (when, the HEAD in flight or answered).
-        self._ahead: dict[str, tuple[float, asyncio.Future[ObjectInfo | None]]] = {}
-
-    def look_ahead(self, keys: Iterable[str], limit: int) -> None:
-        """Looks up (HEAD) the keys of files the recorder starts next, at most ``limit`` at a
-        time, so that a download slot that frees goes to a file whose S3 check is already done:
-        between two files, the slot then waits for no round trip to S3 (the longest ones come
-        just when the previous files' uploads keep S3 busy). A key is still checked right before
-        its upload (the owner check) and written only if nothing else is there."""
-        now = time.monotonic()
-        for stale in [k for k, (at, _) in self._ahead.items() if now - at > LOOKUP_MAX_AGE_S]:
-            self._ahead.pop(stale)[1].cancel()  # its file did not start (a stop, another order)
-        for key in keys:
-            key += self._compression.suffix
-            if len(self._ahead) >= limit:
-                return
-            if key not in self._ahead:
-                lookup = asyncio.ensure_future(self._head(key))
-                lookup.add_done_callback(retrieved)
-                self._ahead[key] = (now, lookup)
-
-    def close(self) -> None:
-        """Cancels the look-ups still in flight (the run is over)."""
-        for _, lookup in self._ahead.values():
-            lookup.cancel()
-        self._ahead.clear()
-
-    async def _head_of(self, key: str) -> ObjectInfo | None:
-        """What is at ``key``: looked up ahead when that answer is recent, else now."""
-        ahead = self._ahead.pop(key, None)
-        if ahead is not None:
-            at, lookup = ahead
-            if time.monotonic() - at <= LOOKUP_MAX_AGE_S:
-                return await lookup
-            lookup.cancel()
-        return await self._head(key)
 
     def _entry(self, sf: SpannedFile, key: str, **fields: object) -> FileEntry:
         entry = FileEntry(
@@ -268,17 +230,14 @@ class Copier:
         key: str,
         *,
         complete: bool,
-        downloaded: Callable[[], None] = lambda: None,
     ) -> FileEntry:
-        """Copies ``sf`` to ``key`` (plus the compression's suffix: ``.gz``). ``downloaded`` is
-        called when all of the file has arrived and passed its checks, while its upload ends:
-        the recorder then gives the file's download slot to the next file."""
+        """Copies ``sf`` to ``key`` (plus the compression's suffix: ``.gz``)."""
         key += self._compression.suffix
         started = time.monotonic()
         self._hooks.file_started(sf.instance)
         outcome = FileStatus.FAILED.outcome
         try:
-            entry = await self._copy(sf, key, complete, downloaded)
+            entry = await self._copy(sf, key, complete)
             outcome = FileStatus(entry.status).outcome
             return entry
         finally:
@@ -298,7 +257,7 @@ class Copier:
         compression's suffix) that does not hold another file; and what is there now."""
         suffix = self._compression.suffix
         stem = key[: len(key) - len(suffix)] if suffix and key.endswith(suffix) else key
-        candidate, existing = key, await self._head_of(key)
+        candidate, existing = key, await self._head(key)
         n = 1
         while existing is not None and holds_other_file(existing, sf):
             n += 1
@@ -326,7 +285,6 @@ class Copier:
         sf: SpannedFile,
         complete: bool,
         stats: DownloadStats,
-        downloaded: Callable[[], None],
         *,
         keep: bool = False,
     ) -> AsyncIterator[bytes]:
@@ -361,7 +319,6 @@ class Copier:
         if owner is not None:
             await owner  # an empty file: checked before its (empty) object is written
         if stats.bytes == f.size or (stats.bytes > f.size and not complete) or keep:
-            downloaded()
             return  # as listed (a file still being written may have grown)
         current = await self._relist(f)
         if stats.bytes < f.size:
@@ -386,16 +343,14 @@ class Copier:
             log.warning("cannot list %s %s again (%s)", f.instance, f.name, exc)
             return f
 
-    async def _copy(
-        self, sf: SpannedFile, key: str, complete: bool, downloaded: Callable[[], None]
-    ) -> FileEntry:
+    async def _copy(self, sf: SpannedFile, key: str, complete: bool) -> FileEntry:
         key, existing = await self._free_key(sf, key)
         if existing is not None:
             known = self._known(key)
             sha = already_copied(existing, sf, complete, known)
             if sha is not None:
                 return self._skipped(sf, key, existing, known, sha)
-        return await self._attempts(sf, key, complete, downloaded)
+        return await self._attempts(sf, key, complete)
 
     def _skipped(
         self, sf: SpannedFile, key: str, existing: ObjectInfo, known: FileEntry | None, sha: str
@@ -415,9 +370,7 @@ class Copier:
             complete=existing.metadata.get(META_COMPLETE) == "true",
         )
 
-    async def _attempts(
-        self, sf: SpannedFile, key: str, complete: bool, downloaded: Callable[[], None]
-    ) -> FileEntry:
+    async def _attempts(self, sf: SpannedFile, key: str, complete: bool) -> FileEntry:
         last_error = ""
         changed = False
         steady = False  # the last attempt ended with another size while the listing stayed
@@ -427,7 +380,7 @@ class Copier:
             try:
                 result = await self._writer.upload(
                     key,
-                    self._checked(sf, complete, stats, downloaded, keep=keep),
+                    self._checked(sf, complete, stats, keep=keep),
                     metadata=self._metadata(sf, complete),
                     instance=sf.instance,
                     size_hint_bytes=sf.file.size,

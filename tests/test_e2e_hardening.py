@@ -3,7 +3,6 @@ byte-exact or is reported. In-process runs (the real engine, the lab's RDS emula
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -32,7 +31,6 @@ from tests.e2e import (
     sync_settings,
     write_hourly,
 )
-from tests.waits import until
 
 MB = 1000 * 1000
 DB = "hard-db"
@@ -245,28 +243,21 @@ async def test_a_run_id_owned_by_another_db_is_refused_before_writing(
     assert manifest(env, "h-owner")["db_identifier"] == DB
 
 
-async def test_first_writes_run_beside_the_downloads_and_their_failure_writes_nothing(
+async def test_a_failure_of_the_first_writes_ends_the_run_before_any_log_write(
     env: dict[str, str], lab: LabThread, files: list[Written], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The run's first writes (manifest, owner checks, stale uploads) do not hold back the first
-    listing and downloads, but every log write waits for them: when they fail, the run ends with
-    their error and no log object, and its manifest is not rewritten."""
-    checked = asyncio.Event()
+    """The run's first writes (manifest, owner checks, stale uploads) come before any log file
+    is copied: when they fail, the run ends with their error and no log object, and its
+    manifest is not rewritten."""
 
     async def taken_meanwhile(self: FleetManifests) -> None:
-        # Another process took the run id while this one was starting: seen once the
-        # downloads are under way.
-        await until(
-            lambda: lab.stats()["calls"].get("DownloadCompleteLogFile", 0) > 0, "a download"
-        )
-        checked.set()
         raise OwnerError("run h-gated belongs to DB other-db now")
 
     monkeypatch.setattr(FleetManifests, "check_owners", taken_meanwhile)
     lab.reset_stats()
     with pytest.raises(OwnerError, match="other-db"):
         await run_sync(settings(env, files[3], "h-gated"))  # type: ignore[arg-type]
-    assert checked.is_set()  # a download had started before the failure
+    assert lab.stats()["calls"].get("DownloadCompleteLogFile", 0) == 0
     assert landed(env, "h-gated") == {}
     assert manifest(env, "h-gated")["files"] == {}  # the first write only: nothing after it
 

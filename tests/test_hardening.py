@@ -30,7 +30,6 @@ from rdsrecorder.models import (
     DownloadStats,
     FileStatus,
     LogFile,
-    ObjectInfo,
     meta_decode,
     meta_encode,
 )
@@ -475,33 +474,3 @@ async def test_the_owner_check_runs_beside_the_download_and_a_failed_one_writes_
     copier = Copier(source, sink, sink, Hooks(), clock, "run1", owner_check=ours)
     entry = await copier.copy(_spanned("f.csv", len(content)), "run1/k", complete=True)
     assert entry.status is FileStatus.COPIED and sink.objects["run1/k"][0] == content
-
-
-@dataclass
-class HeadTimingSink(FakeSink):
-    """S3 whose HEADs take a while (real seconds); records, for each HEAD, how many downloads
-    had started when it was asked."""
-
-    source: FakeSource | None = None
-    heads: dict[str, int] = field(default_factory=dict)
-
-    async def head(self, key: str) -> ObjectInfo | None:
-        assert self.source is not None
-        self.heads[key] = len(self.source.downloads)
-        await asyncio.sleep(0.01)
-        return await super().head(key)
-
-
-async def test_the_files_that_start_next_are_looked_up_while_the_slots_are_busy() -> None:
-    clock = FakeClock(T0 + 8.5 * HOUR)  # files 10..18 rotated
-    source = FakeSource(clock, rotating_db(T0, HOUR), download_delay_s=0.02)
-    sink = HeadTimingSink(source=source)
-    rec, _ = recorder(
-        source, sink, clock, start_s=T0, finish_s=T0 + 8 * HOUR, mode=Mode.DOWNLOAD_AND_FINISH
-    )
-    totals = await rec.run()
-    assert totals.copied == 8 and len(sink.objects) == 8
-    # Concurrency 4: the second four were looked up when the first four were dispatched, before
-    # any download had started; without the look-ahead, each when a slot freed (4 or more).
-    assert [sink.heads[key(h)] for h in range(10, 18)] == [0] * 8, sink.heads
-    assert source.max_in_flight <= 4
