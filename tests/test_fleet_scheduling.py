@@ -15,8 +15,14 @@ from rdsrecorder.models import META_COMPLETE
 from rdsrecorder.recorder import Recorder, RunTotals
 from rdsrecorder.transfer import Copier
 from rdsrecorder.window import Mode, Window
-from tests.fakes import FakeFile, FakeManifest, FakeSink, FakeSource, StaticResolver
-from tests.test_scheduler import rotating_db
+from tests.fakes import (
+    FakeFile,
+    FakeManifest,
+    FakeSink,
+    FakeSource,
+    StaticResolver,
+    rotating_db,
+)
 
 T0 = pendulum.datetime(2024, 2, 4, 10, tz="UTC").timestamp()
 Files = Callable[[float], dict[tuple[str, str], FakeFile]]

@@ -39,10 +39,20 @@ from rdsrecorder.transfer import Copier
 from rdsrecorder.verify import verify_run
 from rdsrecorder.window import Mode, Window
 from tests.e2e import sync_settings
-from tests.fakes import FakeFile, FakeManifest, FakeSink, FakeSource, StaticResolver
-from tests.test_manifest import MemoryStorage, manifest
-from tests.test_scheduler import HOUR, T0, key, rotating_db
-from tests.test_verify import MemoryStore
+from tests.fakes import (
+    HOUR,
+    T0,
+    FakeFile,
+    FakeManifest,
+    FakeSink,
+    FakeSource,
+    MemoryStorage,
+    MemoryStore,
+    StaticResolver,
+    key,
+    manifest,
+    rotating_db,
+)
 
 
 @dataclass

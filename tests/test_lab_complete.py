@@ -14,8 +14,7 @@ from multidict import CIMultiDict
 
 from rdsrecorder_lab import LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY, Lab
 from rdsrecorder_lab.sigv4 import SignatureError, verify
-from tests import lab_fixtures
-from tests.lab_fixtures import (
+from tests.lab_helpers import (
     BINARY,
     INSTANCE,
     LONG_LINE,
@@ -28,10 +27,6 @@ from tests.lab_fixtures import (
 )
 
 IDENTITY = {"Accept-Encoding": "identity"}
-
-
-data = lab_fixtures.data
-lab = lab_fixtures.lab
 
 
 @pytest.fixture
@@ -49,42 +44,42 @@ async def fetch(
 
 @pytest.mark.parametrize("name", [WIDE, LONG_LINE, TRICKY, BINARY])
 async def test_whole_file_is_streamed_byte_exact(
-    lab: Lab, http: aiohttp.ClientSession, data: LabData, name: str
+    lab: Lab, http: aiohttp.ClientSession, lab_root: LabData, name: str
 ) -> None:
     url = complete_url(lab.rds_url, INSTANCE, name)
     status, headers, body = await fetch(http, url, {**signed_headers(url), **IDENTITY})
     assert status == 200
     assert headers.get("Transfer-Encoding") == "chunked"
     assert "Content-Encoding" not in headers
-    assert body == data.bytes(name)  # no 1 MB cut, binary data served as is
+    assert body == lab_root.bytes(name)  # no 1 MB cut, binary data served as is
 
 
-async def test_gzip_when_accepted(lab: Lab, http: aiohttp.ClientSession, data: LabData) -> None:
+async def test_gzip_when_accepted(lab: Lab, http: aiohttp.ClientSession, lab_root: LabData) -> None:
     url = complete_url(lab.rds_url, INSTANCE, WIDE)
     headers = {**signed_headers(url), "Accept-Encoding": "gzip"}
     status, response_headers, body = await fetch(http, url, headers)
     assert status == 200
     assert response_headers["Content-Encoding"] == "gzip"
-    assert len(body) < len(data.bytes(WIDE)) / 5
-    assert gzip.decompress(body) == data.bytes(WIDE)
+    assert len(body) < len(lab_root.bytes(WIDE)) / 5
+    assert gzip.decompress(body) == lab_root.bytes(WIDE)
     # the level is a knob (1, the fast level, by default): a higher one compresses smaller
     lab.set_faults(gzip_level=9)
     _, _, smaller = await fetch(http, url, {**signed_headers(url), "Accept-Encoding": "gzip"})
     assert len(smaller) < len(body)
-    assert gzip.decompress(smaller) == data.bytes(WIDE)
+    assert gzip.decompress(smaller) == lab_root.bytes(WIDE)
     with pytest.raises(ValueError, match="gzip_level"):
         lab.set_faults(gzip_level=0)
 
 
 async def test_old_v13_path_and_presigned_urls(
-    lab: Lab, http: aiohttp.ClientSession, data: LabData
+    lab: Lab, http: aiohttp.ClientSession, lab_root: LabData
 ) -> None:
     old = complete_url(lab.rds_url, INSTANCE, TRICKY, version="v13")
     status, _, body = await fetch(http, old, {**signed_headers(old), **IDENTITY})
-    assert (status, body) == (200, data.bytes(TRICKY))
+    assert (status, body) == (200, lab_root.bytes(TRICKY))
     url = presigned(complete_url(lab.rds_url, INSTANCE, TRICKY))
     status, _, body = await fetch(http, url, IDENTITY)
-    assert (status, body) == (200, data.bytes(TRICKY))
+    assert (status, body) == (200, lab_root.bytes(TRICKY))
 
 
 async def test_signature_is_checked(lab: Lab, http: aiohttp.ClientSession) -> None:
@@ -136,7 +131,7 @@ async def test_denied_without_the_iam_action(lab: Lab, http: aiohttp.ClientSessi
     assert status == 200
 
 
-async def test_counted_per_file(lab: Lab, http: aiohttp.ClientSession, data: LabData) -> None:
+async def test_counted_per_file(lab: Lab, http: aiohttp.ClientSession, lab_root: LabData) -> None:
     url = complete_url(lab.rds_url, INSTANCE, WIDE)
     for _ in range(2):
         status, _, _ = await fetch(http, url, {**signed_headers(url), **IDENTITY})
@@ -144,7 +139,7 @@ async def test_counted_per_file(lab: Lab, http: aiohttp.ClientSession, data: Lab
     stats = lab.stats()
     key = f"{INSTANCE}/{WIDE}"
     assert stats["complete_downloads"] == {key: 2}
-    assert stats["complete_bytes_by_file"] == {key: 2 * len(data.bytes(WIDE))}
+    assert stats["complete_bytes_by_file"] == {key: 2 * len(lab_root.bytes(WIDE))}
     assert stats["max_concurrent_downloads"] == 1
     assert stats["in_flight"] == []
     assert "DownloadDBLogFilePortion" not in stats["calls"]

@@ -25,7 +25,7 @@ from rdsrecorder_lab import (
     TRUNCATION_NOTICE,
     Lab,
 )
-from tests.lab_fixtures import (
+from tests.lab_helpers import (
     BINARY,
     INSTANCE,
     LONG_LINE,
@@ -35,26 +35,15 @@ from tests.lab_fixtures import (
     WIDE_LINE_BYTES,
     LabData,
     download_portions,
-    make_lab_root,
     rds_client,
 )
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> LabData:
-    return make_lab_root(tmp_path_factory.mktemp("labroot"))
-
-
 @pytest.fixture
-async def lab(data: LabData) -> AsyncIterator[Lab]:
-    async with Lab(data.root, s3="none", snapshot_delay_s=0.3) as lab:
+async def lab(lab_root: LabData) -> AsyncIterator[Lab]:
+    """conftest's lab, with snapshots that become available within the test."""
+    async with Lab(lab_root.root, s3="none", snapshot_delay_s=0.3) as lab:
         yield lab
-
-
-@pytest.fixture
-async def rds(lab: Lab) -> AsyncIterator[Any]:
-    async with rds_client(lab.rds_url) as client:
-        yield client
 
 
 def code(exc: pytest.ExceptionInfo[ClientError]) -> tuple[str, int]:
@@ -218,11 +207,11 @@ async def all_files(rds: Any, **kwargs: Any) -> list[dict[str, Any]]:
     raise AssertionError(f"DescribeDBLogFiles still had a Marker after {MAX_PAGES} pages")
 
 
-async def test_describe_log_files_matches_disk(rds: Any, data: LabData) -> None:
+async def test_describe_log_files_matches_disk(rds: Any, lab_root: LabData) -> None:
     listed = {f["LogFileName"]: f for f in await all_files(rds)}
     on_disk = {
-        p.relative_to(data.root / INSTANCE).as_posix(): p
-        for p in (data.root / INSTANCE).rglob("*")
+        p.relative_to(lab_root.root / INSTANCE).as_posix(): p
+        for p in (lab_root.root / INSTANCE).rglob("*")
         if p.is_file() and not p.name.startswith(".")
     }
     assert set(listed) == set(on_disk)
@@ -231,7 +220,7 @@ async def test_describe_log_files_matches_disk(rds: Any, data: LabData) -> None:
         st = path.stat()
         assert listed[name]["Size"] == st.st_size
         assert listed[name]["LastWritten"] == st.st_mtime_ns // 1_000_000  # epoch milliseconds
-    newest = max(data.generated, key=lambda f: f.start_s)
+    newest = max(lab_root.generated, key=lambda f: f.start_s)
     assert abs(listed[newest.name]["LastWritten"] / 1000 - newest.last_written_s) < 0.002
 
 
@@ -256,7 +245,7 @@ async def test_describe_log_files_pages_in_no_particular_order(rds: Any) -> None
     assert again == names  # stable: paging is consistent
 
 
-async def test_describe_log_files_filters(rds: Any, data: LabData) -> None:
+async def test_describe_log_files_filters(rds: Any, lab_root: LabData) -> None:
     every = await all_files(rds)
     csv = await all_files(rds, FilenameContains=".csv")
     assert {f["LogFileName"] for f in csv} == {
@@ -278,10 +267,10 @@ async def test_describe_log_files_filters(rds: Any, data: LabData) -> None:
 
 
 # -- DownloadDBLogFilePortion ----------------------------------------------------------------------
-async def test_portions_concatenate_byte_exact(rds: Any, data: LabData) -> None:
-    for name in [f.name for f in data.generated] + [TRICKY]:
+async def test_portions_concatenate_byte_exact(rds: Any, lab_root: LabData) -> None:
+    for name in [f.name for f in lab_root.generated] + [TRICKY]:
         got, responses = await download_portions(rds, INSTANCE, name, lines=700)
-        want = data.bytes(name)
+        want = lab_root.bytes(name)
         assert hashlib.sha256(got).hexdigest() == hashlib.sha256(want).hexdigest(), name
         markers = [r["Marker"] for r in responses]
         assert all(re.fullmatch(r"\d+:\d+", m) for m in markers), markers
@@ -291,16 +280,16 @@ async def test_portions_concatenate_byte_exact(rds: Any, data: LabData) -> None:
         ]
 
 
-async def test_portion_special_characters(rds: Any, data: LabData) -> None:
+async def test_portion_special_characters(rds: Any, lab_root: LabData) -> None:
     got, _ = await download_portions(rds, INSTANCE, TRICKY, lines=1)
-    assert got == data.bytes(TRICKY)
+    assert got == lab_root.bytes(TRICKY)
     assert b"\r\n" in got and b"\rlone" in got and "😀".encode() in got
 
 
 async def test_too_many_lines_are_truncated_and_fewer_lines_recover(
-    rds: Any, data: LabData
+    rds: Any, lab_root: LabData
 ) -> None:
-    want = data.bytes(WIDE)
+    want = lab_root.bytes(WIDE)
     first = await rds.download_db_log_file_portion(
         DBInstanceIdentifier=INSTANCE, LogFileName=WIDE, Marker="0"
     )  # NumberOfLines defaults to 10,000: 1.5 MB of lines
@@ -344,8 +333,8 @@ async def _stats(rds: Any) -> dict[str, Any]:
             return result
 
 
-async def test_line_over_1mb_is_cut_and_its_tail_lost(rds: Any, data: LabData) -> None:
-    want = data.bytes(LONG_LINE)
+async def test_line_over_1mb_is_cut_and_its_tail_lost(rds: Any, lab_root: LabData) -> None:
+    want = lab_root.bytes(LONG_LINE)
     got, responses = await download_portions(rds, INSTANCE, LONG_LINE, lines=1)
     assert len(responses) == 7
     long_portion = responses[3]["LogFileData"].encode()
@@ -358,8 +347,8 @@ async def test_line_over_1mb_is_cut_and_its_tail_lost(rds: Any, data: LabData) -
     assert int(responses[3]["Marker"].split(":")[1]) == 3 * 101 + LONG_LINE_BYTES
 
 
-async def test_without_marker_the_tail_is_returned(rds: Any, data: LabData) -> None:
-    want = data.bytes(WIDE)
+async def test_without_marker_the_tail_is_returned(rds: Any, lab_root: LabData) -> None:
+    want = lab_root.bytes(WIDE)
     tail = await rds.download_db_log_file_portion(
         DBInstanceIdentifier=INSTANCE, LogFileName=WIDE, NumberOfLines=3
     )

@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from botocore.exceptions import ClientError
 
 from rdsrecorder_lab import LAB_REGION, Lab
 from rdsrecorder_lab.generate import generate_fleet
-from tests.lab_fixtures import complete_url, rds_client, signed_headers
+from tests.lab_helpers import complete_url, rds_client, signed_headers
 
 NAME = "error/postgresql.log.2024-03-04-19.csv"
 
@@ -135,9 +134,7 @@ async def test_awkward_names_and_no_path_traversal(lab: Lab, rds: Any) -> None:
 
 
 async def test_fleet_listing_paging_tags_and_retention(lab: Lab, rds: Any) -> None:
-    started = time.monotonic()
     fleet = generate_fleet(lab.root, 100, files=3, tags={"env": "lab"})
-    assert time.monotonic() - started < 3
     assert len(fleet) == 100 and all(len(files) == 3 for files in fleet.values())
     config = json.loads((lab.root / "lab.json").read_text())
     config["instances"]["db-007"].update(engine="mysql", log_retention_period_min=10080)

@@ -12,10 +12,10 @@ import aiohttp
 import pytest
 from botocore.exceptions import ClientError
 
+from rdsrecorder.clock import FakeClock
 from rdsrecorder_lab import Lab
 from rdsrecorder_lab.emulator import _Pacer
-from tests import lab_fixtures
-from tests.lab_fixtures import (
+from tests.lab_helpers import (
     INSTANCE,
     TRICKY,
     WIDE,
@@ -25,10 +25,6 @@ from tests.lab_fixtures import (
     download_portions,
     signed_headers,
 )
-
-data = lab_fixtures.data
-lab = lab_fixtures.lab
-rds = lab_fixtures.rds
 
 
 async def outcome(call: Any) -> str:
@@ -91,35 +87,41 @@ async def test_portion_latency_grows_with_the_bytes(lab: Lab, rds: Any) -> None:
         )
         return time.monotonic() - started
 
-    small_s = await timed(1)  # 150 bytes: 0.06 ms added
+    await timed(1)  # 150 bytes: 0.06 ms added
+    assert lab.stats()["delay_s"] == {"portion_ms_per_mb": pytest.approx(0.00006)}
     big_s = await timed(5000)  # 750 kB: 300 ms added
-    assert big_s >= 0.3 and small_s < 0.15
+    assert big_s >= 0.3
+    assert lab.stats()["delay_s"] == {"portion_ms_per_mb": pytest.approx(0.30006)}
     lab.set_faults()
-    assert await timed(5000) < 0.2
+    await timed(5000)
+    assert lab.stats()["delay_s"] == {"portion_ms_per_mb": pytest.approx(0.30006)}
 
 
-async def test_stream_rate_is_per_stream(lab: Lab, data: LabData) -> None:
-    size = len(data.bytes(WIDE))  # 1.8 MB
+async def test_stream_rate_is_per_stream(lab: Lab, lab_root: LabData) -> None:
+    size = len(lab_root.bytes(WIDE))  # 1.8 MB
     lab.set_faults(stream_mbps=48)  # 0.3 s per stream
     expected_s = size * 8 / 48e6
     started = time.monotonic()
     status, body = await get_complete(lab, WIDE)
     alone_s = time.monotonic() - started
-    assert status == 200 and body == data.bytes(WIDE)
-    started = time.monotonic()
-    both = await asyncio.gather(get_complete(lab, WIDE), get_complete(lab, WIDE))
-    pair_s = time.monotonic() - started
-    assert [b for _, b in both] == [data.bytes(WIDE)] * 2
+    assert status == 200 and body == lab_root.bytes(WIDE)
     assert alone_s >= expected_s * 0.9
-    assert pair_s < alone_s * 1.6  # side by side, not one after the other
+    both = await asyncio.gather(get_complete(lab, WIDE), get_complete(lab, WIDE))
+    assert [b for _, b in both] == [lab_root.bytes(WIDE)] * 2
+    # Side by side, not one after the other: each stream had its own rate, none waited for the
+    # shared link.
+    assert lab.stats()["delay_s"] == {"stream_mbps": pytest.approx(3 * expected_s)}
     lab.set_faults(bandwidth_mbps=48)  # the shared cap: two streams take twice as long
     started = time.monotonic()
     await asyncio.gather(get_complete(lab, WIDE), get_complete(lab, WIDE))
     assert time.monotonic() - started >= 2 * expected_s * 0.9
+    assert lab.stats()["delay_s"]["bandwidth_mbps"] == pytest.approx(2 * expected_s)
 
 
-async def test_additional_data_pending_false_mid_file(lab: Lab, rds: Any, data: LabData) -> None:
-    want = data.bytes(WIDE)
+async def test_additional_data_pending_false_mid_file(
+    lab: Lab, rds: Any, lab_root: LabData
+) -> None:
+    want = lab_root.bytes(WIDE)
     lab.set_faults(early_eof_files=[f"{INSTANCE}/{WIDE}"], early_eof_after_bytes=300_000)
     got, responses = await download_portions(rds, INSTANCE, WIDE, lines=1000)
     # A paginator that trusts the flag stops after the portion holding byte 300,000.
@@ -139,7 +141,7 @@ async def test_additional_data_pending_false_mid_file(lab: Lab, rds: Any, data: 
     assert lab.stats()["faults"] == {"early_eof": 1}
     # Other files are untouched; 0 with no file named means no fault.
     other, _ = await download_portions(rds, INSTANCE, TRICKY, lines=1)
-    assert other == data.bytes(TRICKY)
+    assert other == lab_root.bytes(TRICKY)
     lab.set_faults(early_eof_files=[WIDE])  # offset 0: the first portion says false
     first = await rds.download_db_log_file_portion(
         DBInstanceIdentifier=INSTANCE, LogFileName=WIDE, Marker="0", NumberOfLines=10
@@ -147,8 +149,8 @@ async def test_additional_data_pending_false_mid_file(lab: Lab, rds: Any, data: 
     assert first["AdditionalDataPending"] is False and first["Marker"].endswith(":1500")
 
 
-async def test_overlapping_pages(lab: Lab, rds: Any, data: LabData) -> None:
-    want = data.bytes(WIDE)
+async def test_overlapping_pages(lab: Lab, rds: Any, lab_root: LabData) -> None:
+    want = lab_root.bytes(WIDE)
     lab.set_faults(overlap_bytes=40)
     first = await rds.download_db_log_file_portion(
         DBInstanceIdentifier=INSTANCE, LogFileName=WIDE, Marker="0", NumberOfLines=2
@@ -163,15 +165,15 @@ async def test_overlapping_pages(lab: Lab, rds: Any, data: LabData) -> None:
     assert len(got) == len(want) + 3 * 40 and got != want
 
 
-async def test_short_whole_file_body(lab: Lab, data: LabData) -> None:
-    want = data.bytes(WIDE)
+async def test_short_whole_file_body(lab: Lab, lab_root: LabData) -> None:
+    want = lab_root.bytes(WIDE)
     lab.set_faults(short_body_files=[WIDE], short_body_fraction=0.4)
     for gzip in (False, True):
         status, body = await get_complete(lab, WIDE, gzip=gzip)  # no error: a clean end
         assert status == 200
         assert body == want[: int(len(want) * 0.4)]
     status, body = await get_complete(lab, TRICKY)
-    assert body == data.bytes(TRICKY)
+    assert body == lab_root.bytes(TRICKY)
     assert lab.stats()["faults"] == {"short_bodies": 2}
 
 
@@ -231,15 +233,14 @@ async def test_a_stream_keeps_its_rate_when_the_lab_itself_runs_late() -> None:
     neighbours on the same cores): a late chunk does not push back the ones after it. A shared
     link saves no credit while it waits: there, lateness adds up."""
 
-    async def send(pacer: _Pacer) -> float:
-        started = time.monotonic()
+    async def send(stream: bool) -> float:
+        clock = FakeClock(1000.0)
+        pacer = _Pacer(stream=stream, now=clock.now, sleep=clock.sleep)
         for i in range(10):  # 10 x 100 kB at 8 Mbit/s (1 MB/s): 1 s
             await pacer.take(100_000, 8)
             if i == 2:
-                time.sleep(0.3)  # the lab's loop blocked for 0.3 s
-        return time.monotonic() - started
+                clock.advance(0.3)  # the lab's loop blocked for 0.3 s
+        return clock.now() - 1000.0
 
-    stream_s = await send(_Pacer(stream=True))
-    shared_s = await send(_Pacer())
-    assert 0.95 <= stream_s < 1.2, stream_s
-    assert shared_s >= 1.25, shared_s
+    assert await send(stream=True) == pytest.approx(1.0)
+    assert await send(stream=False) == pytest.approx(1.3)

@@ -14,7 +14,7 @@ import pytest
 
 from rdsrecorder_lab import Lab
 from rdsrecorder_lab.postgres import missing_reason
-from tests.lab_fixtures import download_portions, rds_client
+from tests.lab_helpers import download_portions, rds_client
 
 pytestmark = pytest.mark.postgres
 REASON = missing_reason()

@@ -19,15 +19,7 @@ from rdsrecorder.config import AwsSettings
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.models import META_COMPLETE, META_SOURCE
 from rdsrecorder.s3.upload import _LivePlan
-from tests import s3_servers
 from tests.s3_servers import MIB, BucketSink, S3Gateway, S3Server, blob, chunked
-
-moto_server = s3_servers.moto_server
-seaweed_server = s3_servers.seaweed_server
-s3 = s3_servers.s3
-seaweed = s3_servers.seaweed
-gateway = s3_servers.gateway
-spool_dir = s3_servers.spool_dir
 
 PART = 5 * MIB
 ROTATED = {META_SOURCE: "error/postgresql.log.2024-03-04-19.csv", META_COMPLETE: "true"}

@@ -12,7 +12,7 @@ import pytest
 from rdsrecorder.aws import Aws
 from rdsrecorder.clock import FakeClock
 from rdsrecorder.config import AwsSettings
-from rdsrecorder.errors import AwsError, RdsRecorderError
+from rdsrecorder.errors import RdsRecorderError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.manifest import (
     SCHEMA_VERSION,
@@ -21,65 +21,11 @@ from rdsrecorder.manifest import (
     ManifestStore,
     manifest_key,
 )
-from tests import s3_servers
+from tests.fakes import MemoryStorage, manifest
 from tests.s3_servers import MIB, BucketSink, S3Server
 from tests.waits import until
 
-moto_server = s3_servers.moto_server
-moto = s3_servers.moto
-
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z
-
-
-class MemoryStorage:
-    """The two calls the store makes of S3Sink, in memory, with failures and pauses to order."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, bytes] = {}
-        self.puts = 0
-        self.fail_next = 0
-        self.gate: asyncio.Event | None = None  # when set, a put waits for it
-        self.writing = 0
-        self.most_writing = 0
-
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        assert content_type == "application/json"
-        self.writing += 1
-        self.most_writing = max(self.most_writing, self.writing)
-        try:
-            if self.gate is not None:
-                await self.gate.wait()
-            else:
-                await asyncio.sleep(0)
-            if self.fail_next:
-                self.fail_next -= 1
-                raise AwsError("s3 PutObject failed: InternalError", code="InternalError")
-            self.objects[key] = data
-            self.puts += 1
-        finally:
-            self.writing -= 1
-
-    async def get_bytes(self, key: str) -> bytes | None:
-        return self.objects.get(key)
-
-    def saved(self, run_id: str = "run1") -> Manifest:
-        return Manifest.from_json(self.objects[manifest_key(run_id)])
-
-
-def manifest(run_id: str = "run1") -> Manifest:
-    return Manifest(
-        run_id=run_id,
-        db_identifier="db-1",
-        bucket="logs",
-        window_start="2023-11-14T20:00:00Z",
-        window_finish="2023-11-14T23:00:00Z",
-        mode="backfill",
-        version="0.1.0",
-        started_at="2023-11-14T22:13:20Z",
-        updated_at="2023-11-14T22:13:20Z",
-        finished_at=None,
-        instances=["db-1"],
-    )
 
 
 def entry(hour: int, status: str = "copied", **fields: object) -> FileEntry:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pendulum
@@ -70,7 +69,6 @@ async def test_pgbadger_reports_the_workload_of_a_window_got_back_from_s3(
     assert got.files and not got.failures
     paths = sorted(out.glob("pg-db/error/postgresql.log.*.csv"))
     assert [p.name for p in paths] == sorted(Path(f.source).name for f in got.files)
-    started = time.monotonic()
     result = subprocess.run(
         [PGBADGER, "-f", "csv", "--quiet", "-o", str(tmp_path / "report.txt"), *map(str, paths)],
         capture_output=True,
@@ -79,7 +77,6 @@ async def test_pgbadger_reports_the_workload_of_a_window_got_back_from_s3(
         check=False,
     )
     assert result.returncode == 0, result.stderr
-    assert time.monotonic() - started < 30
     text = (tmp_path / "report.txt").read_text(encoding="utf-8", errors="replace")
     assert "SELECT count(*), sum(amount) FROM lab_orders" in text.replace("\n", " ")
     assert "lab_missing_table" in text or "division by zero" in text  # its errors, too

@@ -31,7 +31,6 @@ from rdsrecorder.s3.upload import (
     grown_part_size,
     part_size_for,
 )
-from tests import s3_servers
 from tests.s3_servers import (
     MIB,
     MOTO_ACCOUNT,
@@ -43,14 +42,6 @@ from tests.s3_servers import (
     chunked,
 )
 from tests.waits import until
-
-moto_server = s3_servers.moto_server
-seaweed_server = s3_servers.seaweed_server
-s3 = s3_servers.s3
-moto = s3_servers.moto
-seaweed = s3_servers.seaweed
-gateway = s3_servers.gateway
-spool_dir = s3_servers.spool_dir
 
 GIB = 1024 * MIB
 

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 
-import pendulum
 import pytest
 
 from rdsrecorder.clock import FakeClock
@@ -16,43 +14,16 @@ from rdsrecorder.models import META_COMPLETE, META_SOURCE
 from rdsrecorder.recorder import Recorder, RunTotals
 from rdsrecorder.transfer import Copier
 from rdsrecorder.window import Mode, Window
-from tests.fakes import FakeFile, FakeManifest, FakeSink, FakeSource, StaticResolver
-
-T0 = pendulum.datetime(2024, 2, 4, 10, tz="UTC").timestamp()
-HOUR = 3600.0
-
-
-def rotating_db(
-    first_s: float,
-    rotation_s: float,
-    *,
-    minute_names: bool = False,
-    instance: str = "db",
-    idle: Callable[[float], bool] = lambda ts: False,
-    stop_rotating_at: float | None = None,
-) -> Callable[[float], dict[tuple[str, str], FakeFile]]:
-    """A DB writing csvlog: one file per rotation period, growing while current, plain twins."""
-
-    def files(now_s: float) -> dict[tuple[str, str], FakeFile]:
-        out: dict[tuple[str, str], FakeFile] = {}
-        ts = first_s
-        while ts <= now_s:
-            end = ts + rotation_s
-            if stop_rotating_at is not None and end > stop_rotating_at >= ts:
-                end = float("inf")  # rotation broken: this file is written forever
-            if not idle(ts):
-                fmt = "YYYY-MM-DD-HHmm" if minute_names else "YYYY-MM-DD-HH"
-                stamp = pendulum.from_timestamp(ts, tz="UTC").format(fmt)
-                written = min(now_s, end - 1)
-                body = f"{stamp} line\n".encode() * (1 + int((written - ts) // 60))
-                out[(instance, f"error/postgresql.log.{stamp}.csv")] = FakeFile(body, written)
-                out[(instance, f"error/postgresql.log.{stamp}")] = FakeFile(b"x", written)
-            if end == float("inf"):
-                break
-            ts = end
-        return out
-
-    return files
+from tests.fakes import (
+    HOUR,
+    T0,
+    FakeManifest,
+    FakeSink,
+    FakeSource,
+    StaticResolver,
+    key,
+    rotating_db,
+)
 
 
 def make(
@@ -87,10 +58,6 @@ def make(
         shutdown_grace_s=0.5,
     )
     return recorder, sink, manifest
-
-
-def key(hour: int, minute: int = 0) -> str:
-    return f"RUN/rds_log_RUN_{int(T0 + (hour - 10) * HOUR + minute * 60)}"
 
 
 async def test_download_and_finish_copies_window_and_exits() -> None:

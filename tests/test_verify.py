@@ -3,7 +3,6 @@ damaged from the outside; hole detection over spans and recorded gaps."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -18,16 +17,10 @@ from rdsrecorder.config import AwsSettings
 from rdsrecorder.errors import VerifyError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.manifest import FileEntry, Manifest, ManifestStore, manifest_key
-from rdsrecorder.models import META_SHA256, META_SOURCE, ObjectInfo, UploadResult
+from rdsrecorder.models import META_SHA256, META_SOURCE, UploadResult
 from rdsrecorder.verify import list_runs, verify_run
-from tests import s3_servers
+from tests.fakes import MemoryStore
 from tests.s3_servers import MIB, BucketSink, S3Gateway, S3Server, blob, chunked
-
-moto_server = s3_servers.moto_server
-seaweed_server = s3_servers.seaweed_server
-s3 = s3_servers.s3
-moto = s3_servers.moto
-gateway = s3_servers.gateway
 
 T0 = 1_700_000_000.0
 
@@ -259,50 +252,6 @@ async def test_no_manifest_or_a_broken_one_is_a_verify_error(moto: S3Server) -> 
 
 
 # -- holes: the same checks on an in-memory store, many shapes of runs ----------------------------
-class MemoryStore:
-    """``S3Sink`` in memory: what ``write_run`` and ``verify_run`` call."""
-
-    def __init__(self) -> None:
-        self.objects: dict[str, tuple[bytes, dict[str, str]]] = {}
-
-    async def upload(
-        self, key: str, chunks: AsyncIterator[bytes], *, metadata: dict[str, str], instance: str
-    ) -> UploadResult:
-        data = b"".join([c async for c in chunks])
-        sha_hex = hashlib.sha256(data).hexdigest()
-        self.objects[key] = (data, {**metadata, META_SHA256: sha_hex})
-        return UploadResult(key, len(data), sha_hex, etag="", parts=0)
-
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        self.objects[key] = (data, {})
-
-    async def get_bytes(self, key: str) -> bytes | None:
-        return self.objects[key][0] if key in self.objects else None
-
-    async def head(self, key: str) -> ObjectInfo | None:
-        if key not in self.objects:
-            return None
-        data, meta = self.objects[key]
-        return ObjectInfo(key, len(data), meta)
-
-    async def iter_object(self, key: str) -> AsyncIterator[bytes]:
-        yield self.objects[key][0]
-
-    async def list_objects(self, prefix: str) -> AsyncIterator[ObjectInfo]:
-        for key, (data, _) in sorted(self.objects.items()):
-            if key.startswith(prefix):
-                yield ObjectInfo(key, len(data), {})
-
-    async def list_prefixes(self, prefix: str = "", delimiter: str = "/") -> list[str]:
-        return sorted(
-            {
-                prefix + k[len(prefix) :].split(delimiter)[0] + delimiter
-                for k in self.objects
-                if k.startswith(prefix) and delimiter in k[len(prefix) :]
-            }
-        )
-
-
 @dataclass
 class HoleCase:
     logs: list[LogSpec]

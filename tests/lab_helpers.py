@@ -1,5 +1,6 @@
-"""Helpers for the lab's own tests: a lab root with tricky files, clients signed with the lab's
-credentials, and SigV4 signing of the whole-file endpoint the way a client does it."""
+"""Helpers for the lab's own tests (their fixtures are in ``conftest.py``): a lab root with tricky
+files, clients signed with the lab's credentials, and SigV4 signing of the whole-file endpoint the
+way a client does it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import aioboto3
-import pytest
 from botocore.auth import SigV4Auth, SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
@@ -24,7 +24,6 @@ from rdsrecorder_lab import (
     LAB_REGION,
     LAB_SECRET_ACCESS_KEY,
     GeneratedFile,
-    Lab,
     generate,
 )
 
@@ -150,21 +149,3 @@ async def download_portions(
         if not response["AdditionalDataPending"]:
             return "".join(parts).encode(), responses
     raise AssertionError("the portion loop did not end")
-
-
-# -- fixtures of the modules that test the lab through real clients (aliased there) ---------------
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> LabData:
-    return make_lab_root(tmp_path_factory.mktemp("labroot"))
-
-
-@pytest.fixture
-async def lab(data: LabData) -> AsyncIterator[Lab]:
-    async with Lab(data.root, s3="none") as lab:
-        yield lab
-
-
-@pytest.fixture
-async def rds(lab: Lab) -> AsyncIterator[Any]:
-    async with rds_client(lab.rds_url) as client:
-        yield client
