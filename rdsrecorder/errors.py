@@ -5,7 +5,9 @@
     ├── PreflightError               exit 3  credentials, bucket, DB instance, permissions
     │   ├── CredentialsError
     │   ├── BucketError
-    │   └── DbNotFoundError
+    │   ├── DbNotFoundError
+    │   ├── OwnerError               the run id belongs to another DB (checked per write)
+    │   └── ListingDeniedError (rdsrecorder.rds.control)  DescribeDBLogFiles not allowed
     ├── AwsError                     exit 1  an AWS call failed after retries
     │   ├── ThrottledError
     │   └── LogFileGoneError         the log file vanished (expired / rotated away)
@@ -13,7 +15,6 @@
     │   ├── ShortBodyError           a whole-file stream ended cleanly before the listed size
     │   ├── SourceChangedError       the file ended short, shrank or changed while being read
     │   └── UnsafeNameError          a file name from the API that cannot be put in a URL
-    ├── OwnerError                   exit 3  the run id belongs to another DB (checked per write)
     ├── UploadError                  exit 1  an S3 upload failed (multipart aborted)
     ├── SnapshotError                exit 5  snapshot could not be created / failed
     ├── VerifyError                  exit 6  `verify` found a problem
@@ -24,8 +25,10 @@ Other exit codes, decided by the runner, not by an exception:
     4    the run finished but some files failed or were lost (see the summary / manifest)
     130  interrupted by SIGINT / SIGTERM (graceful shutdown; re-run with the same --run-id)
 
-botocore / aiohttp errors are translated once, where they are caught (rds.py, s3.py, aws.py);
-the CLI prints ``str(error)`` as one line and exits with ``error.exit_code``.
+botocore errors are translated once, by ``rdsrecorder.aws.translate`` (every SDK call goes through
+``Aws.run``); the raw HTTP reads (rds/download.py's whole-file GET, s3/bucket.py's object reads)
+turn aiohttp errors into these where they catch them. The CLI prints ``str(error)`` as one line
+and exits with ``error.exit_code``.
 """
 
 from __future__ import annotations
