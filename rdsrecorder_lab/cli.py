@@ -1,9 +1,10 @@
 """``rdsrecorder lab ...``: the lab's commands (``serve``, ``generate``, ``demo``) as a Typer app.
 
-The main CLI mounts it with ``cli.add_typer(lab_cli, name="lab")``. Flags are declared here and
-checked once, by ``runner.serve`` / ``runner.generate_files`` (and ``Faults`` for the knobs),
-which raise ``ConfigError``; each command also prints it as one ``error: ...`` line and exits 2,
-so the lab's commands behave the same whether or not the main CLI's boundary catches it.
+The main CLI's ``lab`` command imports this module when it runs (the runtime never does) and hands
+it the rest of the command line. Flags are declared here and checked once, by ``runner.serve`` /
+``runner.generate_files`` (and ``Faults`` for the knobs), which raise ``ConfigError``; each
+command also prints it as one ``error: ...`` line and exits 2, so the lab's commands behave the
+same whether or not the main CLI's boundary catches it.
 """
 
 from __future__ import annotations

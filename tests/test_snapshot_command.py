@@ -4,32 +4,24 @@ A FakeClock makes the wait instant; one real-time wait is covered by the live-mo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
 import pendulum
 import pytest
-from moto.server import ThreadedMotoServer
 
 from rdsrecorder.clock import FakeClock
 from rdsrecorder.commands import run_snapshot
 from rdsrecorder.config import AwsSettings, LogFormat, SnapshotSettings, build_snapshot
 from rdsrecorder.errors import ConfigError, DbNotFoundError
 from rdsrecorder.snapshots import snapshot_id, valid_snapshot_id
-
-
-@pytest.fixture(scope="module")
-def moto_url() -> Iterator[str]:
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
+from tests.s3_servers import S3Server
 
 
 @pytest.fixture
-def rds(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
+def rds(moto_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> Any:
+    # The session's moto server (conftest.py) also serves RDS: its S3 tests never look at RDS.
+    moto_url = moto_server.url
     monkeypatch.setenv("AWS_ENDPOINT_URL_RDS", moto_url)
     monkeypatch.setenv("AWS_ENDPOINT_URL_STS", moto_url)
     client = boto3.client("rds", endpoint_url=moto_url, region_name="us-east-1")
