@@ -13,6 +13,7 @@ the span ends where the next file of the same instance starts; the newest file h
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
 import re
 import statistics
@@ -60,6 +61,7 @@ class ParsedName:
     is_csv: bool
 
 
+@functools.lru_cache(maxsize=16384)  # every listing parses its DB's names; DBs share names
 def parse_name(name: str) -> ParsedName | None:
     """Parse a log file name; None when it has no timestamp (``error/postgres.log``)."""
     m = _NAME_RE.match(name)

@@ -24,13 +24,10 @@ meanwhile); a run with a finish retries until ``finish + grace``.
 A stop ``Event`` (SIGTERM / SIGINT) ends the loop: no new copy starts, copies in flight get
 ``shutdown_grace_s`` to finish and are then cancelled (their multipart uploads are aborted).
 
-Series: only ``postgresql.log`` files (csv and, with ``include_plain``, the plain twin) own the
-documented key ``rds_log_<RUNID>_<unix>``; files of a series named in ``include_series`` go under
-a key that names it (``..._<unix>_audit.log``), so they never take a PostgreSQL log's key.
-
-State is per DB (``DbState``, its files by name in ``FileState``): a DB's listing, readiness and
-gauges touch that DB's files only, so their CPU does not grow with the fleet. Layout and costs:
-docs/architecture.md.
+Only ``postgresql.log`` files are copied, and the series named in ``include_series`` (their keys:
+``dbstate``). State is per DB (``dbstate.DbState``, its files by name): a DB's listing, readiness
+and gauges touch that DB's files only, so their CPU does not grow with the fleet. Layout and
+costs: docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -39,12 +36,20 @@ import asyncio
 import itertools
 import logging
 import math
-import re
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from rdsrecorder.clock import Clock
+from rdsrecorder.dbstate import (
+    ABORTED,
+    IN_FLIGHT,
+    POSTGRES_SERIES,
+    DbState,
+    FileState,
+    file_key,
+    series_of,
+)
 from rdsrecorder.errors import AwsError, DbNotFoundError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.logfiles import (
@@ -52,8 +57,6 @@ from rdsrecorder.logfiles import (
     SpannedFile,
     assign_spans,
     is_complete,
-    object_key,
-    parse_name,
     rotation_period_s,
     select,
 )
@@ -69,26 +72,11 @@ from rdsrecorder.window import Mode, Window
 log = logging.getLogger(__name__)
 
 DEFAULT_RETENTION_S = 3 * 86400.0  # rds.log_retention_period's default (4320 min)
-LISTING_MARGIN_MS = 5 * 60 * 1000  # LastWritten is updated lazily: look back a little further
 GRACE_EXTRA_S = 5 * 60
-IN_FLIGHT = "in-flight"  # queued or copying
-ABORTED = "aborted"
 
-POSTGRES_SERIES = "postgresql.log"
 RETRY_FIRST_S = 30.0  # a failed file's first retry (follow mode)
 RETRY_MAX_S = 15 * 60.0
 RETRIED = (FileStatus.FAILED, FileStatus.CHANGED)
-
-
-def series_of(name: str) -> str:
-    """The series a log file belongs to: ``postgresql.log`` for ``error/postgresql.log.<date>``."""
-    parsed = parse_name(name)
-    base = parsed.base if parsed is not None else name
-    return base.rsplit("/", 1)[-1]
-
-
-def series_suffix(series: str) -> str:
-    return "_" + re.sub(r"[^A-Za-z0-9.-]", "-", series)
 
 
 class Lister(Protocol):
@@ -157,41 +145,6 @@ class RunTotals:
         return not (
             self.failed or self.lost or self.changed or self.truncated_lines or self.interrupted
         )
-
-
-@dataclass(slots=True)
-class FileState:
-    """One listed file of a DB, keyed by its name in ``DbState.files``."""
-
-    listed: LogFile  # as last listed
-    state: str | None = None  # None: not taken yet; IN_FLIGHT, ABORTED or how its copy ended
-    key: str = ""  # claimed when first queued
-    retries: int = 0
-    retry_at_s: float | None = None
-    ended: FileEntry | None = None  # its last ending, replaced by a retry's
-
-    @property
-    def pending(self) -> bool:
-        return self.state in (None, IN_FLIGHT)
-
-
-@dataclass
-class DbState:
-    """What the recorder knows of one DB instance."""
-
-    instance: str
-    files: dict[str, FileState] = field(default_factory=dict)
-    spanned: list[SpannedFile] = field(default_factory=list)  # of the series copied, oldest first
-    listed_at_s: float | None = None
-    departed: bool = False
-    keys: dict[str, str] = field(default_factory=dict)  # object key -> the file name owning it
-    skipped_series: set[str] = field(default_factory=set)
-    gaps: set[tuple[float, float]] = field(default_factory=set)
-    pending: list[SpannedFile] = field(default_factory=list)  # for the gauges, oldest first
-
-    def newest_s(self) -> float:
-        """When its newest file was last written (0 when it shows none)."""
-        return max((st.listed.last_written_ms for st in self.files.values()), default=0) / 1000
 
 
 @dataclass(slots=True)
@@ -428,42 +381,17 @@ class Recorder:
 
     async def _refresh(self, db: DbState, now_s: float) -> None:
         full = self._schedule.full(db.instance)
-        since_ms = None if full else self._since_ms(db)
-        seen: set[str] = set()
         self.listing_calls += 1
-        async for f in self._lister.list_log_files(db.instance, since_ms):
-            st = db.files.get(f.name)
-            if st is None:
-                db.files[f.name] = FileState(f)
-            else:
-                st.listed = f
-            seen.add(f.name)
-        if full:
-            # Expired by retention: forget files we are not copying any more.
-            for name in [
-                n for n, st in db.files.items() if n not in seen and st.state != IN_FLIGHT
-            ]:
-                st = db.files.pop(name)
-                if st.key:
-                    db.keys.pop(st.key, None)
+        since_ms = None if full else db.since_ms()
+        listed = [f async for f in self._lister.list_log_files(db.instance, since_ms)]
+        db.update(listed, full=full)
         db.listed_at_s = now_s
-        db.spanned = self._wanted(
-            db,
-            assign_spans(
-                (st.listed for st in db.files.values()), include_plain=self._include_plain
-            ),
+        spanned = assign_spans(
+            (st.listed for st in db.files.values()), include_plain=self._include_plain
         )
+        db.spanned = self._wanted(db, spanned)
         self._schedule.listed(db.instance, now_s, db.spanned)
         self._track_finish(db)
-
-    @staticmethod
-    def _since_ms(db: DbState) -> int | None:
-        """Only files written since the oldest one not taken yet (less a margin) are asked for."""
-        if not db.files:
-            return None
-        pending = [st.listed.last_written_ms for st in db.files.values() if st.state is None]
-        newest = max(st.listed.last_written_ms for st in db.files.values())
-        return max(0, (min(pending) if pending else newest) - LISTING_MARGIN_MS)
 
     def _failed_listing(self, exc: AwsError | DbNotFoundError) -> None:
         self._listing_failures += 1
@@ -480,8 +408,7 @@ class Recorder:
             series = series_of(sf.name)
             if series in self._series:
                 out.append(sf)
-            elif series not in db.skipped_series:
-                db.skipped_series.add(series)
+            elif db.first_time(series):
                 log.info(
                     "%s: files of series %s (%s, ...) are not copied (--include-series %s "
                     "copies them)",
@@ -607,9 +534,8 @@ class Recorder:
                 self._gap(db, a.end_s, b.timestamp_s, "no-log-file")
 
     def _gap(self, db: DbState, start_s: float, end_s: float, reason: str) -> None:
-        if (start_s, end_s) in db.gaps:
+        if not db.first_time((start_s, end_s)):
             return
-        db.gaps.add((start_s, end_s))
         log.info(
             "%s: no log file covers %s .. %s (%s)",
             db.instance,
@@ -639,32 +565,11 @@ class Recorder:
             self._lagging.discard(inst)
 
     # -- copying -----------------------------------------------------------------------------------
-    def _key(self, db: DbState, sf: SpannedFile) -> str:
-        key = object_key(
-            self._run_id, sf.timestamp_s, sf.instance if self._per_instance_keys else None
-        )
-        series = series_of(sf.name)
-        if series != POSTGRES_SERIES:
-            key += series_suffix(series)
-        if not sf.name.endswith(".csv"):
-            key += "_stderr"  # the plain twin (--include-plain) shares the csv file's timestamp
-        n = 1
-        candidate = key
-        while db.keys.setdefault(candidate, sf.name) != sf.name:
-            n += 1
-            candidate = f"{key}_{n}"
-        if candidate != key:
-            log.warning(
-                "%s %s shares its timestamp with another file: key %s",
-                sf.instance,
-                sf.name,
-                candidate,
-            )
-        return candidate
-
     def _enqueue(self, db: DbState, st: FileState, sf: SpannedFile, complete: bool) -> None:
         st.state = IN_FLIGHT
-        st.key = st.key or self._key(db, sf)
+        if not st.key:
+            base = file_key(self._run_id, sf, self._per_instance_keys)
+            st.key = db.claim_key(base, sf.name)
         self._ready.push(db.instance, sf.timestamp_s, _Copy(db, st, sf, complete))
 
     def _dispatch(self) -> None:
