@@ -28,11 +28,11 @@ from rdsrecorder.config import (
     MIN_PART_SIZE_MIB,
     LogFormat,
     Sse,
-    StorageClass,
 )
 from rdsrecorder.errors import EXIT_CONFIG, EXIT_INTERRUPTED
 from rdsrecorder.iam import Command, Principal
 from rdsrecorder.models import DownloadMethod
+from rdsrecorder.s3.upload_config import StorageClass
 
 cli = typer.Typer(
     name="rdsrecorder",

@@ -170,20 +170,13 @@ async def run_sync(
         human(settings.start),
         human(settings.finish) if settings.finish else "forever (no --finish)",
     )
-    # Per file: two UploadParts (the part filling, sent as it fills, and the one before it) and
-    # its HEAD; plus the manifest and the checks.
+    # Per file: one UploadPart (while the next part fills) and its HEAD; plus the manifest and
+    # the checks.
     pool = max(10, settings.concurrency * 3 + 4)
     spool_dir = resolve_spool_dir(settings.spool_dir)
     async with Aws(settings.aws, hooks, max_pool_connections=pool, clock=clock) as aws:
         bucket = _bucket(aws, settings.bucket, settings.aws)
-        uploader = Uploader(
-            bucket,
-            hooks,
-            part_size_bytes=settings.part_size_bytes,
-            spool_dir=spool_dir,
-            single_put_max_bytes=settings.single_put_max_bytes,
-            storage_class=settings.storage_class,
-        )
+        uploader = Uploader(bucket, hooks, settings.upload, spool_dir=spool_dir)
         rds = RdsControl(aws)
         fleet = Fleet(
             rds,

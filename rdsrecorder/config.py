@@ -13,7 +13,6 @@ import enum
 import math
 import re
 import secrets
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -23,23 +22,28 @@ from rdsrecorder.compression import Compression
 from rdsrecorder.errors import ConfigError
 from rdsrecorder.iam import Command, IamPolicySettings, Principal
 from rdsrecorder.models import MIB, DownloadMethod
+from rdsrecorder.s3.spool import SPOOL_IN_MEMORY, spool_dir_usable
+from rdsrecorder.s3.upload_config import (
+    DEFAULT_PART_SIZE_BYTES,
+    DEFAULT_SINGLE_PUT_MAX_BYTES,
+    MAX_PART_BYTES,
+    MAX_PUT_BYTES,
+    MIN_PART_BYTES,
+    StorageClass,
+    UploadConfig,
+)
 from rdsrecorder.window import parse_when, validate_snapshot_start, validate_sync_window
 
 # -- defaults and limits (memory per file in flight: see docs/design.md, "Memory") ---------------
 DEFAULT_CONCURRENCY = 4
 MAX_CONCURRENCY = 64
-# Parts as small as S3 allows: a file streams into S3 as it arrives, 5 MiB at a time, so what is
-# left to send after its last byte is at most one such part (see docs/design.md, "Memory").
-MIN_PART_SIZE_MIB = 5  # S3's minimum part size
-DEFAULT_PART_SIZE_MIB = MIN_PART_SIZE_MIB
-MAX_PART_SIZE_MIB = 5 * 1024  # S3's maximum part size
-DEFAULT_PART_SIZE_BYTES = DEFAULT_PART_SIZE_MIB * MIB
-# Files up to this size are spooled whole and sent in one PutObject; larger ones stream into a
-# multipart upload (S3 checks the SHA-256 of either: see docs/design.md, "Uploads"). By default a
-# file that fits in one part.
-DEFAULT_SINGLE_PUT_MAX_MIB = MIN_PART_SIZE_MIB
-MAX_SINGLE_PUT_MAX_MIB = 5 * 1024  # S3's PutObject limit
-DEFAULT_SINGLE_PUT_MAX_BYTES = DEFAULT_SINGLE_PUT_MAX_MIB * MIB
+# The uploader owns its limits and defaults (``rdsrecorder.s3.upload_config``); the options
+# count in MiB.
+MIN_PART_SIZE_MIB = MIN_PART_BYTES // MIB
+DEFAULT_PART_SIZE_MIB = DEFAULT_PART_SIZE_BYTES // MIB
+MAX_PART_SIZE_MIB = MAX_PART_BYTES // MIB
+DEFAULT_SINGLE_PUT_MAX_MIB = DEFAULT_SINGLE_PUT_MAX_BYTES // MIB
+MAX_SINGLE_PUT_MAX_MIB = MAX_PUT_BYTES // MIB
 DEFAULT_GET_CONCURRENCY = 4
 DEFAULT_MAX_API_RPS = 8.0  # under the account's ~12 req/s refill, leaves room for other tools
 # Calls that may go at once after a pause, before --max-api-rps paces them. The account's bucket
@@ -56,7 +60,6 @@ DEFAULT_METRICS_PORT = 9445
 DEFAULT_SHUTDOWN_GRACE_S = 5.0
 DEFAULT_MAX_ATTEMPTS = 8  # per AWS call, with exponential backoff + jitter
 MAX_FUTURE_S = 366 * 24 * 3600  # a start or finish further ahead is a typo, not a plan
-SPOOL_IN_MEMORY = "memory"
 
 DEFAULT_ROLE_SESSION_NAME = "rdsrecorder"
 # ASCII: the names AWS allows are ASCII; a Unicode \w or \d would accept more.
@@ -76,15 +79,6 @@ _SHARD_RE = re.compile(r"(\d{1,4})/(\d{1,4})", re.ASCII)
 class LogFormat(enum.StrEnum):
     TEXT = "text"
     JSON = "json"
-
-
-class StorageClass(enum.StrEnum):
-    """The S3 storage classes a log object may go to (minimums and costs: docs/bucket.md)."""
-
-    STANDARD = "STANDARD"
-    STANDARD_IA = "STANDARD_IA"
-    INTELLIGENT_TIERING = "INTELLIGENT_TIERING"
-    GLACIER_IR = "GLACIER_IR"
 
 
 class Sse(enum.StrEnum):
@@ -146,7 +140,7 @@ class SyncSettings:
     finish_grace_s: float | None = None  # None = one rotation period + 5 min
     snapshot: bool = True  # only used in Wait & Sync mode
     download_method: DownloadMethod = DownloadMethod.AUTO
-    part_size_bytes: int = DEFAULT_PART_SIZE_BYTES
+    upload: UploadConfig = field(default_factory=UploadConfig)
     shutdown_grace_s: float = DEFAULT_SHUTDOWN_GRACE_S
     include_plain: bool = False  # also copy the non-.csv twins
     # Log series copied besides postgresql.log ("audit.log" for error/audit.log.<date>.csv), each
@@ -156,8 +150,6 @@ class SyncSettings:
     # is not writable), "memory" = in memory, else a directory (checked by ``build_sync``).
     spool_dir: str | None = None
     compress: Compression = Compression.NONE
-    storage_class: StorageClass = StorageClass.STANDARD
-    single_put_max_bytes: int = DEFAULT_SINGLE_PUT_MAX_BYTES
     aws: AwsSettings = field(default_factory=AwsSettings)
     obs: ObservabilitySettings = field(default_factory=ObservabilitySettings)
     # -- many DBs (see rdsrecorder.fleet) --
@@ -425,16 +417,10 @@ def check_spool_dir(setting: str | None) -> str | None:
     memory at run time, with a warning."""
     if not setting or setting == SPOOL_IN_MEMORY:
         return setting or None
-    from rdsrecorder.s3.upload import spool_dir_usable
-
     problem = spool_dir_usable(setting)
     if problem is not None:
         raise ConfigError(f"--spool-dir is not usable: {problem}")
     return setting
-
-
-def default_spool_dir() -> str:
-    return tempfile.gettempdir()
 
 
 _SERIES_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
@@ -549,14 +535,16 @@ def build_sync(
         finish_grace_s=finish_grace_s,
         snapshot=snapshot,
         download_method=download_method,
-        part_size_bytes=part_size_mib * MIB,
+        upload=UploadConfig(
+            part_size_bytes=part_size_mib * MIB,
+            single_put_max_bytes=single_put_max_mib * MIB,
+            storage_class=StorageClass(storage_class),
+        ),
         shutdown_grace_s=shutdown_grace_s,
         include_plain=include_plain,
         include_series=_series(include_series or ()),
         spool_dir=check_spool_dir(spool_dir),
         compress=Compression(compress),
-        storage_class=StorageClass(storage_class),
-        single_put_max_bytes=single_put_max_mib * MIB,
         aws=AwsSettings(
             region=_region(region),
             expected_bucket_owner=_account(expected_bucket_owner),

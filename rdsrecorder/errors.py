@@ -16,6 +16,8 @@
     │   ├── SourceChangedError       the file ended short, shrank or changed while being read
     │   └── UnsafeNameError          a file name from the API that cannot be put in a URL
     ├── UploadError                  exit 1  an S3 upload failed (multipart aborted)
+    │   ├── KeyTakenError            412: the key holds an object already (nothing written)
+    │   └── WriteConflictError       409: a write raced another one on the key (redo it)
     ├── SnapshotError                exit 5  snapshot could not be created / failed
     ├── VerifyError                  exit 6  `verify` found a problem
     └── GetError (rdsrecorder.get)   exit 6  `get` found no copy of the DB in the window
@@ -125,6 +127,21 @@ class OwnerError(PreflightError):
 
 class UploadError(RdsRecorderError):
     pass
+
+
+class KeyTakenError(UploadError):
+    """A conditional write (``If-None-Match: *``) found its key taken: nothing was written.
+    ``result`` is what the upload would have stored (an ``UploadResult``), to compare with what
+    the key holds."""
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class WriteConflictError(UploadError):
+    """409 ConditionalRequestConflict: another write to the key raced this one; nothing was
+    written, and the upload is done again from the start."""
 
 
 class SnapshotError(RdsRecorderError):

@@ -240,9 +240,9 @@ class BucketSink:
         single_put_max_bytes: int | None = None,
         storage_class: Any = None,
     ) -> None:
-        from rdsrecorder.config import StorageClass
         from rdsrecorder.s3.bucket import Bucket
         from rdsrecorder.s3.upload import Uploader
+        from rdsrecorder.s3.upload_config import StorageClass, UploadConfig
 
         self.reader = Bucket(
             aws,
@@ -253,16 +253,14 @@ class BucketSink:
         )
         # By default, as small a single-PutObject threshold as S3 allows (one part), so that tests
         # of multipart uploads need little data; tests of the threshold give it.
-        self.uploader = Uploader(
-            self.reader,
-            hooks,
+        config = UploadConfig(
             part_size_bytes=part_size_bytes,
-            spool_dir=spool_dir,
             single_put_max_bytes=single_put_max_bytes or part_size_bytes,
             storage_class=storage_class or StorageClass.STANDARD,
         )
+        self.uploader = Uploader(self.reader, hooks, config, spool_dir=spool_dir)
         self.upload = self.uploader.upload
-        self.part_size_bytes = self.uploader.part_size_bytes
+        self.part_size_bytes = config.part_size_bytes
         self.check_bucket = self.reader.check_bucket
         self.head = self.reader.head
         self.get_bytes = self.reader.get_bytes

@@ -153,18 +153,18 @@ def test_metrics_port_in_use_is_a_clear_error() -> None:
 def test_spool_dir_defaults_to_the_temp_dir_and_falls_back_to_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from rdsrecorder import config
+    from rdsrecorder.s3 import spool as spool_module
     from rdsrecorder.s3.upload import resolve_spool_dir
 
     spool = tmp_path / "spool"
     spool.mkdir()
-    monkeypatch.setattr(config.tempfile, "gettempdir", lambda: str(spool))
+    monkeypatch.setattr(spool_module.tempfile, "gettempdir", lambda: str(spool))
     assert resolve_spool_dir(None) == str(spool)
     assert resolve_spool_dir("memory") is None
     assert resolve_spool_dir(str(spool)) == str(spool)
     not_a_dir = spool / "file"
     not_a_dir.write_text("x")
-    monkeypatch.setattr(config.tempfile, "gettempdir", lambda: str(not_a_dir))
+    monkeypatch.setattr(spool_module.tempfile, "gettempdir", lambda: str(not_a_dir))
     with caplog.at_level("WARNING"):
         assert resolve_spool_dir(None) is None
     assert "keeping them in memory" in caplog.text

@@ -62,7 +62,6 @@ async def test_backfill_is_byte_exact_and_ignores_twins(
         finish=first.add(hours=5),
         run_id="e2e-exact",
         concurrency=3,
-        part_size_bytes=5 * 1024 * 1024,
     )
     report = await run_sync(settings)
     assert report.mode is Mode.DOWNLOAD_AND_FINISH
@@ -165,7 +164,6 @@ async def test_backfill_into_seaweedfs_is_byte_exact(
             finish=first.add(hours=6),
             run_id="weed",
             concurrency=4,
-            part_size_bytes=5 * 1024 * 1024,
         )
         report = await run_sync(settings)
         assert report.exit_code == 0, report.totals

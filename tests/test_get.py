@@ -21,7 +21,6 @@ from rdsrecorder.config import AwsSettings, ConfigError, LogFormat, VerifySettin
 from rdsrecorder.errors import EXIT_VERIFY
 from rdsrecorder.get import GetError, get_window, safe_relative
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.models import MIB
 from rdsrecorder.s3.bucket import Bucket
 from rdsrecorder_lab import LabThread
 from rdsrecorder_lab.s3local import create_bucket
@@ -94,8 +93,7 @@ async def test_two_runs_written_once_and_a_window_back_byte_exact(
         start=first,
         finish=first.add(hours=3),
         run_id="run-raw",
-        part_size_bytes=5 * MIB,
-        single_put_max_bytes=5 * MIB,  # the 12 MB file goes multipart
+        # the defaults (5 MiB parts, PutObject up to 5 MiB): the 12 MB file goes multipart
     )
     packed = sync_settings(
         db="get-db",
@@ -224,8 +222,6 @@ async def test_a_multipart_object_the_manifest_does_not_know_is_copied_again(
         start=first.add(hours=2),
         finish=first.add(hours=3),
         run_id="run-lost-manifest",
-        part_size_bytes=5 * MIB,
-        single_put_max_bytes=5 * MIB,
     )
     assert (await run_sync(sync_settings(**kw))).exit_code == 0  # type: ignore[arg-type]
     client = s3_client(env)

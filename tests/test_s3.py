@@ -7,6 +7,7 @@ import asyncio
 import base64
 import gzip
 import hashlib
+import io
 import itertools
 import json
 import logging
@@ -19,15 +20,18 @@ import pytest
 
 from rdsrecorder.aws import Aws
 from rdsrecorder.compression import Compression
-from rdsrecorder.config import AwsSettings, StorageClass
+from rdsrecorder.config import AwsSettings
 from rdsrecorder.errors import BucketError, LogFileGoneError, UploadError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.models import META_SHA256, META_SIZE, META_SOURCE
+from rdsrecorder.s3 import spool as spool_module
 from rdsrecorder.s3 import upload as s3_module
-from rdsrecorder.s3.upload import (
+from rdsrecorder.s3 import upload_config
+from rdsrecorder.s3.upload_config import (
     MAX_PART_BYTES,
     MAX_PARTS,
     MIN_PART_BYTES,
+    StorageClass,
     grown_part_size,
     part_size_for,
 )
@@ -140,8 +144,8 @@ async def test_upload_grows_parts_on_the_fly_and_refuses_a_part_past_the_limit(
     # A 4-part budget that doubles the part size after part 2, 3 ...: the 10,000-part rule,
     # testable with megabytes. 4 parts then hold 5 + 5 + 10 + 20 MiB.
     monkeypatch.setattr(s3_module, "MAX_PARTS", 4)
-    monkeypatch.setattr(s3_module, "GROW_AFTER_PARTS", 2)
-    monkeypatch.setattr(s3_module, "GROW_EVERY_PARTS", 1)
+    monkeypatch.setattr(upload_config, "GROW_AFTER_PARTS", 2)
+    monkeypatch.setattr(upload_config, "GROW_EVERY_PARTS", 1)
     bucket = moto.new_bucket("grow")
     hooks = RecordingHooks()
     fits = blob(38 * MIB)
@@ -264,16 +268,16 @@ async def test_a_part_whose_bytes_differ_from_its_sha256_is_refused_by_s3(
     """The part checksums are checked by the server (SeaweedFS, as S3; moto checks nothing): a
     part sent with another SHA-256 than its bytes' fails the upload, which is aborted."""
     bucket = seaweed.new_bucket("bad-part")
-    real_body = s3_module._Part.body
+    real_body = spool_module.SpoolPart.body
     bodies = itertools.count(1)
 
-    def body(part: s3_module._Part) -> s3_module.PartBody:
+    def body(part: spool_module.SpoolPart) -> spool_module.PartBody:
         sent = real_body(part)
         if next(bodies) == 2:
             sent.sha256 = hashlib.sha256(b"other bytes").digest()
         return sent
 
-    monkeypatch.setattr(s3_module._Part, "body", body)
+    monkeypatch.setattr(spool_module.SpoolPart, "body", body)
     async with aws() as client:
         sink = BucketSink(client, bucket, Hooks(), part_size_bytes=5 * MIB)
         with pytest.raises(UploadError, match="BadDigest"):
@@ -313,10 +317,10 @@ async def test_a_failing_spool_keeps_the_part_in_memory(
     fail: str,
 ) -> None:
     """Disk full (or the spool directory gone): the upload goes on in memory, byte-exact."""
-    real_new = s3_module._new_spool_file
+    real_new = spool_module._new_spool_file
     written = {"bytes": 0}
 
-    class FullDisk(s3_module._SpoolBody):
+    class FullDisk(io.FileIO):
         def write(self, data: object) -> int:  # type: ignore[override]
             if written["bytes"] > 7 * MIB:
                 raise OSError(28, "No space left on device")
@@ -324,7 +328,7 @@ async def test_a_failing_spool_keeps_the_part_in_memory(
             written["bytes"] += n or 0
             return n or 0
 
-    def new_spool_file(spool_dir: str) -> s3_module._SpoolBody:
+    def new_spool_file(spool_dir: str) -> io.FileIO:
         if fail == "create" and written["bytes"] == 0:
             written["bytes"] = 1
             raise OSError(2, "No such file or directory")
@@ -335,7 +339,7 @@ async def test_a_failing_spool_keeps_the_part_in_memory(
         body.close()
         return FullDisk(fd, "r+b", closefd=True)
 
-    monkeypatch.setattr(s3_module, "_new_spool_file", new_spool_file)
+    monkeypatch.setattr(spool_module, "_new_spool_file", new_spool_file)
     spool = tmp_path / "spool"
     spool.mkdir()
     bucket = moto.new_bucket("spool-fails")
@@ -469,10 +473,15 @@ async def test_s3_errors_are_retried_then_reported_and_aborted(
     hooks = RecordingHooks()
     async with aws(hooks, max_attempts=2) as client:
         sink = BucketSink(client, bucket, hooks, part_size_bytes=5 * MIB, spool_dir=spool_dir)
+        # A retried request sends its body again from the start (PutObject and UploadPart).
         gateway.fail("UploadPart", status=503, code="SlowDown", times=1)
         result = await sink.upload("flaky", chunked(data), metadata={}, instance="db")
         assert result.sha256 == sha(data)
         assert ("UploadPart", "SlowDown") in hooks.retries
+        small = blob(3 * MIB)
+        gateway.fail("PutObject", status=500, code="InternalError", times=1)
+        await sink.upload("flaky-small", chunked(small), metadata={}, instance="db")
+        assert ("PutObject", "InternalError") in hooks.retries
         # part 3 fails on both attempts
         fault = gateway.faults["UploadPart"] = Fault(500, "InternalError", times=2, after=2)
         with pytest.raises(UploadError) as caught:
@@ -483,6 +492,7 @@ async def test_s3_errors_are_retried_then_reported_and_aborted(
         assert gateway.operations().count("AbortMultipartUpload") == 1
     c = moto_server.client()
     assert c.get_object(Bucket=bucket, Key="flaky")["Body"].read() == data
+    assert c.get_object(Bucket=bucket, Key="flaky-small")["Body"].read() == small
     assert "Contents" not in c.list_objects_v2(Bucket=bucket, Prefix="broken")
 
 
@@ -612,6 +622,7 @@ from rdsrecorder.hooks import Hooks
 from rdsrecorder.config import AwsSettings
 from rdsrecorder.s3.bucket import Bucket
 from rdsrecorder.s3.upload import Uploader
+from rdsrecorder.s3.upload_config import UploadConfig
 
 MIB = 1 << 20
 
@@ -628,7 +639,8 @@ async def source(total, chunk):
 async def main(bucket, total, part, chunk, spool_dir):
     async with Aws(AwsSettings(region="us-east-1"), Hooks()) as aws:
         sink = Uploader(
-            Bucket(aws, bucket), Hooks(), part_size_bytes=part, spool_dir=spool_dir or None
+            Bucket(aws, bucket), Hooks(), UploadConfig(part_size_bytes=part),
+            spool_dir=spool_dir or None,
         )
         # loads botocore's models and opens the connection; a small object holds no part buffer
         await sink.upload("warm-up", source(1000, chunk), metadata={}, instance="db")
@@ -695,9 +707,9 @@ def test_upload_memory_stays_about_two_parts(
 async def test_files_up_to_the_threshold_are_one_put_object_larger_ones_multipart(
     s3: S3Server, tmp_path: Path
 ) -> None:
-    """Spooled: a whole file up to --single-put-max-mib goes in one PutObject (S3 checks its
-    SHA-256); a larger one, or one listed larger, goes multipart (S3 checks each part's SHA-256
-    and keeps their composite)."""
+    """Spooled: a file that ends within --single-put-max-mib goes in one PutObject (S3 checks its
+    SHA-256), even when it was listed larger; a larger one goes multipart (S3 checks each part's
+    SHA-256 and keeps their composite), its part size from its listed size."""
     bucket = s3.new_bucket("threshold")
     spool = tmp_path / "spool"
     spool.mkdir()
@@ -717,10 +729,9 @@ async def test_files_up_to_the_threshold_are_one_put_object_larger_ones_multipar
             "t/listed", chunked(small), metadata={}, instance="db", size_hint_bytes=20 * MIB
         )
     assert (one.parts, one.checksum) == (0, f"SHA256:{b64_sha(small)}")
-    # 16 MiB + 1 MiB; listed larger: 5 + 5 + 2 MiB
+    # 16 MiB + 1 MiB
     assert (many.parts, many.checksum) == (2, f"SHA256:{b64_composite(large, 16 * MIB, MIB)}")
-    listed_sum = b64_composite(small, 5 * MIB, 5 * MIB)
-    assert (listed.parts, listed.checksum) == (3, f"SHA256:{listed_sum}")
+    assert (listed.parts, listed.checksum) == (0, f"SHA256:{b64_sha(small)}")
     c = s3.client()
     for key, data in (("t/small", small), ("t/large", large), ("t/listed", small)):
         assert c.get_object(Bucket=bucket, Key=key)["Body"].read() == data

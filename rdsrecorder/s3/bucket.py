@@ -16,6 +16,7 @@ from rdsrecorder.aws import Aws
 from rdsrecorder.config import Sse
 from rdsrecorder.errors import AwsError, BucketError
 from rdsrecorder.models import MIB, ObjectInfo
+from rdsrecorder.s3.spool import PartBody
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +53,18 @@ class Bucket:
     async def call(self, method: str, **params: Any) -> dict[str, Any]:
         return await self.aws.call("s3", method, Bucket=self.name, **self.owner, **params)
 
-    async def call_once(self, method: str, **params: Any) -> dict[str, Any]:
-        """``call`` without retries: for a request whose body cannot be sent twice."""
-        return await self.aws.call_once("s3", method, Bucket=self.name, **self.owner, **params)
+    async def call_with_body(self, method: str, body: PartBody, **params: Any) -> dict[str, Any]:
+        """``call`` of a request that sends ``body``: every attempt of the retry policy sends it
+        from its start (``PartBody.open``)."""
+        client = self.aws.s3
+
+        async def once() -> dict[str, Any]:
+            result: dict[str, Any] = await getattr(client, method)(
+                Bucket=self.name, **self.owner, Body=body.open(), **params
+            )
+            return result
+
+        return await self.aws.run("s3", self.aws.operation_name(client, method), once)
 
     # -- reading and listing ---------------------------------------------------------------------
     async def check_bucket(self) -> None:
