@@ -104,7 +104,6 @@ from rdsrecorder_lab.faults import Faults
 from rdsrecorder_lab.portion import (
     BINARY_DATA_MESSAGE,
     MAX_LINES_PER_PORTION,
-    MAX_PORTION_BYTES,
     BinaryDataError,
     MarkerError,
     Portion,
@@ -734,7 +733,7 @@ class RdsEmulator:
         """The portion and the LogFileData it sends (with the overlap_bytes fault, some bytes
         before the marker come first)."""
         overlap = self._faults.overlap_bytes if marker not in (None, "0") else 0
-        portion = self._read(path, marker, lines, MAX_PORTION_BYTES - overlap)
+        portion = self._read(path, marker, lines, self._faults.portion_max_bytes - overlap)
         if not overlap:
             return portion, portion.data
         self._stats.faults["overlaps"] += 1

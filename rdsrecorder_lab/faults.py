@@ -38,6 +38,10 @@ overlap_bytes       Each portion asked for with a Marker other than "0" starts t
                     before the marker's offset (moved forward to a UTF-8 character boundary),
                     so pages repeat content at their boundaries (aws-cli #10319); the returned
                     Marker is unchanged. [DownloadDBLogFilePortion]
+portion_max_bytes   The most LogFileData one portion carries (default 1,048,576: 1 MiB, as users
+                    observe; AWS documents "up to 1 MB", so 1,000,000 is the other cap to try).
+                    Longer answers are cut there and end with the truncation notice. At least
+                    4096. [DownloadDBLogFilePortion]
 portion_ms_per_mb   Added latency per megabyte (10^6 bytes) of LogFileData returned, on top of
                     ``latency_ms``: a 1 MB portion takes that much longer than an empty one, as
                     on RDS. [DownloadDBLogFilePortion]
@@ -75,6 +79,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+MIN_PORTION_MAX_BYTES = 4096
 LIST_ERRORS = ("AccessDenied", "InternalFailure", "DBInstanceNotFound")
 _NAME_LISTS = (
     "stuck_marker_files",
@@ -100,6 +105,7 @@ class Faults:
     early_eof_files: tuple[str, ...] = ()
     early_eof_after_bytes: int = 0
     overlap_bytes: int = 0
+    portion_max_bytes: int = 1 << 20
     portion_ms_per_mb: float = 0.0
     complete_endpoint: bool = True
     short_body_files: tuple[str, ...] = ()
@@ -137,6 +143,11 @@ class Faults:
                 raise ValueError(f"{name} must be an integer")
             if value < 0:
                 raise ValueError(f"{name} must be >= 0")
+        cap = self.portion_max_bytes
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < MIN_PORTION_MAX_BYTES:
+            raise ValueError(f"portion_max_bytes must be an integer >= {MIN_PORTION_MAX_BYTES}")
+        if self.overlap_bytes >= cap:
+            raise ValueError("overlap_bytes must be smaller than portion_max_bytes")
         if not _finite(self.account_refill_per_s) or self.account_refill_per_s <= 0:
             raise ValueError("account_refill_per_s must be a number > 0")
         for name in ("error_rate", "reset_rate", "short_body_fraction"):
