@@ -143,11 +143,7 @@ class Faults:
                 raise ValueError(f"{name} must be an integer")
             if value < 0:
                 raise ValueError(f"{name} must be >= 0")
-        cap = self.portion_max_bytes
-        if isinstance(cap, bool) or not isinstance(cap, int) or cap < MIN_PORTION_MAX_BYTES:
-            raise ValueError(f"portion_max_bytes must be an integer >= {MIN_PORTION_MAX_BYTES}")
-        if self.overlap_bytes >= cap:
-            raise ValueError("overlap_bytes must be smaller than portion_max_bytes")
+        self._check_cap()
         if not _finite(self.account_refill_per_s) or self.account_refill_per_s <= 0:
             raise ValueError("account_refill_per_s must be a number > 0")
         for name in ("error_rate", "reset_rate", "short_body_fraction"):
@@ -158,6 +154,13 @@ class Faults:
             value = getattr(self, name)
             if value is not None and (not _finite(value) or value <= 0):
                 raise ValueError(f"{name} must be a number > 0 (or null for no cap)")
+
+    def _check_cap(self) -> None:
+        cap = self.portion_max_bytes
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < MIN_PORTION_MAX_BYTES:
+            raise ValueError(f"portion_max_bytes must be an integer >= {MIN_PORTION_MAX_BYTES}")
+        if self.overlap_bytes >= cap:
+            raise ValueError("overlap_bytes must be smaller than portion_max_bytes")
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Faults:
