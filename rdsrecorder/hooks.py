@@ -44,6 +44,9 @@ class Hooks:
 
     def truncated_lines(self, instance: str, count: int) -> None: ...
 
+    def truncated_bytes(self, instance: str, count: int) -> None:
+        """Bytes of those lines lost (the portion API never returns them)."""
+
     def conflict(self, instance: str) -> None:
         """A finished copy of another file held the key: kept, this file written beside it."""
 
@@ -126,6 +129,10 @@ class MultiHooks(Hooks):
     def truncated_lines(self, instance: str, count: int) -> None:
         for h in self._hooks:
             h.truncated_lines(instance, count)
+
+    def truncated_bytes(self, instance: str, count: int) -> None:
+        for h in self._hooks:
+            h.truncated_bytes(instance, count)
 
     def conflict(self, instance: str) -> None:
         for h in self._hooks:

@@ -69,6 +69,7 @@ class FileEntry:
     status: FileStatus
     source_size: int
     truncated_lines: int = 0
+    truncated_bytes: int = 0  # the bytes of those lines that were lost
     error: str = ""
     copied_at: str = ""
     complete: bool = True  # False: copied while the source was still being written

@@ -60,7 +60,11 @@ class PrometheusHooks(Hooks):
         self.throttles = counter("rdsrecorder_aws_throttles_total", "AWS calls throttled.")
         self.truncated = counter(
             "rdsrecorder_truncated_lines_total",
-            "Lines over 1 MB cut by DownloadDBLogFilePortion (their tail is lost).",
+            "Lines longer than DownloadDBLogFilePortion's cap (their tail is lost).",
+        )
+        self.truncated_lost = counter(
+            "rdsrecorder_truncated_bytes_total",
+            "Bytes of those lines lost (the whole-file download would recover them).",
         )
         self.abort_denied = counter(
             "rdsrecorder_multipart_abort_denied_total",
@@ -129,6 +133,7 @@ class PrometheusHooks(Hooks):
             self.downloaded_bytes,
             self.uploaded_bytes,
             self.truncated,
+            self.truncated_lost,
             self.conflicts,
             self.retries_scheduled,
         ):
@@ -204,6 +209,10 @@ class PrometheusHooks(Hooks):
     def truncated_lines(self, instance: str, count: int) -> None:
         self._init_instance(instance)
         self.truncated.add({"db_instance": instance}, count)
+
+    def truncated_bytes(self, instance: str, count: int) -> None:
+        self._init_instance(instance)
+        self.truncated_lost.add({"db_instance": instance}, count)
 
     def conflict(self, instance: str) -> None:
         self._init_instance(instance)

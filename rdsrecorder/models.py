@@ -21,11 +21,19 @@ class FileStatus(enum.StrEnum):
     # was read, on every attempt. When RDS kept listing it unchanged, the bytes that did arrive
     # are kept under its key; otherwise nothing was written. A follower tries again later.
     CHANGED = "changed"
+    # Landed with a known loss: lines longer than the portion API's cap, whose tails that API
+    # never returns (the whole-file download would). Not retried: asking again loses them again.
+    TRUNCATED = "truncated"
 
     @property
     def landed(self) -> bool:
         """An object for the file is in S3."""
-        return self in (FileStatus.COPIED, FileStatus.PARTIAL, FileStatus.SKIPPED)
+        return self in (
+            FileStatus.COPIED,
+            FileStatus.PARTIAL,
+            FileStatus.SKIPPED,
+            FileStatus.TRUNCATED,
+        )
 
     @property
     def outcome(self) -> str:
@@ -56,11 +64,19 @@ class DownloadStats:
     method: str = ""  # "complete" or "portion", the one that actually served the bytes
     api_calls: int = 0
     bytes: int = 0
-    truncated_lines: int = 0  # lines the portion API cut and we could not recover
+    truncated_lines: int = 0  # lines longer than the portion API's cap: their tails are lost
+    truncated_bytes: int = 0  # the bytes of those tails
+    notice_bytes: int = 0  # RDS's truncation notices, kept in the copy where the tails were
     recovered_truncations: int = 0  # cuts recovered by asking for fewer lines
     false_ends: int = 0  # "no more data" answers before the listed size, gone on from the marker
     overlap_bytes: int = 0  # bytes a page repeated from the previous one, dropped
     warnings: list[str] = field(default_factory=list)
+
+    @property
+    def covered_bytes(self) -> int:
+        """The bytes of the source the download has gone past: what arrived, less the notices
+        RDS put in, plus the tails it did not return."""
+        return self.bytes - self.notice_bytes + self.truncated_bytes
 
 
 @dataclass(frozen=True, slots=True)

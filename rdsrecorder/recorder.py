@@ -107,6 +107,7 @@ class RunTotals:
     failed: int = 0
     lost: int = 0
     changed: int = 0  # ended short or changed while read, on every attempt (nothing written)
+    truncated: int = 0  # landed with lines the portion API cut (a known loss)
     bytes: int = 0
     truncated_lines: int = 0
     not_started: int = 0  # ready, but the run was stopped before their copy began
@@ -134,6 +135,7 @@ class RunTotals:
             FileStatus.SKIPPED: "skipped",
             FileStatus.LOST: "lost",
             FileStatus.CHANGED: "changed",
+            FileStatus.TRUNCATED: "truncated",
         }.get(status, "failed")
         setattr(self, name, getattr(self, name) + n)
         if status in (FileStatus.COPIED, FileStatus.PARTIAL):

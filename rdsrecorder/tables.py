@@ -44,7 +44,12 @@ def render_summary(report: SyncReport, console: Console | None = None) -> None:
     )
     console.print(table)
     for entry in t.entries:
-        if entry.status in (FileStatus.FAILED, FileStatus.LOST, FileStatus.CHANGED):
+        if entry.status in (
+            FileStatus.FAILED,
+            FileStatus.LOST,
+            FileStatus.CHANGED,
+            FileStatus.TRUNCATED,
+        ):
             console.print(f"  {entry.status}: {entry.instance} {entry.source}: {entry.error}")
     if report.snapshot is not None:
         console.print(f"snapshot: {report.snapshot.snapshot_id} {report.snapshot.arn}")

@@ -65,6 +65,7 @@ from rdsrecorder.models import (
     meta_decode,
     meta_encode,
 )
+from rdsrecorder.rds.portions import WHOLE_FILE_HINT
 from rdsrecorder.times import iso, iso_or_none
 
 log = logging.getLogger(__name__)
@@ -318,13 +319,14 @@ class Copier:
             raise
         if owner is not None:
             await owner  # an empty file: checked before its (empty) object is written
-        if stats.bytes == f.size or (stats.bytes > f.size and not complete) or keep:
+        got = stats.covered_bytes  # lines the portion API cannot return count as come
+        if got == f.size or (got > f.size and not complete) or keep:
             return  # as listed (a file still being written may have grown)
         current = await self._relist(f)
-        if stats.bytes < f.size:
-            what = f"{stats.bytes} of the {f.size} bytes listed arrived"
+        if got < f.size:
+            what = f"{got} of the {f.size} bytes listed arrived"
         else:
-            what = f"{stats.bytes} bytes arrived, {f.size} were listed for a rotated file"
+            what = f"{got} bytes arrived, {f.size} were listed for a rotated file"
         now = (
             "; RDS no longer lists it"
             if current is None
@@ -450,6 +452,20 @@ class Copier:
             method=stats.method if stats else "",
         )
 
+    def _truncated(
+        self, sf: SpannedFile, key: str, stats: DownloadStats, landed: dict[str, object]
+    ) -> FileEntry:
+        """Landed with lines the portion API cut: a known loss, said once (not retried)."""
+        error = (
+            f"{stats.truncated_lines} line(s) longer than DownloadDBLogFilePortion's cap: "
+            f"{stats.truncated_bytes} bytes lost (RDS's truncation notice marks each place in "
+            f"s3 {key}); {WHOLE_FILE_HINT}"
+        )
+        log.error("truncated %s %s: %s", sf.instance, sf.name, error)
+        self._hooks.truncated_lines(sf.instance, stats.truncated_lines)
+        self._hooks.truncated_bytes(sf.instance, stats.truncated_bytes)
+        return self._entry(sf, key, status=FileStatus.TRUNCATED, error=one_line(error), **landed)
+
     def _finished(
         self,
         sf: SpannedFile,
@@ -468,14 +484,6 @@ class Copier:
                 stats.false_ends,
                 stats.overlap_bytes,
             )
-        if stats.truncated_lines:
-            log.warning(
-                "%s %s: %d line(s) longer than 1 MB were cut by DownloadDBLogFilePortion; the rest "
-                "of them is lost (allow rds:DownloadCompleteDBLogFile to avoid this)",
-                sf.instance,
-                sf.name,
-                stats.truncated_lines,
-            )
         landed = {
             "size": result.size,
             "sha256": result.sha256,
@@ -484,7 +492,10 @@ class Copier:
             "compression": result.compression,
             "method": stats.method,
             "truncated_lines": stats.truncated_lines,
+            "truncated_bytes": stats.truncated_bytes,
         }
+        if stats.truncated_lines:
+            return self._truncated(sf, key, stats, landed)
         if complete and result.size != sf.file.size:
             error = (
                 f"{sf.name}: {result.size} bytes arrived on every attempt, RDS lists "

@@ -136,6 +136,12 @@ def _row_ok(entry: FileEntry, size: int, note: str = "") -> VerifyRow:
         return VerifyRow(entry.key, entry.source, status, detail, entry.instance, size)
 
     complete = entry.complete and entry.status is not FileStatus.PARTIAL
+    if entry.status is FileStatus.TRUNCATED:
+        return row(
+            "truncated",
+            f"{entry.truncated_lines} line(s) longer than the portion API's cap: "
+            f"{entry.truncated_bytes} bytes lost",
+        )
     if complete and entry.size < entry.source_size:
         return row(
             "short",

@@ -33,7 +33,8 @@ from rdsrecorder.models import (
     meta_decode,
     meta_encode,
 )
-from rdsrecorder.rds.download import complete_path, marker_offset
+from rdsrecorder.rds.download import complete_path
+from rdsrecorder.rds.portions import marker_offset
 from rdsrecorder.recorder import Recorder
 from rdsrecorder.transfer import Copier
 from rdsrecorder.verify import verify_run

@@ -1,5 +1,5 @@
-"""How many DownloadDBLogFilePortion calls a file costs: the sizing of portions against the lab
-(real csvlog data from the lab's generator, the lab's 1 MB / 10,000-line limits and cuts)."""
+"""How many DownloadDBLogFilePortion calls a file costs, and what counts as a cut: against the lab
+(real csvlog data from the lab's generator, the lab's cap (either one) / 10,000-line limits)."""
 
 from __future__ import annotations
 
@@ -16,22 +16,30 @@ from rdsrecorder.aws import Aws
 from rdsrecorder.config import AwsSettings
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.models import DownloadMethod, DownloadStats, LogFile
-from rdsrecorder.rds.download import (
-    PORTION_PLAN_BYTES,
-    RdsDownloader,
-    portion_lines,
+from rdsrecorder.rds.download import RdsDownloader
+from rdsrecorder.rds.portions import (
+    DOCUMENTED_CAP_BYTES,
+    NOTICE_SUFFIX,
+    OBSERVED_CAP_BYTES,
+    TRUNCATION_NOTICE,
+    PortionCap,
+    complete_lines,
+    is_cut,
+    lines_for,
+    max_calls_for,
+    target_bytes,
 )
 from rdsrecorder_lab import GeneratedFile, LabThread, generate
 
 INSTANCE = "portion-db"
-FILES = 6
+FILES = 4
 
 
 @pytest.fixture(scope="module")
 def lab_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[GeneratedFile]]:
     root = tmp_path_factory.mktemp("portions")
     end = dt.datetime(2024, 2, 4, 19, tzinfo=dt.UTC)
-    files = generate(root, INSTANCE, files=FILES, end=end, size_mb=(3.0, 6.0), seed=11)
+    files = generate(root, INSTANCE, files=FILES, end=end, size_mb=(8.0, 20.0), seed=11)
     return root, files
 
 
@@ -41,83 +49,151 @@ def lab(lab_files: tuple[Path, list[GeneratedFile]]) -> Iterator[LabThread]:
         yield lab
 
 
-async def download_rounds(lab: LabThread, files: list[GeneratedFile], rounds: int) -> list[int]:
-    """Downloads every file at once, ``rounds`` times with one downloader (what it learnt of
-    the instance's lines is kept between rounds); the portion calls of each round."""
+async def download_all(
+    lab: LabThread, files: list[GeneratedFile], *, concurrency: int = 2
+) -> list[DownloadStats]:
+    """Downloads every file, ``concurrency`` at a time, with one downloader (what it learns of
+    the cap and of the instance's lines is kept from file to file); each byte-exact."""
     settings = AwsSettings(region="us-east-1", max_api_rps=1000)
-    calls: list[int] = []
+    gate = asyncio.Semaphore(concurrency)
     async with (
         Aws(settings, Hooks()) as aws,
         RdsDownloader(aws, Hooks(), DownloadMethod.PORTION) as rds,
     ):
 
-        async def one(g: GeneratedFile) -> bytes:
-            stats = DownloadStats()
-            f = LogFile(INSTANCE, g.name, int(g.last_written_s * 1000), g.size)
-            return b"".join([chunk async for chunk in rds.download(f, stats)])
+        async def one(g: GeneratedFile) -> DownloadStats:
+            async with gate:
+                stats = DownloadStats()
+                f = LogFile(INSTANCE, g.name, int(g.last_written_s * 1000), g.size)
+                body = b"".join([chunk async for chunk in rds.download(f, stats)])
+            assert hashlib.sha256(body).hexdigest() == g.sha256
+            return stats
 
-        for _ in range(rounds):
-            before = lab.stats()["calls"].get("DownloadDBLogFilePortion", 0)
-            bodies = await asyncio.gather(*(one(g) for g in files))
-            assert [hashlib.sha256(b).hexdigest() for b in bodies] == [g.sha256 for g in files]
-            calls.append(lab.stats()["calls"]["DownloadDBLogFilePortion"] - before)
-    return calls
+        return await asyncio.gather(*(one(g) for g in files))
 
 
-async def test_files_probe_only_until_the_lines_are_known_then_need_no_extra_call(
-    lab: LabThread, lab_files: tuple[Path, list[GeneratedFile]], monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("cap", [OBSERVED_CAP_BYTES, DOCUMENTED_CAP_BYTES])
+async def test_at_most_1_10_calls_per_mb_whichever_cap(
+    lab: LabThread,
+    lab_files: tuple[Path, list[GeneratedFile]],
+    monkeypatch: pytest.MonkeyPatch,
+    cap: int,
 ) -> None:
+    """The cap is learnt from the answers, not assumed, and each call is sized from the file's
+    earlier portions: csvlog of mixed line lengths costs at most 1.10 calls per MB, counted by
+    the lab, on an API that carries 1 MiB a call and on one that carries 1,000,000 bytes."""
     for key, value in lab.env.items():
         monkeypatch.setenv(key, value)
     files = lab_files[1]
-    lab.set_faults(latency_ms=20)
+    lab.set_faults(portion_max_bytes=cap)
     lab.reset_stats()
-    first, second = await download_rounds(lab, files, rounds=2)
-    cuts = sum(lab.stats()["truncated_portions_by_file"].values())
-    # At most 1.022 MB a call by the plan: that many calls per file, cuts aside.
-    planned = sum(math.ceil(g.size / PORTION_PLAN_BYTES) for g in files)
-    print(f"\n{first} + {second} calls, {cuts} cuts, {planned} planned, {len(files)} files")
-    # Every file starts before anything is known of the instance's lines: each probes once
-    # (a small first call) instead of waiting for another file's probe.
-    assert first - cuts <= planned + len(files), (first, cuts, planned)
-    # Once the lines are known, no file probes: the plan's calls, give or take one (a file
-    # whose lines run shorter than the instance's average may need one more).
-    assert second - cuts <= planned + 1, (second, cuts, planned)
-    assert cuts <= 1, (cuts, first, second)
+    await download_all(lab, files, concurrency=1)  # one probe of the instance's lines
+    stats = lab.stats()
+    calls = stats["calls"]["DownloadDBLogFilePortion"]
+    mb = sum(g.size for g in files) / 1e6
+    floor = sum(math.ceil(g.size / cap) for g in files)
+    cuts = sum(stats["truncated_portions_by_file"].values())
+    print(f"\ncap {cap}: {calls} calls for {mb:.1f} MB ({calls / mb:.3f}/MB), floor {floor}")
+    assert calls / mb <= 1.10, (calls, mb, floor, cuts)
+    assert cuts <= 2  # learning the cap costs a cut or two, then none
 
 
-def test_portion_lines_plans_the_calls_left_from_the_listed_size() -> None:
-    cap = 1_048_576  # what one DownloadDBLogFilePortion call carries at most (1 MiB)
-    line = 131.0
-    # 24.07 MB left: the plan needs no more calls than the cap allows (+1), and no call
-    # aims closer than 2 % to the cap, where the spread of the lines would cut it
-    size = 24_072_082
-    carried = portion_lines(line, size) * line
-    assert cap * 0.9 < carried < cap * 0.98
-    remaining, calls = size, 0
-    while remaining > 0 and calls < 100:  # the plan, call after call, on lines of one length
-        remaining -= portion_lines(line, remaining) * line
-        calls += 1
-    assert calls <= math.ceil(size / cap) + 1
-    # a file's first call, sized from other files' lines, aims lower than the ones after it:
-    # 10 % under the plan, even when the file then needs one more call (files differ, and a cut
-    # costs a whole call where one more call costs its latency)
-    assert portion_lines(line, size, first=True) < portion_lines(line, size)
-    six = 6_060_000  # six calls by the plan, with no room to spare
-    planned = six / math.ceil(six / PORTION_PLAN_BYTES)
-    assert portion_lines(line, six, first=True) * line <= 0.9 * planned + line
-    # the last call asks for more lines than the rest needs so that the end comes in it, never
-    # for more than one call can carry
-    assert portion_lines(line, 500_000) * line > 500_000 * 1.2
-    assert portion_lines(line, 900_000) * line < cap
-    assert portion_lines(line, 900_000, first=True) == portion_lines(line, 900_000)
-    # past the listed size (a file still being written): about 1 MB a call, under the cap
-    past = portion_lines(line, 0) * line
-    assert portion_lines(line, 0) == portion_lines(line, -5_000)
-    assert cap * 0.9 < past < cap
-    # the API's 10,000-line cap, and at least one line
-    assert portion_lines(20.0, 24_000_000) == 10_000
-    assert portion_lines(5_000_000.0, 24_000_000) == 1
+def notice_quoting_csvlog(size: int) -> bytes:
+    """csvlog whose statements quote RDS's notice: inline, and on a line of its own at the end
+    of multi-line statements, so that many portions end with it as RDS ends a cut one."""
+    records: list[str] = []
+    n = total = 0
+    while total < size:
+        n += 1
+        ts = f"2024-02-04 17:{n // 6000 % 60:02d}:{n // 100 % 60:02d}.{n % 1000:03d} UTC"
+        text = (
+            f"SELECT {n} AS id, 'see [Your log message was truncated] here' AS note\n"
+            + "  FROM t\n" * (n % 7)
+            + " [Your log message was truncated]"
+        )
+        quoted = '"' + text.replace('"', '""') + '"'
+        records.append(
+            f'{ts},"app","shop",{400 + n % 50},"10.0.0.1:5432","s{n % 50}",{n},"SELECT",'
+            f'{ts},3/{n},0,LOG,00000,"statement: x",,,,,,{quoted},,,"psql","client backend",,0\n'
+        )
+        total += len(records[-1])
+    return "".join(records).encode()
+
+
+async def test_statements_quoting_the_notice_are_data(
+    lab: LabThread, lab_files: tuple[Path, list[GeneratedFile]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The notice counts only where RDS puts it (at a cut: its marker skipped bytes): the same
+    text in statements, at the end of a portion included, is copied as data, byte-exact, with
+    no truncation and within the calls the file's size allows."""
+    for key, value in lab.env.items():
+        monkeypatch.setenv(key, value)
+    data = notice_quoting_csvlog(3_200_000)
+    name = "error/postgresql.log.2024-02-04-05.csv"
+    path = lab_files[0] / INSTANCE / "error" / "postgresql.log.2024-02-04-05.csv"
+    path.write_bytes(data)
+    g = GeneratedFile(name, path, 0, 0, len(data), hashlib.sha256(data).hexdigest(), 0, 0)
+    lab.set_faults()
+    lab.reset_stats()
+    (stats,) = await download_all(lab, [g])
+    assert stats.truncated_lines == 0 and stats.truncated_bytes == 0
+    assert stats.recovered_truncations == 0
+    lab_calls = lab.stats()["calls"]["DownloadDBLogFilePortion"]
+    assert lab_calls == stats.api_calls <= max_calls_for(len(data))
+    assert lab_calls <= math.ceil(len(data) / OBSERVED_CAP_BYTES) + 2  # a probe, a last call
+
+
+def test_the_notice_is_a_cut_only_where_rds_puts_it() -> None:
+    cap = PortionCap()
+    lines = b"a,1\n" * 10
+    cut = lines + NOTICE_SUFFIX
+    # The markers skipped bytes the answer does not carry: cut.
+    assert is_cut(cut, len(cut) + 500, cap)
+    # The markers span exactly the answer: a statement that ends with the notice's line.
+    assert not is_cut(cut, len(cut), cap)
+    # The text anywhere but at the end, or not on a line of its own: data.
+    assert not is_cut(NOTICE_SUFFIX + lines, len(lines) + 500, cap)
+    assert not is_cut(lines + TRUNCATION_NOTICE.encode() + b"\n", len(lines) + 500, cap)
+    # Markers that are not byte offsets: cut only at the cap's length.
+    assert not is_cut(cut, None, cap)
+    at_cap = b"x" * (DOCUMENTED_CAP_BYTES - len(NOTICE_SUFFIX)) + NOTICE_SUFFIX
+    assert is_cut(at_cap, None, cap)
+    assert complete_lines(cut) == 10
+
+
+def test_the_cap_is_learnt_from_cut_and_full_answers() -> None:
+    cap = PortionCap()
+    assert not cap.known and cap.bytes == OBSERVED_CAP_BYTES  # until a cut says otherwise
+    cap.answered(990_000, cut=False)
+    assert cap.bytes == OBSERVED_CAP_BYTES
+    cap.answered(999_998, cut=True)  # a cut answer is as long as the cap, give or take a char
+    assert cap.known and DOCUMENTED_CAP_BYTES <= cap.bytes < DOCUMENTED_CAP_BYTES + 4
+    cap.answered(1_000_002, cut=False)  # a full answer proves the cap is at least as long
+    assert cap.bytes >= 1_000_002
+
+
+def test_calls_are_planned_from_the_size_left_and_the_cap() -> None:
+    line, margin = 131.0, 0.02
+    for cap in (OBSERVED_CAP_BYTES, DOCUMENTED_CAP_BYTES):
+        most = cap * (1 - margin)
+        for size in (6_060_000, 24_072_082):
+            remaining, calls = size, 0
+            while remaining > 0 and calls < 100:  # the plan, call after call
+                target = target_bytes(remaining, cap, margin, line, first=calls == 0)
+                assert target <= most
+                remaining -= lines_for(target, line) * line
+                calls += 1
+            assert calls == math.ceil(size / most), (cap, size)
+    # The first call aims lower (other files' lines), but never so low that it costs a call.
+    size = 6_060_000
+    first = target_bytes(size, OBSERVED_CAP_BYTES, margin, line, first=True)
+    later = target_bytes(size, OBSERVED_CAP_BYTES, margin, line)
+    most = OBSERVED_CAP_BYTES * (1 - margin)
+    assert size - 5 * most < first < later
+    # Past the listed size (a file still being written): as much as a call may carry.
+    assert target_bytes(0, OBSERVED_CAP_BYTES, margin, line) == most
+    # The API's 10,000-line cap, and at least one line.
+    assert lines_for(most, 20.0) == 10_000 and lines_for(most, 5_000_000.0) == 1
 
 
 async def test_the_next_portion_is_asked_for_while_the_consumer_holds_a_chunk(

@@ -6,32 +6,16 @@ Two download paths:
   GET (service ``rds``) streaming the whole file, gzip accepted. No 1 MB truncation. Needs the IAM
   action ``rds:DownloadCompleteDBLogFile``; on 403 (or an endpoint that does not exist) ``auto``
   falls back to portions and remembers that per instance.
-* **portion** — ``DownloadDBLogFilePortion`` paging. Each call returns at most 10,000 lines and
-  1 MB; when the lines asked for are longer, RDS cuts the data, appends
-  ``[Your log message was truncated]`` and still moves the marker past all of them. So the number
-  of lines asked for adapts to the observed line length (aiming just under 1 MB a call), and a cut
-  portion is asked again from the same marker with fewer lines. A single line over 1 MB cannot be
-  recovered on this API: it is kept as RDS returns it, counted and logged.
-
-  Calls per MB (``portion_lines``): a file of R bytes left needs at least ceil(R / 1 MiB) calls
-  (the cap observed on RDS and emulated by the lab is 1 MiB, 1,048,576 bytes). The calls left are
-  planned from the listed size, ceil(R / 1.022 MB) of them, and each asks for the lines that
-  should carry R / calls left bytes (at most 1.022 MB: 2.5 % of margin, over twice
-  the spread of the sum of thousands of csvlog lines, so cuts are rare; each costs a call and a
-  10 % smaller retry). A file's first call is sized from other files' lines, so it aims 10 %
-  lower, even when that costs the file one more call: files differ (in the limits benchmark one
-  first call in eight, aimed 4 % under the plan, was cut), and a call costs its latency where a
-  cut costs a whole call. The next call goes out once the previous answer is parsed, while the
-  consumer takes that answer's bytes (spool, hashes, the upload): one call ahead at most, so a
-  consumer that falls behind holds one chunk and one answer.
-  The last call asks for a few more lines than needed so that the file's end comes in it. A file
-  that outgrew its listed size (the current one) goes on with 1 MB portions. Bytes per line are
-  learnt per instance from every portion: files that start before anything is known of an
-  instance's lines begin with a small probing call each (2,000 lines) instead of waiting for one
-  of them: a probe costs a file one call's latency, a wait costs it the probe's whole time.
+* **portion** — ``DownloadDBLogFilePortion`` paging (``rds.portions`` holds the logic, the design
+  is in docs/design-portions.md). Each call returns at most 10,000 lines and the API's cap of
+  bytes, learnt from the answers; the lines asked for are sized from the file's earlier portions
+  so that a file costs about ceil(size / cap) calls. A cut answer (the notice at the cut, and a
+  marker that skipped bytes) is asked again for the lines it carried whole. A line longer than
+  the cap is a known loss on this API: kept as RDS returns it, counted, and the file ends
+  ``truncated``. One call ahead: the next call goes out once an answer is parsed.
 
 Guards against the known infinite loops: the marker must advance, and a file gets at most
-``max_calls_for(size)`` calls.
+``max_calls_for(size)`` calls, a bound by its size that no content can exceed.
 
 The listed size is a contract (what RDS says is there must arrive):
 
@@ -72,36 +56,31 @@ from rdsrecorder.errors import (
 )
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.models import DownloadMethod, DownloadStats, LogFile
+from rdsrecorder.rds.portions import (
+    MAX_LINES,
+    NOTICE_SUFFIX,
+    WHOLE_FILE_HINT,
+    LineModel,
+    PortionCap,
+    complete_lines,
+    is_cut,
+    lines_for,
+    max_calls_for,
+    span_of,
+    target_bytes,
+)
 from rdsrecorder.retry import TRANSIENT_HTTP_STATUSES, TransientHttpError
 
 log = logging.getLogger(__name__)
 
-TRUNCATION_NOTICE = "[Your log message was truncated]"
 BINARY_DATA_TEXT = "contains binary data"
-MAX_LINES = 10_000
-PORTION_MAX_BYTES = 1_048_576  # what one call carries at most (AWS says "1 MB"; observed: 1 MiB)
-PORTION_PLAN_BYTES = 1_022_000  # the most a planned portion aims at: 2.5 % under the cap
-PORTION_TARGET_BYTES = 1_000_000  # past the listed size (a file still being written)
 FIRST_PORTION_LINES = 2_000  # the probe, when nothing is known of an instance's lines yet
 PORTION_SMALL_BYTES = 256 * 1024  # portions under this are gathered before they are passed on
-FIRST_CALL_FACTOR = 0.9  # a file's first call, sized from other files' lines: 10 % of margin
-CUT_RETRY_FACTOR = 0.9  # first retry after a cut: most cuts overshoot the cap by a few %
 COMPLETE_PATH = "v19/downloadCompleteLogFile"
 COMPLETE_OPERATION = "DownloadCompleteLogFile"
 STREAM_READ_BYTES = 256 * 1024
 SHORT_BODIES_BEFORE_PORTIONS = 2  # whole-file streams that ended short before portions are used
 OVERLAP_TAIL_BYTES = 256 * 1024  # the end of the previous page kept to recognise a repeated head
-_NOTICE_BYTES = TRUNCATION_NOTICE.encode()
-
-
-def marker_offset(marker: str) -> int | None:
-    """The byte offset a portion marker points at (``"0"`` or ``"<n>:<offset>"``), if readable."""
-    if marker == "0":
-        return 0
-    head, sep, tail = marker.rpartition(":")
-    if not sep or not head or not tail.isdigit():
-        return None
-    return int(tail)
 
 
 def complete_path(instance: str, name: str) -> str:
@@ -117,31 +96,6 @@ def complete_path(instance: str, name: str) -> str:
     return f"{COMPLETE_PATH}/{quote(instance, safe='')}/{encoded}"
 
 
-def portion_lines(bytes_per_line: float, remaining: int, *, first: bool = False) -> int:
-    """NumberOfLines for the next DownloadDBLogFilePortion call of a file with ``remaining`` bytes
-    left by its listed size (see the module doc). ``first``: the file's first call, sized from
-    lines of other files, so with a wider margin."""
-    if remaining <= 0:
-        target = float(PORTION_TARGET_BYTES)
-    else:
-        calls_left = -(-remaining // PORTION_PLAN_BYTES)
-        target = remaining / calls_left
-        if first and calls_left > 1:
-            # Lower, even if the file then needs one more call: a cut costs a whole call.
-            target *= FIRST_CALL_FACTOR
-        elif calls_left == 1:
-            # The last call: enough lines to reach the end even if they run long, never more
-            # than could still fit in one call.
-            target = min(remaining * 1.25 + 10 * bytes_per_line, PORTION_MAX_BYTES * 0.995)
-    return max(1, min(MAX_LINES, int(target / bytes_per_line)))
-
-
-def max_calls_for(size_bytes: int) -> int:
-    """Cap on portion calls for one file: generous (a call may return as little as ~4 KiB when
-    lines are long and cuts force tiny requests) but finite, so a stuck API cannot loop forever."""
-    return size_bytes // 4096 + 100
-
-
 def _tail(tail: bytes, data: bytes) -> bytes:
     """The last OVERLAP_TAIL_BYTES of what arrived, after ``data``."""
     kept = data[-OVERLAP_TAIL_BYTES:]
@@ -151,7 +105,7 @@ def _tail(tail: bytes, data: bytes) -> bytes:
 def _false_end(f: LogFile, stats: DownloadStats, marker: str, next_marker: str) -> bool:
     """``AdditionalDataPending=false`` with fewer bytes than listed and a marker that moved: a
     false end (aws-cli #2268, #3079), so the caller asks again from it (bounded by max_calls)."""
-    if stats.bytes >= f.size or not next_marker or next_marker == marker:
+    if stats.covered_bytes >= f.size or not next_marker or next_marker == marker:
         return False
     stats.false_ends += 1
     log.info(
@@ -159,7 +113,7 @@ def _false_end(f: LogFile, stats: DownloadStats, marker: str, next_marker: str) 
         "going on from marker %s",
         f.instance,
         f.name,
-        stats.bytes,
+        stats.covered_bytes,
         f.size,
         next_marker,
     )
@@ -219,9 +173,10 @@ class RdsDownloader:
         self._max_connections = max_connections
         self._portion_only: set[str] = set()  # instances where the complete endpoint is denied
         self._short_bodies: dict[tuple[str, str], int] = {}  # whole-file streams that ended short
-        # Bytes per line seen on each instance: a file's first portion is sized from it, so only
-        # the files that start before an instance's first answer pay for a small probing call.
-        self._bytes_per_line: dict[str, float] = {}
+        # Lines seen on each instance: a file's first portion is sized from them, so only the
+        # files that start before an instance's first answer pay for a small probing call.
+        self._lines: dict[str, LineModel] = {}
+        self._cap = PortionCap()  # the API's, learnt from the answers
         self._http: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> RdsDownloader:
@@ -348,25 +303,24 @@ class RdsDownloader:
         if rest is not None:
             yield rest
 
-    def _first_portion_lines(self, instance: str, remaining: int) -> int:
-        """Lines for a file's first call: planned from the instance's lines, or a probe."""
-        known = self._bytes_per_line.get(instance)
-        if known:
-            return portion_lines(known, remaining, first=True)
-        return FIRST_PORTION_LINES
+    def _first_portion_lines(self, model: LineModel, size: int) -> tuple[int, float]:
+        """Lines for a file's first call, and the bytes they should carry: planned from the
+        instance's lines, or a probe (0: no prediction)."""
+        if not model.bytes_per_line:
+            return FIRST_PORTION_LINES, 0.0
+        target = target_bytes(size, self._cap.bytes, model.margin, model.bytes_per_line, first=True)
+        return lines_for(target, model.bytes_per_line), 0.0
 
     async def _download_portions(self, f: LogFile, stats: DownloadStats) -> AsyncIterator[bytes]:
+        """The file's portions, one call ahead: the next call goes out once an answer is parsed,
+        while the consumer takes its bytes (spool, hashes, the upload); a consumer that falls
+        behind holds one chunk and one answer."""
         stats.method = "portion"
-        lines = self._first_portion_lines(f.instance, f.size)
-        async for chunk in self._portions(f, stats, "0", lines):
-            yield chunk
-
-    async def _portions(
-        self, f: LogFile, stats: DownloadStats, marker: str, lines: int
-    ) -> AsyncIterator[bytes]:
-        recovering = False
+        model = self._lines.setdefault(f.instance, LineModel())
+        lines, predicted = self._first_portion_lines(model, f.size)
+        file_bpl = 0.0  # bytes per line of the file's last portion
+        marker = "0"
         tail = b""  # the end of what arrived, to recognise a page that repeats it
-        max_calls = max_calls_for(max(f.size, 1))
         # A portion is already a big chunk (~1 MB): passed on as it is, without a join; only
         # small ones (cuts, the probe, a file's end) are gathered.
         coalescer = _Coalescer(min(self._chunk_target_bytes, PORTION_SMALL_BYTES))
@@ -374,30 +328,31 @@ class RdsDownloader:
         try:
             while True:
                 if ahead is None:
-                    ahead = self._send(f, stats, marker, lines, max_calls)
+                    ahead = self._send(f, stats, marker, lines)
                 resp, ahead = await ahead, None
                 raw: bytes = resp.get("LogFileData") or b""
                 next_marker = str(resp.get("Marker") or "")
                 pending = bool(resp.get("AdditionalDataPending"))
                 del resp
-                if _NOTICE_BYTES in raw:
-                    fewer = self._after_cut(f, stats, marker, lines, recovering)
-                    if fewer is not None:
-                        lines, recovering = fewer, True
-                        continue  # ask again from the same marker, for fewer lines
-                elif recovering:
-                    stats.recovered_truncations += 1
-                    recovering = False
-                data, tail, lines = self._page(f, stats, raw, marker, next_marker, tail, lines)
+                cut, fewer = self._judge(
+                    f, stats, model, raw, marker, next_marker, lines, predicted
+                )
+                if fewer is not None:
+                    lines, predicted = fewer, 0.0  # exactly the lines that fit: no guess
+                    continue  # asked again from the same marker
+                data, tail = self._page(f, stats, raw, cut, marker, next_marker, tail)
                 del raw
+                newlines = data.count(b"\n")
+                if newlines >= 100 and not cut:
+                    file_bpl = len(data) / newlines
+                    model.seen(len(data), newlines)
                 chunk = coalescer.add(data) if data else None
                 del data
                 more = _goes_on(f, stats, pending, marker, next_marker)
                 marker = next_marker
                 if more:
-                    # One call ahead: the next portion is on its way while the consumer takes
-                    # this one (spool, hashes, the upload).
-                    ahead = self._send(f, stats, marker, lines, max_calls)
+                    lines, predicted = self._next_lines(f, stats, model, file_bpl, lines)
+                    ahead = self._send(f, stats, marker, lines)
                 if chunk is not None:
                     yield chunk
                     del chunk
@@ -406,83 +361,123 @@ class RdsDownloader:
         finally:  # the consumer stopped, or a call failed: the call ahead is not wanted
             if ahead is not None:
                 await cancelled(ahead)
+        if stats.truncated_lines and stats.covered_bytes < f.size:
+            # Markers that are not byte offsets: the cut lines are what is missing.
+            stats.truncated_bytes += f.size - stats.covered_bytes
         rest = coalescer.take()
         if rest is not None:
             yield rest
+
+    def _judge(
+        self,
+        f: LogFile,
+        stats: DownloadStats,
+        model: LineModel,
+        raw: bytes,
+        marker: str,
+        next_marker: str,
+        lines: int,
+        predicted: float,
+    ) -> tuple[bool, int | None]:
+        """Whether an answer was cut, and the lines to ask again for from the same marker
+        (None: the answer is taken). What it teaches of the cap and of the lines is kept."""
+        span = span_of(marker, next_marker)
+        cut = is_cut(raw, span, self._cap)
+        self._cap.answered(len(raw), cut)
+        if not cut:
+            if predicted and raw.count(b"\n") == lines:
+                model.predicted(predicted, len(raw))
+            return False, None
+        if predicted and span is not None:
+            model.predicted(predicted, span)
+        fewer = self._after_cut(f, stats, raw, marker, lines)
+        if fewer is None:
+            self._lost(f, stats, raw, span)
+        return True, fewer
+
+    def _next_lines(
+        self, f: LogFile, stats: DownloadStats, model: LineModel, file_bpl: float, lines: int
+    ) -> tuple[int, float]:
+        """Lines for the file's next call, and the bytes they should carry (0: no prediction)."""
+        if not file_bpl:  # too few lines seen yet (a probe of long lines, a cut): more of them
+            return max(1, min(MAX_LINES, lines * 2)), 0.0
+        target = target_bytes(f.size - stats.covered_bytes, self._cap.bytes, model.margin, file_bpl)
+        lines = lines_for(target, file_bpl)
+        return lines, lines * file_bpl
 
     def _page(
         self,
         f: LogFile,
         stats: DownloadStats,
         data: bytes,
+        cut: bool,
         marker: str,
         next_marker: str,
         tail: bytes,
-        lines: int,
-    ) -> tuple[bytes, bytes, int]:
-        """A portion's bytes (a repeated head dropped), counted: (bytes, the new tail, lines for
-        the next call)."""
-        if data and _NOTICE_BYTES not in data:
+    ) -> tuple[bytes, bytes]:
+        """A portion's bytes (a repeated head dropped), counted, and the new tail."""
+        if data and not cut:
             data = self._drop_overlap(f, stats, data, marker, next_marker, tail)
             tail = _tail(tail, data)
         if data:
-            size, newlines = len(data), data.count(b"\n")
-            stats.bytes += size
-            self._hooks.bytes_downloaded(f.instance, size)
-            lines = self._next_lines(size, newlines, lines, f.size - stats.bytes)
-            self._learn(f.instance, size, newlines)
-        return data, tail, lines
+            stats.bytes += len(data)
+            self._hooks.bytes_downloaded(f.instance, len(data))
+        return data, tail
 
     def _after_cut(
-        self, f: LogFile, stats: DownloadStats, marker: str, lines: int, recovering: bool
+        self, f: LogFile, stats: DownloadStats, raw: bytes, marker: str, lines: int
     ) -> int | None:
-        """A portion came back cut at the 1 MB cap: how many lines to ask again for, or None
-        when a single line is longer than the cap (its tail is lost on this API: said)."""
-        if lines > 1:
-            # A first cut usually overshot by a little: 10 % fewer. Cut again: a long line is
-            # in the way, shrink fast towards it.
-            shrunk = int(lines * CUT_RETRY_FACTOR) if not recovering else lines // 4
-            fewer = max(1, min(lines - 1, shrunk))
-            log.debug(
-                "%s %s: portion of %d lines cut at marker %s (%d of %d bytes read); asking "
-                "again for %d",
-                f.instance,
-                f.name,
-                lines,
-                marker,
-                stats.bytes,
-                f.size,
-                fewer,
-            )
-            return fewer
-        stats.truncated_lines += 1
-        self._hooks.truncated_lines(f.instance, 1)
-        log.warning(
-            "%s %s: a line longer than 1 MB was cut by DownloadDBLogFilePortion at marker %s; "
-            "its tail is lost on this API",
+        """A portion came back cut at the cap: the lines to ask again for (those it carried
+        whole, which fit), or None when the one line asked for is longer than the cap."""
+        if lines <= 1:
+            return None
+        whole = complete_lines(raw)
+        # 0: the first line alone is over the cap; asked for alone, only its tail is lost.
+        fewer = max(1, min(lines - 1, whole))
+        stats.recovered_truncations += 1
+        log.debug(
+            "%s %s: portion of %d lines cut at %d bytes at marker %s; asking again for %d",
             f.instance,
             f.name,
+            lines,
+            len(raw),
             marker,
+            fewer,
         )
-        return None
+        return fewer
+
+    def _lost(self, f: LogFile, stats: DownloadStats, raw: bytes, span: int | None) -> None:
+        """One line longer than the cap: RDS returned its head and the notice, and its marker
+        skips the rest. Kept as RDS returned it; the bytes lost are counted when the markers
+        tell (else at the end of the file, from the listed size)."""
+        stats.truncated_lines += 1
+        stats.notice_bytes += len(NOTICE_SUFFIX)
+        lost = span - (len(raw) - len(NOTICE_SUFFIX)) if span is not None else 0
+        stats.truncated_bytes += lost
+        log.warning(
+            "%s %s: a line of %s is longer than DownloadDBLogFilePortion's cap (%d bytes): "
+            "%s of it lost on this API; %s",
+            f.instance,
+            f.name,
+            f"{span} bytes" if span is not None else "unknown length",
+            self._cap.bytes,
+            f"{lost} bytes" if span is not None else "the rest",
+            WHOLE_FILE_HINT,
+        )
 
     def _send(
-        self, f: LogFile, stats: DownloadStats, marker: str, lines: int, max_calls: int
+        self, f: LogFile, stats: DownloadStats, marker: str, lines: int
     ) -> asyncio.Task[dict[str, Any]]:
-        return asyncio.ensure_future(self._counted_portion(f, stats, marker, lines, max_calls))
+        return asyncio.ensure_future(self._counted_portion(f, stats, marker, lines))
 
     async def _counted_portion(
-        self,
-        f: LogFile,
-        stats: DownloadStats,
-        marker: str,
-        lines: int,
-        max_calls: int,
+        self, f: LogFile, stats: DownloadStats, marker: str, lines: int
     ) -> dict[str, Any]:
+        max_calls = max_calls_for(max(f.size, stats.covered_bytes))
         if stats.api_calls >= max_calls:
             raise DownloadError(
                 f"{f.name}: gave up after {stats.api_calls} DownloadDBLogFilePortion calls "
-                f"({stats.bytes} bytes); the API is not making progress"
+                f"({stats.bytes} bytes of {f.size}); the API is not making progress"
             )
         stats.api_calls += 1
         resp = await self._portion(f, marker, lines)
@@ -499,10 +494,10 @@ class RdsDownloader:
         """A page longer than the span between its two markers started before the marker it was
         asked with: its head repeats the end of the previous page. Dropped only when it does
         (never on a guess)."""
-        start, end = marker_offset(marker), marker_offset(next_marker)
-        if start is None or end is None or end < start:
+        span = span_of(marker, next_marker)
+        if span is None:
             return data
-        extra = len(data) - (end - start)
+        extra = len(data) - span
         if extra <= 0:
             return data
         if extra <= len(tail) and data[:extra] == tail[-extra:]:
@@ -520,17 +515,6 @@ class RdsDownloader:
             "not repeat the previous page; kept as it came"
         )
         return data
-
-    def _learn(self, instance: str, size: int, newlines: int) -> None:
-        if newlines >= 100:
-            self._bytes_per_line[instance] = size / newlines
-
-    @staticmethod
-    def _next_lines(size: int, newlines: int, lines: int, remaining: int) -> int:
-        if newlines == 0:
-            return min(MAX_LINES, max(1, lines * 2))
-        # Grow back gradually after a cut.
-        return min(portion_lines(max(1.0, size / newlines), remaining), lines * 4)
 
     async def _portion(self, f: LogFile, marker: str, lines: int) -> dict[str, Any]:
         try:

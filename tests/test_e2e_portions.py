@@ -1,0 +1,94 @@
+"""A line longer than the portion API's cap, end to end against the lab: a known loss, recorded as
+one (status ``truncated`` with the bytes lost, exit 4, a metric), once."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pendulum
+import pytest
+
+from rdsrecorder.commands import run_sync
+from rdsrecorder.errors import EXIT_INCOMPLETE
+from rdsrecorder.hooks import Hooks
+from rdsrecorder.rds.portions import NOTICE_SUFFIX, OBSERVED_CAP_BYTES
+from rdsrecorder_lab import LabThread
+from tests.e2e import csv_block, objects, s3_client, sync_settings
+
+DB = "long-db"
+LONG_LINE_BYTES = 1_500_000
+
+
+class Lost(Hooks):
+    def __init__(self) -> None:
+        self.lines: list[int] = []
+        self.bytes: list[int] = []
+
+    def truncated_lines(self, instance: str, count: int) -> None:
+        self.lines.append(count)
+
+    def truncated_bytes(self, instance: str, count: int) -> None:
+        self.bytes.append(count)
+
+
+def long_line(ts: pendulum.DateTime) -> bytes:
+    """One csvlog record on a single line, longer than the cap: a bulk INSERT."""
+    stamp = ts.format("YYYY-MM-DD HH:mm:ss.SSS") + " UTC"
+    values = ",".join(f"({i},'row {i}')" for i in range(200_000))
+    head = f'{stamp},"app","shop",411,"10.0.0.1:5432","s1",7,"INSERT",{stamp},3/7,0,LOG,00000,'
+    line = f'{head}"statement: INSERT INTO t VALUES {values}",,,,,,,,,"psql","client backend",,0'
+    return line.encode()[: LONG_LINE_BYTES - 1] + b"\n"
+
+
+@pytest.mark.parametrize("cap", [OBSERVED_CAP_BYTES, 1_000_000])
+async def test_a_line_over_the_cap_is_a_known_loss_recorded_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap: int
+) -> None:
+    now = pendulum.now("UTC")
+    first = now.start_of("hour").subtract(hours=2)
+    errdir = tmp_path / DB / "error"
+    errdir.mkdir(parents=True)
+    before, after = csv_block(first, 700_000, seed=1), csv_block(first, 400_000, seed=2)
+    line = long_line(first)
+    source = before + line + after
+    for i, data in enumerate((source, csv_block(first.add(hours=1), 5_000, seed=3))):
+        stamp = first.add(hours=i).format("YYYY-MM-DD-HH")
+        (errdir / f"postgresql.log.{stamp}.csv").write_bytes(data)
+    name = f"error/postgresql.log.{first.format('YYYY-MM-DD-HH')}.csv"
+    kept = cap - len(NOTICE_SUFFIX)  # RDS returns the line's head and its notice
+    lost = len(line) - kept
+    hooks = Lost()
+    with LabThread(tmp_path, s3="moto") as lab:
+        lab.set_faults(portion_max_bytes=cap)
+        for k, v in lab.env.items():
+            monkeypatch.setenv(k, v)
+        report = await run_sync(
+            sync_settings(
+                db=DB,
+                bucket=lab.bucket,
+                start=first,
+                finish=first.add(hours=1),
+                run_id="long",
+                download_method="portion",
+            ),
+            hooks=hooks,
+        )
+        calls = lab.stats()["portion_calls_by_file"][f"{DB}/{name}"]
+        got = objects(s3_client(lab.env), lab.bucket, "long/")
+    assert report.exit_code == EXIT_INCOMPLETE
+    (entry,) = report.totals.entries
+    assert entry.status == "truncated"
+    assert (entry.truncated_lines, entry.truncated_bytes) == (1, lost)
+    assert f"{lost} bytes lost" in entry.error and "rds:DownloadCompleteDBLogFile" in entry.error
+    assert report.totals.truncated == 1 and report.totals.failed == 0
+    assert hooks.lines == [1] and hooks.bytes == [lost]  # the metric, once
+    # What RDS returned, where it returned it: the line's head, then its notice.
+    assert got[entry.key] == before + line[:kept] + NOTICE_SUFFIX + after
+    # Read once, not again and again: one pass over the file (a cut asked again, the line
+    # asked for alone).
+    assert calls <= math.ceil(len(source) / cap) + 4
+    manifest = json.loads(got["long/manifest.json"])
+    (recorded,) = manifest["files"].values()
+    assert recorded["status"] == "truncated" and recorded["truncated_bytes"] == lost
