@@ -175,6 +175,7 @@ class LabStats:
     complete_downloads: Counter[str] = field(default_factory=Counter)
     complete_bytes_by_file: Counter[str] = field(default_factory=Counter)
     max_concurrent_downloads: int = 0
+    first_call_at: float | None = None  # epoch seconds of the first request (start-up figures)
     calls_by_instance: dict[str, Counter[str]] = field(default_factory=dict)
     # Who signed each call: the lab's user or an assumed role's ARN -> action -> count.
     calls_by_caller: dict[str, Counter[str]] = field(default_factory=dict)
@@ -191,6 +192,10 @@ class LabStats:
 
     def in_flight(self) -> set[str]:
         return self._portion_in_flight | {k for k, n in self._complete_in_flight.items() if n > 0}
+
+    def called(self) -> None:
+        if self.first_call_at is None:
+            self.first_call_at = time.time()
 
     def portion_started(self, key: str) -> None:
         self._portion_in_flight.add(key)
@@ -220,6 +225,7 @@ class LabStats:
             "calls": dict(self.calls),
             "errors": dict(self.errors),
             "faults": dict(self.faults),
+            "first_call_at": self.first_call_at,
             "portion_calls_by_file": dict(self.portion_calls_by_file),
             "portion_bytes_by_file": dict(self.portion_bytes_by_file),
             "truncated_portions_by_file": dict(self.truncated_portions_by_file),
@@ -368,6 +374,7 @@ class RdsEmulator:
     # -- query protocol ----------------------------------------------------------------------------
     async def _query(self, request: web.Request) -> web.StreamResponse:
         request_id = str(uuid.uuid4())
+        self._stats.called()
         body = await request.read()
         params = dict(request.query)
         if request.method == "POST":
@@ -762,6 +769,7 @@ class RdsEmulator:
     # -- whole-file REST endpoint ------------------------------------------------------------------
     async def _complete(self, request: web.Request) -> web.StreamResponse:
         request_id = str(uuid.uuid4())
+        self._stats.called()
         self._stats.calls["DownloadCompleteLogFile"] += 1
         instance_id = request.match_info["instance"]
         self._stats.instance_call(instance_id, "DownloadCompleteLogFile")
