@@ -118,7 +118,7 @@ def test_same_seed_same_bytes(tmp_path: Path) -> None:
 
 
 def test_large_files_have_the_size_asked(tmp_path: Path) -> None:
-    files = generate(tmp_path, "db", files=4, end=END, size_mb=(25, 25))
+    files = generate(tmp_path, "db", files=2, end=END, size_mb=(25, 25))
     assert all(25 * MB <= f.size <= 26 * MB for f in files), [f.size for f in files]
 
 
