@@ -7,19 +7,18 @@ the account's RDS API budget is shared with other tools), retried by the one pol
 translated once into ``rdsrecorder.errors``. Endpoint overrides (``AWS_ENDPOINT_URL_RDS`` ...) are
 honoured by botocore itself.
 
-The RDS rate limiter is a token bucket like the account's own: ``--max-api-burst`` calls may go
-at once, then ``--max-api-rps`` a second. A ``Throttling`` answer empties it, so every task of the
-process slows down to the sustained rate, not only the call that was refused (which also backs
+The RDS rate limiter (``rdsrecorder.budget``) is a token bucket like the account's own, whose
+rate halves on a ``Throttling`` answer and climbs back slowly, so every task of the process
+yields to the other tools of the account, not only the call that was refused (which also backs
 off, by the retry policy). The number of throttled calls is logged when the clients close.
 
 Clients come from aioboto3 sessions (one per set of credentials: the process's own, and an
-assumed role's when ``--assume-role`` / ``--s3-assume-role`` ask for one)."""
+assumed role's when ``--assume-role`` / ``--s3-assume-role`` ask for one), whose credentials are
+loaded again when AWS says they expired (``rdsrecorder.credentials``)."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -28,7 +27,6 @@ from typing import Any, TypeVar
 import aioboto3
 from aiobotocore.config import AioConfig
 from aiobotocore.credentials import AioRefreshableCredentials
-from aiobotocore.session import AioSession
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -38,8 +36,15 @@ from botocore.exceptions import (
 from botocore.parsers import ResponseParserError
 from tenacity import RetryCallState
 
+from rdsrecorder.budget import AdaptiveRateLimiter
 from rdsrecorder.clock import Clock
 from rdsrecorder.config import AwsSettings, RoleSettings
+from rdsrecorder.credentials import (
+    RefreshingCredentials,
+    credentials_of,
+    default_chain,
+    refreshing_session,
+)
 from rdsrecorder.errors import (
     AwsError,
     CredentialsError,
@@ -49,9 +54,13 @@ from rdsrecorder.errors import (
 )
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.retry import (
+    DENIED_CODES,
     NETWORK_ERRORS,
+    REFRESH_CODES,
     THROTTLING_CODES,
-    TransientHttpError,
+    Decision,
+    HttpAnswerError,
+    decide,
     error_code,
     is_throttling,
     retrying,
@@ -60,63 +69,9 @@ from rdsrecorder.retry import (
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+MAX_REFRESHES = 2  # per call: credentials loaded anew that fail again are not worth a third
 ROLE_DURATION_S = 3600  # AssumeRole's default; botocore renews 15 minutes before the end
 GONE_CODES = frozenset({"DBLogFileNotFoundFault", "DBLogFileNotFound"})
-CREDENTIAL_CODES = frozenset(
-    {
-        "InvalidClientTokenId",
-        "SignatureDoesNotMatch",
-        "UnrecognizedClientException",
-        "ExpiredToken",
-        "ExpiredTokenException",
-        "InvalidAccessKeyId",
-        "AuthFailure",
-    }
-)
-
-
-class RateLimiter:
-    """Token bucket shared by all tasks of the process. ``acquire`` waits for a token; tokens refill
-    at ``rate_per_s`` up to ``burst``."""
-
-    def __init__(
-        self,
-        rate_per_s: float,
-        burst: float | None = None,
-        *,
-        monotonic: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Any] = asyncio.sleep,
-    ) -> None:
-        if rate_per_s <= 0:
-            raise ValueError("rate_per_s must be positive")
-        self.rate_per_s = rate_per_s
-        self.burst = burst if burst is not None else max(1.0, rate_per_s)
-        self._tokens = self.burst
-        self._monotonic = monotonic
-        self._sleep = sleep
-        self._updated = monotonic()
-        self._lock = asyncio.Lock()
-
-    async def acquire(self) -> None:
-        # One waiter at a time: FIFO fairness, and no thundering herd after a pause.
-        async with self._lock:
-            while True:
-                now = self._monotonic()
-                self._tokens = min(
-                    self.burst, self._tokens + (now - self._updated) * self.rate_per_s
-                )
-                self._updated = now
-                # The tolerance: float error can leave 0.9999999 tokens, and a sleep that small
-                # may not move the clock at all.
-                if self._tokens >= 1 - 1e-6:
-                    self._tokens = max(0.0, self._tokens - 1)
-                    return
-                await self._sleep((1 - self._tokens) / self.rate_per_s)
-
-    def throttled(self) -> None:
-        """The server refused a call for its rate: no burst until the bucket has refilled."""
-        self._tokens = 0.0
-        self._updated = self._monotonic()
 
 
 MAX_AWS_MESSAGE_CHARS = 200
@@ -155,6 +110,42 @@ def translate(exc: BaseException, service: str, operation: str) -> AwsError:
     return AwsError(text, code=code, operation=operation)
 
 
+class _Attempts:
+    """What the attempts of one call share: when the last one went out (for the rate limiter),
+    and the credential refreshes it asked for."""
+
+    def __init__(self, aws: Aws, service: str) -> None:
+        self._aws = aws
+        self._service = service
+        self.sent_at: float | None = None
+        self._refreshes = 0
+        self._refreshed = False
+
+    def retry_on(self, exc: BaseException) -> bool:
+        decision = decide(exc)
+        if decision is Decision.REFRESH:
+            return self._refreshed  # with other credentials than the attempt that failed
+        return decision in (Decision.THROTTLED, Decision.TRANSIENT)
+
+    async def attempt(self, once: Callable[[], Awaitable[T]]) -> T:
+        if self._service == "rds":
+            self.sent_at = await self._aws.rate_limiter.acquire()
+        creds = self._aws.credentials(self._service)
+        seen = creds.generation if creds is not None else 0
+        self._refreshed = False
+        try:
+            return await once()
+        except Exception as exc:
+            if (
+                creds is not None
+                and self._refreshes < MAX_REFRESHES
+                and decide(exc) is Decision.REFRESH
+            ):
+                self._refreshes += 1
+                self._refreshed = await creds.refresh(seen)
+            raise
+
+
 class Aws:
     """Owns the aiobotocore session and the clients of one run (rds, s3, sts)."""
 
@@ -168,7 +159,7 @@ class Aws:
         self.settings = settings
         self.hooks = hooks
         self.clock = clock or Clock()
-        self.session = aioboto3.Session()
+        self.session = refreshing_session(default_chain, "the process's credentials")
         configured_region = settings.region or self.session.region_name
         self.region = configured_region or "us-east-1"
         if not configured_region:
@@ -186,7 +177,11 @@ class Aws:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
         )
-        self.rate_limiter = RateLimiter(settings.max_api_rps, burst=settings.max_api_burst)
+        self.rate_limiter = AdaptiveRateLimiter(
+            settings.max_api_rps, burst=settings.max_api_burst, on_rate=hooks.api_rate
+        )
+        hooks.api_budget(settings.fleet_max_api_rps, settings.max_api_rps)
+        self._credentials: dict[str, RefreshingCredentials | None] = {}
         self.throttled_calls = 0  # answers that said Throttling (each then retried or failed)
         self._stack: Any = None
         self.rds_session = self.session
@@ -203,9 +198,14 @@ class Aws:
             # included, through ``frozen_credentials``) and S3 calls may be different accounts.
             self.rds_session = await self._session_for(self.settings.assume_role)
             self.rds = await self._client_of(self.rds_session, "rds")
-            self.s3 = await self._client_of(
-                await self._session_for(self.settings.s3_assume_role), "s3"
-            )
+            s3_session = await self._session_for(self.settings.s3_assume_role)
+            self.s3 = await self._client_of(s3_session, "s3")
+            for service, session in (
+                ("sts", self.session),
+                ("rds", self.rds_session),
+                ("s3", s3_session),
+            ):
+                self._credentials[service] = await credentials_of(session)
         except BaseException:
             await self._stack.__aexit__(None, None, None)
             raise
@@ -218,12 +218,12 @@ class Aws:
         )
 
     async def _session_for(self, role: RoleSettings | None) -> aioboto3.Session:
-        """The process's session, or one whose credentials come from STS AssumeRole and are
-        renewed by botocore before they expire (15 minutes ahead)."""
+        """The process's session, or one whose credentials come from STS AssumeRole: renewed by
+        botocore before they expire (15 minutes ahead), assumed again when AWS says expired."""
         if role is None:
             return self.session
 
-        async def assume() -> dict[str, str]:
+        async def metadata() -> dict[str, str]:
             params: dict[str, Any] = {
                 "RoleArn": role.arn,
                 "RoleSessionName": role.session_name,
@@ -244,12 +244,12 @@ class Aws:
                 "expiry_time": creds["Expiration"].isoformat(),
             }
 
-        credentials = AioRefreshableCredentials.create_from_metadata(
-            metadata=await assume(), refresh_using=assume, method="assume-role"
-        )
-        core = AioSession()
-        core._credentials = credentials  # aiobotocore's way to give a session its credentials
-        return aioboto3.Session(botocore_session=core)
+        async def assume() -> Any:
+            return AioRefreshableCredentials.create_from_metadata(
+                metadata=await metadata(), refresh_using=metadata, method="assume-role"
+            )
+
+        return refreshing_session(assume, f"role {role.arn}")
 
     async def __aexit__(
         self,
@@ -267,10 +267,14 @@ class Aws:
                 self.throttled_calls,
             )
 
-    def _throttled(self, service: str) -> None:
+    def _throttled(self, service: str, sent_at: float | None) -> None:
         self.throttled_calls += 1
         if service == "rds":
-            self.rate_limiter.throttled()
+            self.rate_limiter.throttled(sent_at)
+
+    def credentials(self, service: str) -> RefreshingCredentials | None:
+        """The credentials the ``service`` client signs with (None: none were found)."""
+        return self._credentials.get(service)
 
     def _client(self, service: str) -> Any:
         client = getattr(self, service, None)
@@ -312,9 +316,11 @@ class Aws:
         """One AWS request under the retry policy (``rdsrecorder.retry``): rate-limited (RDS
         only: the account's RDS API budget is shared with other tools), attempted again on
         transient errors (at most ``attempts`` times in all, by default ``--max-attempts``; 1 for
-        a request whose body cannot be sent twice), counted through the hooks, and translated
-        once into ``rdsrecorder.errors``. ``once`` may raise ``RdsRecorderError`` itself: it
-        passes as is."""
+        a request whose body cannot be sent twice), attempted again with credentials loaded anew
+        when AWS says they expired (``MAX_REFRESHES`` times at most, within those attempts),
+        counted through the hooks, and translated once into ``rdsrecorder.errors``. ``once`` may
+        raise ``RdsRecorderError`` itself: it passes as is."""
+        call = _Attempts(self, service)
 
         def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -323,7 +329,7 @@ class Aws:
             reason = error_code(exc)
             throttled = is_throttling(exc)
             if throttled:
-                self._throttled(service)
+                self._throttled(service, call.sent_at)
             self.hooks.aws_call(service, operation, "throttled" if throttled else "retry")
             self.hooks.retry(service, operation, reason)
             log.debug(
@@ -340,19 +346,18 @@ class Aws:
                 max_attempts=attempts or self.settings.max_attempts,
                 sleep=self.clock.sleep,
                 before_sleep=before_sleep,
+                retry_on=call.retry_on,
             ):
                 with attempt:
-                    if service == "rds":
-                        await self.rate_limiter.acquire()
-                    result = await once()
+                    result = await call.attempt(once)
         except (NoCredentialsError, PartialCredentialsError) as exc:
             self.hooks.aws_call(service, operation, "error")
             raise CredentialsError(
                 "no AWS credentials found (env AWS_ACCESS_KEY_ID / AWS_PROFILE / instance role)"
             ) from exc
-        except (ClientError, BotoCoreError, TransientHttpError, *NETWORK_ERRORS) as exc:
+        except (ClientError, BotoCoreError, HttpAnswerError, *NETWORK_ERRORS) as exc:
             if is_throttling(exc):
-                self._throttled(service)
+                self._throttled(service, call.sent_at)
             self.hooks.aws_call(service, operation, "throttled" if is_throttling(exc) else "error")
             raise translate(exc, service, operation) from exc
         except AwsError:
@@ -374,7 +379,7 @@ class Aws:
         try:
             identity = await self.call("sts", "get_caller_identity")
         except AwsError as exc:
-            if exc.code in CREDENTIAL_CODES or exc.code in ("AccessDenied", "InvalidClientTokenId"):
+            if exc.code in REFRESH_CODES or exc.code in DENIED_CODES:
                 raise CredentialsError(f"AWS credentials rejected: {exc.code}") from exc
             raise
         return str(identity.get("Arn", ""))

@@ -221,21 +221,39 @@ def sync(
             help=f"S3 multipart part size in MiB ({MIN_PART_SIZE_MIB}-{MAX_PART_SIZE_MIB}).",
         ),
     ] = DEFAULT_PART_SIZE_MIB,
-    max_api_rps: Annotated[
+    fleet_max_api_rps: Annotated[
         float,
         typer.Option(
-            envvar=ENV + "MAX_API_RPS",
-            help="Cap on RDS API calls per second across all tasks (the account allows ~12/s).",
+            envvar=ENV + "FLEET_MAX_API_RPS",
+            help="RDS API calls per second for the whole fleet: each of the N processes of "
+            "--shard I/N takes 1/N of it (the account allows ~12/s to every tool together; "
+            "see docs/api-budget.md).",
         ),
     ] = DEFAULT_MAX_API_RPS,
-    max_api_burst: Annotated[
+    fleet_max_api_burst: Annotated[
         int,
         typer.Option(
-            envvar=ENV + "MAX_API_BURST",
-            help="RDS API calls that may go at once before --max-api-rps paces them (the "
-            "account's bucket, shared with other tools, holds ~300).",
+            envvar=ENV + "FLEET_MAX_API_BURST",
+            help="RDS API calls the whole fleet may send at once before the rate paces them "
+            "(1/N per process; the account's bucket holds ~300).",
         ),
     ] = DEFAULT_MAX_API_BURST,
+    max_api_rps: Annotated[
+        float | None,
+        typer.Option(
+            envvar=ENV + "MAX_API_RPS",
+            help="Cap on this process's RDS API calls per second (default: "
+            "--fleet-max-api-rps / N). Halved on throttling, then climbs back.",
+        ),
+    ] = None,
+    max_api_burst: Annotated[
+        int | None,
+        typer.Option(
+            envvar=ENV + "MAX_API_BURST",
+            help="RDS API calls this process may send at once before its rate paces them "
+            "(default: --fleet-max-api-burst / N).",
+        ),
+    ] = None,
     expected_bucket_owner: OwnerOpt = None,
     sse: Annotated[
         Sse | None, typer.Option(envvar=ENV + "SSE", help="Server-side encryption of objects.")
@@ -344,6 +362,8 @@ def sync(
                 part_size_mib=part_size_mib,
                 max_api_rps=max_api_rps,
                 max_api_burst=max_api_burst,
+                fleet_max_api_rps=fleet_max_api_rps,
+                fleet_max_api_burst=fleet_max_api_burst,
                 expected_bucket_owner=expected_bucket_owner,
                 sse=sse,
                 sse_kms_key_id=sse_kms_key_id,

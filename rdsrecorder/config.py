@@ -18,6 +18,13 @@ from dataclasses import dataclass, field
 
 import pendulum
 
+from rdsrecorder.budget import (
+    ACCOUNT_API_BURST,
+    DEFAULT_FLEET_API_BURST,
+    DEFAULT_FLEET_API_RPS,
+    process_burst,
+    process_share,
+)
 from rdsrecorder.compression import Compression
 from rdsrecorder.errors import ConfigError
 from rdsrecorder.iam import Command, IamPolicySettings, Principal
@@ -45,12 +52,11 @@ MAX_PART_SIZE_MIB = MAX_PART_BYTES // MIB
 DEFAULT_SINGLE_PUT_MAX_MIB = DEFAULT_SINGLE_PUT_MAX_BYTES // MIB
 MAX_SINGLE_PUT_MAX_MIB = MAX_PUT_BYTES // MIB
 DEFAULT_GET_CONCURRENCY = 4
-DEFAULT_MAX_API_RPS = 8.0  # under the account's ~12 req/s refill, leaves room for other tools
-# Calls that may go at once after a pause, before --max-api-rps paces them. The account's bucket
-# (AWS: 300 calls) is shared with every other tool and the console: 20 lets a short backfill start
-# at full speed while leaving the rest of it to them. See docs/design.md, "The RDS API budget".
-DEFAULT_MAX_API_BURST = 20
-MAX_API_BURST = 300  # the account's whole bucket: more could never be used
+# The RDS API budget of the whole fleet (rdsrecorder.budget, docs/api-budget.md); one process
+# (--shard I/N) takes 1/N of it unless --max-api-rps / --max-api-burst say otherwise.
+DEFAULT_MAX_API_RPS = DEFAULT_FLEET_API_RPS
+DEFAULT_MAX_API_BURST = DEFAULT_FLEET_API_BURST
+MAX_API_BURST = ACCOUNT_API_BURST  # the account's whole bucket: more could never be used
 DEFAULT_POLL_INTERVAL_S = 30.0
 MIN_POLL_INTERVAL_S = 1.0
 DEFAULT_DISCOVER_INTERVAL_S = 300.0
@@ -101,8 +107,9 @@ class AwsSettings:
     expected_bucket_owner: str | None = None
     sse: Sse | None = None
     sse_kms_key_id: str | None = None
-    max_api_rps: float = DEFAULT_MAX_API_RPS
+    max_api_rps: float = DEFAULT_MAX_API_RPS  # this process's ceiling (its share of the fleet's)
     max_api_burst: int = DEFAULT_MAX_API_BURST
+    fleet_max_api_rps: float = DEFAULT_FLEET_API_RPS  # the fleet's budget (reported as a metric)
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     assume_role: RoleSettings | None = None  # every RDS call (and the whole-file download)
     s3_assume_role: RoleSettings | None = None  # S3 calls; None: the process's credentials
@@ -443,6 +450,31 @@ def _series(names: Sequence[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
+def _api_budget(
+    max_api_rps: float | None,
+    max_api_burst: int | None,
+    fleet_rps: float,
+    fleet_burst: int,
+    shard_of: Shard,
+) -> tuple[float, int]:
+    """This process's RDS rate and burst: as given, else its share of the fleet's."""
+    if _finite(fleet_rps, "--fleet-max-api-rps") <= 0:
+        raise ConfigError(f"--fleet-max-api-rps must be positive, not {fleet_rps}")
+    if max_api_rps is not None and _finite(max_api_rps, "--max-api-rps") <= 0:
+        raise ConfigError(f"--max-api-rps must be positive, not {max_api_rps}")
+    for name, value in (("--fleet-max-api-burst", fleet_burst), ("--max-api-burst", max_api_burst)):
+        if value is not None and not 1 <= value <= MAX_API_BURST:
+            raise ConfigError(
+                f"{name} must be between 1 and {MAX_API_BURST} (the account's own bucket), "
+                f"not {value}"
+            )
+    rps = max_api_rps if max_api_rps is not None else process_share(fleet_rps, shard_of.count)
+    burst = (
+        max_api_burst if max_api_burst is not None else process_burst(fleet_burst, shard_of.count)
+    )
+    return rps, burst
+
+
 # -- one builder per command -----------------------------------------------------------------------
 def build_sync(
     *,
@@ -459,12 +491,14 @@ def build_sync(
     snapshot: bool,
     download_method: DownloadMethod,
     part_size_mib: int,
-    max_api_rps: float,
+    max_api_rps: float | None,
     expected_bucket_owner: str | None,
     sse: Sse | None,
     sse_kms_key_id: str | None,
     shutdown_grace_s: float,
-    max_api_burst: int = DEFAULT_MAX_API_BURST,
+    max_api_burst: int | None = None,
+    fleet_max_api_rps: float = DEFAULT_FLEET_API_RPS,
+    fleet_max_api_burst: int = DEFAULT_FLEET_API_BURST,
     include_plain: bool,
     spool_dir: str | None,
     metrics_address: str,
@@ -507,13 +541,9 @@ def build_sync(
         )
     if _finite(poll_interval_s, "--poll-interval") < MIN_POLL_INTERVAL_S:
         raise ConfigError(f"--poll-interval must be at least 1 second, not {poll_interval_s}")
-    if _finite(max_api_rps, "--max-api-rps") <= 0:
-        raise ConfigError(f"--max-api-rps must be positive, not {max_api_rps}")
-    if not 1 <= max_api_burst <= MAX_API_BURST:
-        raise ConfigError(
-            f"--max-api-burst must be between 1 and {MAX_API_BURST} (the account's own bucket), "
-            f"not {max_api_burst}"
-        )
+    rps, burst = _api_budget(
+        max_api_rps, max_api_burst, fleet_max_api_rps, fleet_max_api_burst, shard_of
+    )
     if finish_grace_s is not None and _finite(finish_grace_s, "--finish-grace") < 0:
         raise ConfigError("--finish-grace must not be negative")
     if _finite(shutdown_grace_s, "--shutdown-grace") < 0:
@@ -550,8 +580,9 @@ def build_sync(
             expected_bucket_owner=_account(expected_bucket_owner),
             sse=sse,
             sse_kms_key_id=sse_kms_key_id or None,
-            max_api_rps=max_api_rps,
-            max_api_burst=max_api_burst,
+            max_api_rps=rps,
+            max_api_burst=burst,
+            fleet_max_api_rps=fleet_max_api_rps,
             assume_role=_role(
                 assume_role, assume_role_external_id, assume_role_session_name, "--assume-role"
             ),

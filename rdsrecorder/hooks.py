@@ -16,6 +16,12 @@ class Hooks:
     def retry(self, service: str, operation: str, reason: str) -> None:
         """A call is retried (reason: the error code or exception class)."""
 
+    def api_budget(self, fleet_rps: float, process_rps: float) -> None:
+        """The RDS API budget: the fleet's (calls/s) and this process's ceiling, set once."""
+
+    def api_rate(self, rps: float) -> None:
+        """The RDS calls per second this process allows itself now (lowered on throttling)."""
+
     # -- files -------------------------------------------------------------------------------
     def files_pending(self, instance: str, count: int) -> None:
         """Files known to be in the window and not copied yet (gauge)."""
@@ -87,6 +93,14 @@ class MultiHooks(Hooks):
     def retry(self, service: str, operation: str, reason: str) -> None:
         for h in self._hooks:
             h.retry(service, operation, reason)
+
+    def api_budget(self, fleet_rps: float, process_rps: float) -> None:
+        for h in self._hooks:
+            h.api_budget(fleet_rps, process_rps)
+
+    def api_rate(self, rps: float) -> None:
+        for h in self._hooks:
+            h.api_rate(rps)
 
     def files_pending(self, instance: str, count: int) -> None:
         for h in self._hooks:

@@ -58,6 +58,19 @@ class PrometheusHooks(Hooks):
         )
         self.retries = counter("rdsrecorder_aws_retries_total", "AWS calls retried, by reason.")
         self.throttles = counter("rdsrecorder_aws_throttles_total", "AWS calls throttled.")
+        self.api_rate_gauge = gauge(
+            "rdsrecorder_rds_api_rate",
+            "RDS calls per second this process allows itself now (halved on throttling, then "
+            "climbing back to rdsrecorder_rds_api_rate_max).",
+        )
+        self.api_rate_max = gauge(
+            "rdsrecorder_rds_api_rate_max",
+            "This process's share of the fleet's RDS API budget, calls per second.",
+        )
+        self.api_fleet_budget = gauge(
+            "rdsrecorder_rds_api_fleet_budget",
+            "The fleet's RDS API budget (--fleet-max-api-rps), calls per second.",
+        )
         self.truncated = counter(
             "rdsrecorder_truncated_lines_total",
             "Lines longer than DownloadDBLogFilePortion's cap (their tail is lost).",
@@ -155,6 +168,13 @@ class PrometheusHooks(Hooks):
 
     def retry(self, service: str, operation: str, reason: str) -> None:
         self.retries.inc({"service": service, "operation": operation, "reason": reason})
+
+    def api_budget(self, fleet_rps: float, process_rps: float) -> None:
+        self.api_fleet_budget.set({}, fleet_rps)
+        self.api_rate_max.set({}, process_rps)
+
+    def api_rate(self, rps: float) -> None:
+        self.api_rate_gauge.set({}, rps)
 
     def files_pending(self, instance: str, count: int) -> None:
         self._init_instance(instance)

@@ -398,6 +398,7 @@ class RdsEmulator:
             if self.verify_signatures:
                 call.access_key = self._verify(request, body, ("sts",) if sts else ("rds",))
                 self._count_caller(call.access_key, action)
+                self._check_expired(call.access_key)
             handler = self._actions.get(action)
             if handler is None:
                 raise QueryError(
@@ -434,6 +435,13 @@ class RdsEmulator:
             ).access_key
         except sigv4.SignatureError as exc:
             raise QueryError(403, exc.code, exc.message) from None
+
+    def _check_expired(self, access_key: str) -> None:
+        if access_key in self._faults.expired_access_keys:
+            self._stats.faults["expired_token"] += 1
+            raise QueryError(
+                403, "ExpiredToken", "The security token included in the request is expired"
+            )
 
     async def _latency(self) -> None:
         if self._faults.latency_ms > 0:
@@ -779,7 +787,9 @@ class RdsEmulator:
             await self._latency()
             # Always verified, whatever verify_signatures says: hand-made signing is exactly
             # what clients of this endpoint get wrong.
-            self._count_caller(self._verify(request, b"", ("rds",)), "DownloadCompleteLogFile")
+            access_key = self._verify(request, b"", ("rds",))
+            self._count_caller(access_key, "DownloadCompleteLogFile")
+            self._check_expired(access_key)
             self._inject_call_faults("DownloadCompleteLogFile")
             if not faults.complete_endpoint:
                 self._stats.faults["complete_denied"] += 1

@@ -13,6 +13,9 @@ account_burst       Size of the account's token bucket (0: no bucket). Real AWS:
                     exceeded" (the call is not served). The bucket starts full whenever the
                     faults are set. [RDS calls]
 account_refill_per_s  Tokens added back per second, up to ``account_burst``. Real AWS: ~12.
+expired_access_keys  Access keys whose credentials have expired: a request signed with one answers
+                    HTTP 403 ``ExpiredToken``, as AWS does when temporary credentials run out
+                    or a rotated key is still in use. [every RDS/STS call]
 error_rate          This fraction of calls answers HTTP 500 ``InternalFailure``. [RDS calls]
 reset_rate          This fraction of responses is cut: part of the body is sent, then the TCP
                     connection is closed. [DownloadDBLogFilePortion, complete-file streams]
@@ -87,6 +90,7 @@ _NAME_LISTS = (
     "early_eof_files",
     "short_body_files",
     "list_error_instances",
+    "expired_access_keys",
 )
 
 
@@ -96,6 +100,7 @@ class Faults:
     throttle_every_n: int = 0
     account_burst: int = 0
     account_refill_per_s: float = 12.0
+    expired_access_keys: tuple[str, ...] = ()
     error_rate: float = 0.0
     reset_rate: float = 0.0
     list_error: str | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import random
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -109,6 +110,9 @@ def s3_operation(method: str, path: str, query: dict[str, str], headers: Any) ->
     return method
 
 
+_CREDENTIAL_RE = re.compile(r"Credential=([^/,\s]+)/")
+
+
 @dataclass
 class Seen:
     operation: str
@@ -132,6 +136,7 @@ class S3Gateway:
     faults: dict[str, Fault] = field(default_factory=dict)
     delays_s: dict[str, float] = field(default_factory=dict)  # after the upstream answered
     page_size: int | None = None  # forces max-keys / max-uploads on list calls
+    expired_keys: set[str] = field(default_factory=set)  # their requests answer ExpiredToken
     url: str = ""
     _runner: web.AppRunner | None = None
     _session: aiohttp.ClientSession | None = None
@@ -176,6 +181,10 @@ class S3Gateway:
         owner = headers.get("x-amz-expected-bucket-owner")
         if owner is not None and owner != self.owner_account:
             return self._error(request.method, 403, "AccessDenied", "Access Denied")
+        signed_by = _CREDENTIAL_RE.search(headers.get("authorization", ""))
+        if signed_by is not None and signed_by.group(1) in self.expired_keys:
+            await request.read()
+            return self._error(request.method, 400, "ExpiredToken", "The token has expired.")
         fault = self.faults.get(operation)
         if fault is not None and fault.times > 0:
             if fault.after > 0:

@@ -4,8 +4,11 @@ Two download paths:
 
 * **complete** — the REST ``downloadCompleteLogFile`` endpoint (not in any SDK): one SigV4-signed
   GET (service ``rds``) streaming the whole file, gzip accepted. No 1 MB truncation. Needs the IAM
-  action ``rds:DownloadCompleteDBLogFile``; on 403 (or an endpoint that does not exist) ``auto``
-  falls back to portions and remembers that per instance.
+  action ``rds:DownloadCompleteDBLogFile``. ``auto`` falls back to portions for an instance only
+  when the answer's error code says "denied" (``AccessDenied``; or the path is not served at all:
+  404/405/501 without an AWS error code), and tries the endpoint again ``COMPLETE_REPROBE_S``
+  later, since IAM changes. Every other error is decided by the one table
+  (``rdsrecorder.retry``): expired credentials are loaded anew and the request sent again.
 * **portion** — ``DownloadDBLogFilePortion`` paging (``rds.portions`` holds the logic, the design
   is in docs/design-portions.md). Each call returns at most 10,000 lines and the API's cap of
   bytes, learnt from the answers; the lines asked for are sized from the file's earlier portions
@@ -69,7 +72,7 @@ from rdsrecorder.rds.portions import (
     span_of,
     target_bytes,
 )
-from rdsrecorder.retry import TRANSIENT_HTTP_STATUSES, TransientHttpError
+from rdsrecorder.retry import Decision, HttpAnswerError, answer_code, decide_code
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +83,8 @@ COMPLETE_PATH = "v19/downloadCompleteLogFile"
 COMPLETE_OPERATION = "DownloadCompleteLogFile"
 STREAM_READ_BYTES = 256 * 1024
 SHORT_BODIES_BEFORE_PORTIONS = 2  # whole-file streams that ended short before portions are used
+COMPLETE_REPROBE_S = 900.0  # an instance denied the whole-file endpoint is tried again after this
+NOT_SERVED_STATUSES = frozenset({404, 405, 501})  # without an AWS error code: no such endpoint
 OVERLAP_TAIL_BYTES = 256 * 1024  # the end of the previous page kept to recognise a repeated head
 
 
@@ -171,7 +176,8 @@ class RdsDownloader:
         self._method = DownloadMethod(method)
         self._chunk_target_bytes = chunk_target_bytes
         self._max_connections = max_connections
-        self._portion_only: set[str] = set()  # instances where the complete endpoint is denied
+        # Instances where the complete endpoint was denied, and when (clock seconds).
+        self._portion_only: dict[str, float] = {}
         self._short_bodies: dict[tuple[str, str], int] = {}  # whole-file streams that ended short
         # Lines seen on each instance: a file's first portion is sized from them, so only the
         # files that start before an instance's first answer pay for a small probing call.
@@ -198,7 +204,7 @@ class RdsDownloader:
     # -- downloads ---------------------------------------------------------------------------------
     async def download(self, f: LogFile, stats: DownloadStats) -> AsyncIterator[bytes]:
         use_complete = self._method is DownloadMethod.COMPLETE or (
-            self._method is DownloadMethod.AUTO and f.instance not in self._portion_only
+            self._method is DownloadMethod.AUTO and self._may_try_complete(f.instance)
         )
         shorts = self._short_bodies.get((f.instance, f.name), 0)
         if use_complete and self._method is DownloadMethod.AUTO:
@@ -222,14 +228,22 @@ class RdsDownloader:
                         f"downloadCompleteLogFile unavailable for {f.instance}: {exc} "
                         "(allow rds:DownloadCompleteDBLogFile or use --download-method auto)"
                     ) from exc
-                self._portion_only.add(f.instance)
-                log.info(
-                    "%s: whole-file download not allowed (%s); using DownloadDBLogFilePortion",
+                again = f.instance in self._portion_only
+                self._portion_only[f.instance] = self._aws.clock.now()
+                log.log(
+                    logging.DEBUG if again else logging.INFO,
+                    "%s: whole-file download not allowed (%s); using DownloadDBLogFilePortion, "
+                    "and trying it again in %d s",
                     f.instance,
                     exc,
+                    COMPLETE_REPROBE_S,
                 )
         async for chunk in self._download_portions(f, stats):
             yield chunk
+
+    def _may_try_complete(self, instance: str) -> bool:
+        denied_at = self._portion_only.get(instance)
+        return denied_at is None or self._aws.clock.now() - denied_at >= COMPLETE_REPROBE_S
 
     def _session(self) -> aiohttp.ClientSession:
         if self._http is None:
@@ -253,23 +267,29 @@ class RdsDownloader:
             resp = await self._session().get(url, headers=await self._signed_headers(url))
             if resp.status == 200:
                 return resp
-            body = (await resp.text(errors="replace"))[:500]
+            body = (await resp.text(errors="replace"))[:2000]
             resp.release()
-            throttled = resp.status == 429 or (resp.status == 400 and "Throttl" in body)
-            if throttled or resp.status in TRANSIENT_HTTP_STATUSES:
-                raise TransientHttpError(resp.status, throttled, COMPLETE_OPERATION)
-            if resp.status == 404 and "DBLogFileNotFound" in body:
+            code = answer_code(body)
+            if code.startswith("DBLogFileNotFound"):
                 raise LogFileGoneError(
                     f"{f.instance} {f.name} is gone (expired or rotated away)",
                     code="DBLogFileNotFoundFault",
                     operation=COMPLETE_OPERATION,
                 )
-            if resp.status in (401, 403, 404, 405, 501):
-                self._hooks.aws_call("rds", COMPLETE_OPERATION, "error")
-                raise _CompleteUnavailable(f"HTTP {resp.status}")
-            raise DownloadError(f"downloadCompleteLogFile {f.name}: HTTP {resp.status}")
+            raise HttpAnswerError(resp.status, code, COMPLETE_OPERATION)
 
-        return await self._aws.run("rds", COMPLETE_OPERATION, once)
+        try:
+            return await self._aws.run("rds", COMPLETE_OPERATION, once)
+        except AwsError as exc:
+            cause = exc.__cause__
+            not_served = (
+                isinstance(cause, HttpAnswerError)
+                and not cause.code
+                and cause.status in NOT_SERVED_STATUSES
+            )
+            if decide_code(exc.code) is Decision.DENIED or not_served:
+                raise _CompleteUnavailable(exc.code) from exc
+            raise
 
     async def _download_complete(self, f: LogFile, stats: DownloadStats) -> AsyncIterator[bytes]:
         resp = await self._open_complete(f)

@@ -1,0 +1,207 @@
+"""Decisions by error code: the one table, credentials loaded anew when AWS says they expired (on
+the whole-file endpoint and on S3 writes), and the whole-file endpoint given up only on
+AccessDenied, then tried again later."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from rdsrecorder.aws import Aws
+from rdsrecorder.clock import FakeClock
+from rdsrecorder.config import AwsSettings
+from rdsrecorder.errors import AwsError
+from rdsrecorder.hooks import Hooks
+from rdsrecorder_lab import LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY, LabThread, generate
+from rdsrecorder.models import DownloadMethod, DownloadStats, LogFile
+from rdsrecorder.rds.download import COMPLETE_REPROBE_S, RdsDownloader
+from rdsrecorder.retry import CODES, Decision, HttpAnswerError, answer_code, decide
+from tests import s3_servers
+from tests.s3_servers import S3Gateway, S3Server, blob, chunked
+
+moto_server = s3_servers.moto_server
+gateway = s3_servers.gateway
+
+INSTANCE = "cred-db"
+ROTATED_KEY, ROTATED_SECRET = "LABROTATEDKEY", "rotatedsecret"
+
+
+class Seen(Hooks):
+    def __init__(self) -> None:
+        self.retries: list[tuple[str, str, str]] = []
+
+    def retry(self, service: str, operation: str, reason: str) -> None:
+        self.retries.append((service, operation, reason))
+
+
+def client_error(code: str, status: int) -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "Op",
+    )
+
+
+def test_the_table_decides_by_code_then_by_status() -> None:
+    assert decide(client_error("Throttling", 400)) is Decision.THROTTLED
+    assert decide(client_error("Whatever", 429)) is Decision.THROTTLED
+    assert decide(client_error("InternalFailure", 500)) is Decision.TRANSIENT
+    assert decide(client_error("Whatever", 503)) is Decision.TRANSIENT
+    assert decide(EndpointConnectionError(endpoint_url="http://x")) is Decision.TRANSIENT
+    for code in ("ExpiredToken", "ExpiredTokenException", "InvalidClientTokenId"):
+        assert decide(client_error(code, 403)) is Decision.REFRESH
+    assert decide(client_error("RequestExpired", 400)) is Decision.REFRESH
+    assert decide(client_error("SignatureDoesNotMatch", 403)) is Decision.REFRESH
+    assert decide(client_error("AccessDenied", 403)) is Decision.DENIED
+    assert decide(client_error("DBInstanceNotFound", 404)) is Decision.FINAL
+    assert decide(client_error("Whatever", 403)) is Decision.FINAL
+    # The raw endpoint's answers: the code of the XML body first.
+    body = "<ErrorResponse><Error><Code>ExpiredToken</Code><Message>m</Message></Error>"
+    assert answer_code(body) == "ExpiredToken"
+    assert decide(HttpAnswerError(403, answer_code(body), "X")) is Decision.REFRESH
+    assert decide(HttpAnswerError(403, "AccessDenied", "X")) is Decision.DENIED
+    assert decide(HttpAnswerError(400, "Throttling", "X")) is Decision.THROTTLED
+    assert decide(HttpAnswerError(404, "", "X")) is Decision.FINAL
+    assert decide(HttpAnswerError(502, "", "X")) is Decision.TRANSIENT
+    assert set(Decision) == set(CODES.values())  # every decision is named in the table
+
+
+def test_docs_list_every_code_of_the_table() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "errors.md").read_text()
+    missing = [code for code in CODES if f"`{code}`" not in doc]
+    assert not missing, f"docs/errors.md does not list {missing}"
+
+
+def use_credentials_file(
+    monkeypatch: pytest.MonkeyPatch, path: Path, key: str, secret: str
+) -> None:
+    """The chain's credentials come from a file (as a sidecar that rotates keys writes it)."""
+    path.write_text(f"[default]\naws_access_key_id = {key}\naws_secret_access_key = {secret}\n")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(path))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabThread]:
+    root = tmp_path_factory.mktemp("credlab")
+    end = dt.datetime(2024, 2, 4, 19, tzinfo=dt.UTC)
+    generate(root, INSTANCE, files=4, end=end, size_mb=(0.3, 0.4), seed=5)
+    with LabThread(root, s3="none") as lab:
+        lab.lab.emulator.credentials[ROTATED_KEY] = ROTATED_SECRET
+        yield lab
+
+
+def log_files(lab: LabThread) -> list[tuple[LogFile, bytes]]:
+    out = []
+    for path in sorted((lab.lab.root / INSTANCE / "error").glob("*.csv")):
+        data = path.read_bytes()
+        name = f"error/{path.name}"
+        out.append((LogFile(INSTANCE, name, int(path.stat().st_mtime * 1000), len(data)), data))
+    return out
+
+
+async def test_expired_token_on_the_whole_file_endpoint_loads_new_credentials(
+    lab: LabThread, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for key, value in lab.env.items():
+        monkeypatch.setenv(key, value)
+    use_credentials_file(monkeypatch, tmp_path / "creds", LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY)
+    lab.set_faults()
+    lab.reset_stats()
+    hooks = Seen()
+    files = log_files(lab)
+    async with (
+        Aws(AwsSettings(region="eu-west-1", max_api_rps=1000), hooks) as aws,
+        RdsDownloader(aws, hooks, DownloadMethod.AUTO) as rds,
+    ):
+        first, second = files[0], files[1]
+        stats = DownloadStats()
+        assert b"".join([c async for c in rds.download(first[0], stats)]) == first[1]
+        # The key is rotated: the old one expires, the file holds the new one.
+        use_credentials_file(monkeypatch, tmp_path / "creds", ROTATED_KEY, ROTATED_SECRET)
+        lab.set_faults(expired_access_keys=[LAB_ACCESS_KEY_ID])
+        stats = DownloadStats()
+        body = b"".join([c async for c in rds.download(second[0], stats)])
+    assert hashlib.sha256(body).hexdigest() == hashlib.sha256(second[1]).hexdigest()
+    assert stats.method == "complete"  # the DB stayed on the whole-file path
+    assert ("rds", "DownloadCompleteLogFile", "ExpiredToken") in hooks.retries
+    assert lab.stats()["faults"]["expired_token"] == 1
+    assert "DownloadDBLogFilePortion" not in lab.stats()["calls"]
+    lab.set_faults()
+
+
+async def test_access_denied_means_portions_until_the_endpoint_is_tried_again(
+    lab: LabThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in lab.env.items():
+        monkeypatch.setenv(key, value)
+    lab.set_faults(complete_endpoint=False)
+    clock = FakeClock(1_700_000_000.0)
+    files = log_files(lab)
+    methods = []
+    async with (
+        Aws(AwsSettings(region="eu-west-1", max_api_rps=1000), Hooks(), clock=clock) as aws,
+        RdsDownloader(aws, Hooks(), DownloadMethod.AUTO) as rds,
+    ):
+
+        async def copy(f: LogFile, data: bytes) -> None:
+            stats = DownloadStats()
+            assert b"".join([c async for c in rds.download(f, stats)]) == data
+            methods.append(stats.method)
+
+        await copy(*files[0])  # denied: portions
+        lab.set_faults()  # IAM now allows it ...
+        await copy(*files[1])  # ... but it is not asked again at once
+        clock.advance(COMPLETE_REPROBE_S)
+        await copy(*files[2])  # tried again: allowed
+        await copy(*files[3])
+    assert methods == ["portion", "portion", "complete", "complete"]
+
+
+async def test_a_final_error_of_the_whole_file_endpoint_is_not_read_as_denied(
+    lab: LabThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unknown instance (404 DBInstanceNotFound) fails the file; the DB is not moved to
+    portions for it."""
+    for key, value in lab.env.items():
+        monkeypatch.setenv(key, value)
+    lab.set_faults()
+    lab.reset_stats()
+    async with (
+        Aws(AwsSettings(region="eu-west-1", max_api_rps=1000), Hooks()) as aws,
+        RdsDownloader(aws, Hooks(), DownloadMethod.AUTO) as rds,
+    ):
+        missing = LogFile("no-such-db", "error/postgresql.log.2024-02-04-18.csv", 0, 10)
+        with pytest.raises(AwsError) as err:
+            _ = [c async for c in rds.download(missing, DownloadStats())]
+        assert err.value.code == "DBInstanceNotFound"
+    assert "DownloadDBLogFilePortion" not in lab.stats()["calls"]
+
+
+async def test_expired_token_on_s3_writes_loads_new_credentials(
+    gateway: S3Gateway, moto_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    bucket = moto_server.new_bucket("creds")
+    use_credentials_file(monkeypatch, tmp_path / "creds", "OLDKEY", "oldsecret")
+    hooks = Seen()
+    small, large = blob(300_000, seed=1), blob(12 * 1024 * 1024, seed=2)
+    async with Aws(AwsSettings(region="us-east-1"), hooks) as aws:
+        sink = s3_servers.BucketSink(aws, bucket, hooks, part_size_bytes=5 * 1024 * 1024)
+        await sink.upload("before", chunked(small, 65536), metadata={}, instance="db")
+        use_credentials_file(monkeypatch, tmp_path / "creds", "NEWKEY", "newsecret")
+        gateway.expired_keys.add("OLDKEY")
+        await sink.upload("small", chunked(small, 65536), metadata={}, instance="db")
+        await sink.upload("large", chunked(large, 1024 * 1024), metadata={}, instance="db")
+    client = moto_server.client()
+    for key, data in (("small", small), ("large", large)):
+        assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == data
+    assert [r for r in hooks.retries if r[2] == "ExpiredToken"] == [
+        ("s3", "PutObject", "ExpiredToken")
+    ]
+    signed = {s.headers["authorization"].split("Credential=")[1][:6] for s in gateway.seen}
+    assert signed == {"OLDKEY", "NEWKEY"}

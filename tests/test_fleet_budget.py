@@ -1,0 +1,33 @@
+"""Done means of the fleet's API budget, against the lab's account token bucket: N replicas
+sharded over a set of DBs, plus a neighbour that calls at a steady rate without retries
+(benchmarks/budget.py runs the same at other sizes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmarks.budget import run_fleet
+
+
+@pytest.mark.parametrize("replicas", [1, 2, 4])
+async def test_replicas_share_the_accounts_budget_with_a_neighbour(
+    replicas: int, tmp_path: Path
+) -> None:
+    figures = await run_fleet(
+        tmp_path,
+        replicas,
+        dbs=12,
+        files=3,
+        size_mb=0.25,
+        account_burst=30,  # a tenth of AWS's 300, as the issue's run
+        account_refill_per_s=12.0,
+        neighbour_rps=3.0,
+    )
+    print(figures.line())
+    assert figures.exit_codes == [0] * replicas
+    assert figures.byte_exact == figures.files == 36
+    assert figures.neighbour_calls > 0 and figures.neighbour_throttled_share <= 0.05
+    assert figures.fleet_throttled_share <= 0.10
+    assert figures.elapsed_s <= 2 * figures.bound_s
