@@ -39,9 +39,9 @@ from rdsrecorder.budget import DEFAULT_FLEET_API_BURST, DEFAULT_FLEET_API_RPS
 from rdsrecorder.commands import run_sync
 from rdsrecorder.config import AwsSettings, ObservabilitySettings, Shard, SyncSettings
 from rdsrecorder.hooks import Hooks
+from rdsrecorder.models import DownloadMethod
 from rdsrecorder_lab import LAB_REGION, Faults, Lab
 from rdsrecorder_lab.generate import generate_fleet
-from rdsrecorder.models import DownloadMethod
 
 BUCKET = "rdsrecorder-lab"
 TAG = ("budget", "yes")

@@ -158,9 +158,12 @@ def test_configuration_uses_the_cli_env_names() -> None:
 
 
 def test_the_fleet_shares_the_account_rds_api_budget() -> None:
+    """The fleet's budget is set once; each pod takes 1/N of it (no per-pod rate to keep in step
+    with the replica count)."""
     sts = one("StatefulSet")
-    per_pod = float(env_value(sts, "RDSRECORDER_MAX_API_RPS"))
-    assert per_pod * sts["spec"]["replicas"] <= FLEET_API_RPS_BUDGET
+    env = env_of(sts)
+    assert float(env_value(sts, "RDSRECORDER_FLEET_MAX_API_RPS")) <= FLEET_API_RPS_BUDGET
+    assert "RDSRECORDER_MAX_API_RPS" not in env and "RDSRECORDER_MAX_API_BURST" not in env
 
 
 def test_resources_are_requested_and_limited() -> None:

@@ -17,10 +17,10 @@ from rdsrecorder.clock import FakeClock
 from rdsrecorder.config import AwsSettings
 from rdsrecorder.errors import AwsError
 from rdsrecorder.hooks import Hooks
-from rdsrecorder_lab import LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY, LabThread, generate
 from rdsrecorder.models import DownloadMethod, DownloadStats, LogFile
 from rdsrecorder.rds.download import COMPLETE_REPROBE_S, RdsDownloader
 from rdsrecorder.retry import CODES, Decision, HttpAnswerError, answer_code, decide
+from rdsrecorder_lab import LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY, LabThread, generate
 from tests import s3_servers
 from tests.s3_servers import S3Gateway, S3Server, blob, chunked
 
