@@ -21,11 +21,7 @@ from rdsrecorder.models import DownloadMethod, DownloadStats, LogFile
 from rdsrecorder.rds.download import COMPLETE_REPROBE_S, RdsDownloader
 from rdsrecorder.retry import CODES, Decision, HttpAnswerError, answer_code, decide
 from rdsrecorder_lab import LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY, LabThread, generate
-from tests import s3_servers
-from tests.s3_servers import S3Gateway, S3Server, blob, chunked
-
-moto_server = s3_servers.moto_server
-gateway = s3_servers.gateway
+from tests.s3_servers import BucketSink, S3Gateway, S3Server, blob, chunked
 
 INSTANCE = "cred-db"
 ROTATED_KEY, ROTATED_SECRET = "LABROTATEDKEY", "rotatedsecret"
@@ -87,7 +83,7 @@ def use_credentials_file(
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabThread]:
+def cred_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabThread]:
     root = tmp_path_factory.mktemp("credlab")
     end = dt.datetime(2024, 2, 4, 19, tzinfo=dt.UTC)
     generate(root, INSTANCE, files=4, end=end, size_mb=(0.3, 0.4), seed=5)
@@ -106,15 +102,15 @@ def log_files(lab: LabThread) -> list[tuple[LogFile, bytes]]:
 
 
 async def test_expired_token_on_the_whole_file_endpoint_loads_new_credentials(
-    lab: LabThread, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    cred_lab: LabThread, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    for key, value in lab.env.items():
+    for key, value in cred_lab.env.items():
         monkeypatch.setenv(key, value)
     use_credentials_file(monkeypatch, tmp_path / "creds", LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY)
-    lab.set_faults()
-    lab.reset_stats()
+    cred_lab.set_faults()
+    cred_lab.reset_stats()
     hooks = Seen()
-    files = log_files(lab)
+    files = log_files(cred_lab)
     async with (
         Aws(AwsSettings(region="eu-west-1", max_api_rps=1000), hooks) as aws,
         RdsDownloader(aws, hooks, DownloadMethod.AUTO) as rds,
@@ -124,25 +120,25 @@ async def test_expired_token_on_the_whole_file_endpoint_loads_new_credentials(
         assert b"".join([c async for c in rds.download(first[0], stats)]) == first[1]
         # The key is rotated: the old one expires, the file holds the new one.
         use_credentials_file(monkeypatch, tmp_path / "creds", ROTATED_KEY, ROTATED_SECRET)
-        lab.set_faults(expired_access_keys=[LAB_ACCESS_KEY_ID])
+        cred_lab.set_faults(expired_access_keys=[LAB_ACCESS_KEY_ID])
         stats = DownloadStats()
         body = b"".join([c async for c in rds.download(second[0], stats)])
     assert hashlib.sha256(body).hexdigest() == hashlib.sha256(second[1]).hexdigest()
     assert stats.method == "complete"  # the DB stayed on the whole-file path
     assert ("rds", "DownloadCompleteLogFile", "ExpiredToken") in hooks.retries
-    assert lab.stats()["faults"]["expired_token"] == 1
-    assert "DownloadDBLogFilePortion" not in lab.stats()["calls"]
-    lab.set_faults()
+    assert cred_lab.stats()["faults"]["expired_token"] == 1
+    assert "DownloadDBLogFilePortion" not in cred_lab.stats()["calls"]
+    cred_lab.set_faults()
 
 
 async def test_access_denied_means_portions_until_the_endpoint_is_tried_again(
-    lab: LabThread, monkeypatch: pytest.MonkeyPatch
+    cred_lab: LabThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for key, value in lab.env.items():
+    for key, value in cred_lab.env.items():
         monkeypatch.setenv(key, value)
-    lab.set_faults(complete_endpoint=False)
+    cred_lab.set_faults(complete_endpoint=False)
     clock = FakeClock(1_700_000_000.0)
-    files = log_files(lab)
+    files = log_files(cred_lab)
     methods = []
     async with (
         Aws(AwsSettings(region="eu-west-1", max_api_rps=1000), Hooks(), clock=clock) as aws,
@@ -155,7 +151,7 @@ async def test_access_denied_means_portions_until_the_endpoint_is_tried_again(
             methods.append(stats.method)
 
         await copy(*files[0])  # denied: portions
-        lab.set_faults()  # IAM now allows it ...
+        cred_lab.set_faults()  # IAM now allows it ...
         await copy(*files[1])  # ... but it is not asked again at once
         clock.advance(COMPLETE_REPROBE_S)
         await copy(*files[2])  # tried again: allowed
@@ -164,14 +160,14 @@ async def test_access_denied_means_portions_until_the_endpoint_is_tried_again(
 
 
 async def test_a_final_error_of_the_whole_file_endpoint_is_not_read_as_denied(
-    lab: LabThread, monkeypatch: pytest.MonkeyPatch
+    cred_lab: LabThread, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An unknown instance (404 DBInstanceNotFound) fails the file; the DB is not moved to
     portions for it."""
-    for key, value in lab.env.items():
+    for key, value in cred_lab.env.items():
         monkeypatch.setenv(key, value)
-    lab.set_faults()
-    lab.reset_stats()
+    cred_lab.set_faults()
+    cred_lab.reset_stats()
     async with (
         Aws(AwsSettings(region="eu-west-1", max_api_rps=1000), Hooks()) as aws,
         RdsDownloader(aws, Hooks(), DownloadMethod.AUTO) as rds,
@@ -180,7 +176,7 @@ async def test_a_final_error_of_the_whole_file_endpoint_is_not_read_as_denied(
         with pytest.raises(AwsError) as err:
             _ = [c async for c in rds.download(missing, DownloadStats())]
         assert err.value.code == "DBInstanceNotFound"
-    assert "DownloadDBLogFilePortion" not in lab.stats()["calls"]
+    assert "DownloadDBLogFilePortion" not in cred_lab.stats()["calls"]
 
 
 async def test_expired_token_on_s3_writes_loads_new_credentials(
@@ -191,7 +187,7 @@ async def test_expired_token_on_s3_writes_loads_new_credentials(
     hooks = Seen()
     small, large = blob(300_000, seed=1), blob(12 * 1024 * 1024, seed=2)
     async with Aws(AwsSettings(region="us-east-1"), hooks) as aws:
-        sink = s3_servers.BucketSink(aws, bucket, hooks, part_size_bytes=5 * 1024 * 1024)
+        sink = BucketSink(aws, bucket, hooks, part_size_bytes=5 * 1024 * 1024)
         await sink.upload("before", chunked(small, 65536), metadata={}, instance="db")
         use_credentials_file(monkeypatch, tmp_path / "creds", "NEWKEY", "newsecret")
         gateway.expired_keys.add("OLDKEY")
