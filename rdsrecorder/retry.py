@@ -113,7 +113,6 @@ CODES: dict[str, Decision] = {
 THROTTLING_CODES = frozenset(c for c, d in CODES.items() if d is Decision.THROTTLED)
 REFRESH_CODES = frozenset(c for c, d in CODES.items() if d is Decision.REFRESH)
 DENIED_CODES = frozenset(c for c, d in CODES.items() if d is Decision.DENIED)
-TRANSIENT_HTTP_STATUSES = frozenset({500, 502, 503, 504})
 THROTTLED_HTTP_STATUSES = frozenset({429})
 NETWORK_ERRORS: tuple[type[BaseException], ...] = (
     EndpointConnectionError,
