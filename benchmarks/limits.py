@@ -386,7 +386,7 @@ def steady_state(args: argparse.Namespace, out: list[str]) -> list[Row]:
         base = Limits(concurrency=args.limits_concurrency)
         out.append(
             f"Steady state: {len(files)} files x {size_mb:g} MB = {total_mb:.0f} MB, the limits "
-            f"above ({base.latency_s * 1000:.0f} ms a request, +{base.portion_s_per_mb:g} s per "
+            f"benchmark's limits ({base.latency_s * 1000:.0f} ms a request, +{base.portion_s_per_mb:g} s per "
             f"MB a portion carries, {base.stream_mb_per_s:g} MB/s per stream, bucket "
             f"{base.burst} + {base.refill_per_s:g}/s), `sync --concurrency {base.concurrency}`. "
             f"The portion path runs once per cap; its bound counts ceil(size / cap) calls a "

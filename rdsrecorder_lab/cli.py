@@ -130,6 +130,13 @@ def serve(
             help="Portions repeat this many bytes before their marker.", rich_help_panel=_FAULTS
         ),
     ] = 0,
+    portion_max_bytes: Annotated[
+        int,
+        typer.Option(
+            help="The most one portion carries: 1048576 (observed) or 1000000 (documented).",
+            rich_help_panel=_FAULTS,
+        ),
+    ] = 1 << 20,
     short_body_file: Annotated[
         list[str] | None,
         typer.Option(
@@ -199,6 +206,7 @@ def serve(
             early_eof_files=early_eof_file or [],
             early_eof_after_bytes=early_eof_after_bytes,
             overlap_bytes=overlap_bytes,
+            portion_max_bytes=portion_max_bytes,
             short_body_files=short_body_file or [],
             short_body_fraction=short_body_fraction,
             bandwidth_mbps=bandwidth_mbps,
