@@ -263,7 +263,7 @@ class Aws:
         if self.throttled_calls:
             log.warning(
                 "AWS throttled %d call(s); other tools share the account's RDS API "
-                "budget: lower --max-api-rps or --max-api-burst if this keeps happening",
+                "budget: lower --fleet-max-api-rps if this keeps happening (docs/api-budget.md)",
                 self.throttled_calls,
             )
 

@@ -4,23 +4,34 @@ AccessDenied, then tried again later."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import pendulum
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from rdsrecorder.aws import Aws
 from rdsrecorder.clock import FakeClock
+from rdsrecorder.commands import run_sync
 from rdsrecorder.config import AwsSettings
 from rdsrecorder.errors import AwsError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.models import DownloadMethod, DownloadStats, LogFile
 from rdsrecorder.rds.download import COMPLETE_REPROBE_S, RdsDownloader
 from rdsrecorder.retry import CODES, Decision, HttpAnswerError, answer_code, decide
-from rdsrecorder_lab import LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY, LabThread, generate
+from rdsrecorder_lab import (
+    LAB_ACCESS_KEY_ID,
+    LAB_SECRET_ACCESS_KEY,
+    Faults,
+    Lab,
+    LabThread,
+    generate,
+)
+from tests.e2e import objects, sync_settings, write_hourly
 from tests.s3_servers import BucketSink, S3Gateway, S3Server, blob, chunked
 
 INSTANCE = "cred-db"
@@ -201,3 +212,59 @@ async def test_expired_token_on_s3_writes_loads_new_credentials(
     ]
     signed = {s.headers["authorization"].split("Credential=")[1][:6] for s in gateway.seen}
     assert signed == {"OLDKEY", "NEWKEY"}
+
+
+async def test_a_backfill_goes_on_through_keys_rotated_under_it(
+    gateway: S3Gateway,
+    moto_server: S3Server,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """A whole run: the key is rotated (the old one expires on RDS) once the first whole-file
+    download has started, and again (the second one expires on S3) once RDS said ExpiredToken.
+    Every file lands byte-exact, on the whole-file path, and the run ends 0."""
+    now = pendulum.now("UTC")
+    first = now.start_of("hour").subtract(hours=3)
+    files = write_hourly(tmp_path / "lab", "rot-db", first, [200_000] * 4, now)
+    bucket = moto_server.new_bucket("rotated")
+    creds = tmp_path / "creds"
+    async with Lab(tmp_path / "lab", s3="none", faults=Faults(latency_ms=30)) as lab:
+        for key, value in lab.env.items():
+            if not key.startswith(("AWS_ACCESS_KEY", "AWS_SECRET", "AWS_ENDPOINT_URL_S3")):
+                monkeypatch.setenv(key, value)
+        lab.emulator.credentials.update({ROTATED_KEY: ROTATED_SECRET, "LABTHIRDKEY": "third"})
+        use_credentials_file(monkeypatch, creds, LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY)
+
+        async def rotate() -> None:
+            while lab.emulator.stats()["calls"].get("DownloadCompleteLogFile", 0) < 1:
+                await asyncio.sleep(0.002)
+            use_credentials_file(monkeypatch, creds, ROTATED_KEY, ROTATED_SECRET)
+            lab.set_faults(latency_ms=30, expired_access_keys=[LAB_ACCESS_KEY_ID])
+            while lab.emulator.stats()["faults"].get("expired_token", 0) < 1:
+                await asyncio.sleep(0.002)
+            use_credentials_file(monkeypatch, creds, "LABTHIRDKEY", "third")
+            gateway.expired_keys.update({LAB_ACCESS_KEY_ID, ROTATED_KEY})
+
+        hooks = Seen()
+        rotation = asyncio.ensure_future(rotate())
+        settings = sync_settings(
+            db="rot-db",
+            bucket=bucket,
+            start=first,
+            finish=first.add(hours=3),
+            run_id="rotated",
+            concurrency=1,
+        )
+        report = await run_sync(settings, hooks=hooks)
+        await asyncio.wait_for(rotation, 1)
+        stats = lab.emulator.stats()
+    assert report.exit_code == 0, report
+    got = objects(moto_server.client(), bucket, "rotated/")
+    for f in files[:3]:
+        assert hashlib.sha256(got[f"rotated/rds_log_rotated_{f.timestamp_s}"]).hexdigest() == (
+            f.sha256
+        )
+    assert "DownloadDBLogFilePortion" not in stats["calls"]  # stayed on the whole-file path
+    assert stats["faults"]["expired_token"] >= 1
+    refused = {r[0] for r in hooks.retries if r[2] == "ExpiredToken"}
+    assert refused == {"rds", "s3"}
