@@ -85,7 +85,7 @@ class DbState:
             st = self.files.get(f.name)
             if st is None:
                 self.files[f.name] = FileState(f)
-            else:
+            elif st.listed != f:  # an unchanged file keeps its old object: less for the GC
                 st.listed = f
             seen.add(f.name)
         if full:

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
 from rdsrecorder.clock import FakeClock
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.models import META_COMPLETE, META_SOURCE
+from rdsrecorder.models import META_COMPLETE, META_SOURCE, ObjectInfo, UploadResult
 from rdsrecorder.recorder import Recorder, RunTotals
 from rdsrecorder.transfer import Copier
 from rdsrecorder.window import Mode, Window
@@ -216,6 +218,47 @@ async def test_files_in_flight_never_exceed_concurrency() -> None:
         "error/postgresql.log.2024-02-04-11.csv",
         "error/postgresql.log.2024-02-04-12.csv",
     ]
+
+
+class SlowEndSink(FakeSink):
+    """S3 whose uploads take a while after the last byte arrived (a CompleteMultipartUpload);
+    counts the files between their first request (the HEAD of the key) and their upload's end."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: set[str] = set()
+        self.peak = 0
+
+    async def head(self, key: str) -> ObjectInfo | None:
+        self.started.add(key)
+        self.peak = max(self.peak, len(self.started))
+        return await super().head(key)
+
+    async def upload(self, key: str, chunks: AsyncIterator[bytes], **kw: Any) -> UploadResult:
+        try:
+            result = await super().upload(key, chunks, **kw)
+            await asyncio.sleep(0.002)
+            return result
+        finally:
+            self.started.discard(key)
+
+
+async def test_concurrency_is_the_number_of_files_in_flight_uploads_included() -> None:
+    clock = FakeClock(T0 + 12.5 * HOUR)
+    source = FakeSource(clock, rotating_db(T0, HOUR), chunk_bytes=50)
+    sink = SlowEndSink()
+    rec, _, _ = make(
+        source,
+        clock,
+        start_s=T0,
+        finish_s=T0 + 12 * HOUR,
+        mode=Mode.DOWNLOAD_AND_FINISH,
+        sink=sink,
+        concurrency=3,
+    )
+    totals = await rec.run()
+    assert totals.copied == 12
+    assert sink.peak == 3  # a file's slot is free only once its upload has ended
 
 
 async def test_one_failing_and_one_vanished_file_do_not_stop_the_others() -> None:
