@@ -6,6 +6,7 @@ runs against the lab call nothing the policy for their options leaves out."""
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import re
 import subprocess
@@ -13,6 +14,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import botocore.session
 import pendulum
@@ -34,7 +36,9 @@ from rdsrecorder.iam import (
 )
 from rdsrecorder.models import DownloadMethod
 from rdsrecorder_lab import LabThread
-from tests.e2e import sync_settings, write_hourly
+from tests.e2e import Written, s3_client, sync_settings, write_hourly
+from tests.e2e import objects as s3_objects
+from tests.s3_servers import S3Gateway
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "rdsrecorder"
@@ -316,6 +320,12 @@ def test_cli_bad_input_is_one_error_line(args: tuple[str, ...], message: str) ->
 
 
 # -- real runs against the lab: what they call is in the policy for their options -----------------
+class Lab(NamedTuple):
+    thread: LabThread
+    first: pendulum.DateTime  # the first hour of the files
+    copied: list[Written]  # the files a window of the first two hours copies
+
+
 class Recorder(Hooks):
     def __init__(self) -> None:
         self.operations: set[str] = set()
@@ -329,24 +339,24 @@ def allowed_operations(s: IamPolicySettings) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LabThread, pendulum.DateTime]]:
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     root = tmp_path_factory.mktemp("lab")
     now = pendulum.now("UTC")
     first = now.start_of("hour").subtract(hours=3)
     # a small file (one PutObject), one over a part (multipart), the current one
-    write_hourly(root, "lab-db", first, [40_000, 7_000_000, 10_000], now)
-    with LabThread(root, s3="moto") as lab:
-        yield lab, first
+    files = write_hourly(root, "lab-db", first, [40_000, 7_000_000, 10_000], now)
+    with LabThread(root, s3="moto") as thread:
+        yield Lab(thread, first, files[:2])
 
 
 @pytest.mark.parametrize("method", [DownloadMethod.AUTO, DownloadMethod.PORTION])
 async def test_a_backfill_and_the_readers_call_only_what_their_policy_allows(
-    lab: tuple[LabThread, pendulum.DateTime],
+    lab: Lab,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
     method: DownloadMethod,
 ) -> None:
-    thread, first = lab
+    thread, first, _ = lab
     for k, v in thread.env.items():
         monkeypatch.setenv(k, v)
     bucket = thread.env["AWS_S3_BUCKET_NAME"]
@@ -390,3 +400,61 @@ async def test_a_backfill_and_the_readers_call_only_what_their_policy_allows(
     for command in (Command.VERIFY, Command.LS, Command.GET):
         allowed = allowed_operations(IamPolicySettings(bucket=bucket, command=command))
         assert readers.operations <= allowed, readers.operations - allowed
+
+
+def _denied_by_original_list() -> set[str]:
+    """The operations the original list does not authorise (each needs an optional action)."""
+    return {
+        op
+        for op, needed in REQUIRED.items()
+        if not all(_allowed_by(action, ORIGINAL_LIST) for action in needed)
+    }
+
+
+async def test_a_backfill_works_with_exactly_the_original_list(
+    lab: Lab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every call the original list does not allow is refused as AWS refuses it (AccessDenied):
+    the whole-file endpoint by the lab, the S3 ones by a gateway in front of its S3. The run still
+    copies every file byte for byte and exits 0."""
+    thread, first, copied = lab
+    for k, v in thread.env.items():
+        monkeypatch.setenv(k, v)
+    denied = _denied_by_original_list()
+    assert denied == {
+        COMPLETE_OPERATION,
+        "s3:ListMultipartUploads",
+        "s3:AbortMultipartUpload",
+        "sts:AssumeRole",  # only with --assume-role, which the original tool did not have
+    }
+    gateway = S3Gateway(thread.env["AWS_ENDPOINT_URL_S3"])
+    await gateway.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", gateway.url)
+    for op in denied:
+        if op.startswith("s3:"):
+            gateway.fail(op.removeprefix("s3:"), 403, "AccessDenied", times=10**6)
+    thread.set_faults(complete_endpoint=False)
+    bucket = thread.env["AWS_S3_BUCKET_NAME"]
+    try:
+        hooks = Recorder()
+        report = await run_sync(
+            sync_settings(
+                db="lab-db",
+                bucket=bucket,
+                start=first,
+                finish=first.add(hours=2),
+                run_id="iam-original-list",
+            ),
+            hooks=hooks,
+        )
+    finally:
+        thread.set_faults()
+        await gateway.stop()
+    assert report.exit_code == 0, report
+    # the refused calls were made, and refused
+    assert "ListMultipartUploads" in gateway.operations()
+    assert {"rds:DownloadDBLogFilePortion", "s3:UploadPart"} <= hooks.operations
+    stored = s3_objects(s3_client(thread.env), bucket, "iam-original-list/rds_log_")
+    assert sorted(hashlib.sha256(body).hexdigest() for body in stored.values()) == sorted(
+        f.sha256 for f in copied
+    )
