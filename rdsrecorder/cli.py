@@ -5,6 +5,7 @@ Nothing else happens here."""
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from typing import Annotated
 
@@ -47,6 +48,15 @@ cli = typer.Typer(
 )
 
 ENV = "RDSRECORDER_"
+
+
+def given_run_id(value: str | None) -> str | None:
+    """The run id as given. Click reads a set but empty ``RDSRECORDER_RUN_ID`` as unset; it is
+    passed on as empty, so that the config refuses it as it refuses ``--run-id ''``."""
+    if value is None and os.environ.get(ENV + "RUN_ID") == "":
+        return ""
+    return value
+
 
 # -- options shared by several commands ----------------------------------------------------------
 BucketOpt = Annotated[
@@ -353,7 +363,7 @@ def sync(
                 assume_role_session_name=assume_role_session_name,
                 s3_assume_role=s3_assume_role,
                 concurrency=concurrency,
-                run_id=run_id,
+                run_id=given_run_id(run_id),
                 region=region,
                 poll_interval_s=poll_interval,
                 finish_grace_s=finish_grace,
@@ -434,7 +444,7 @@ def snapshot(
                 now=runtime.now(),
                 start=start,
                 db_identifier=db_identifier,
-                run_id=run_id,
+                run_id=given_run_id(run_id),
                 region=region,
                 wait=wait,
                 metrics_address=metrics_address,
@@ -472,7 +482,7 @@ def verify(
             debug,
             log_format,
             lambda: config.build_verify(
-                run_id=run_id,
+                run_id=given_run_id(run_id),
                 bucket=bucket,
                 region=region,
                 expected_bucket_owner=expected_bucket_owner,

@@ -236,8 +236,15 @@ def _finite(value: float, flag: str) -> float:
 
 
 def _run_id(value: str | None, now: pendulum.DateTime) -> str:
-    if value is None or not value.strip():
+    if value is None:
         return new_run_id(now)
+    if not value.strip():
+        # A template or secret that lost its value: a new run id at every restart would copy
+        # everything again under a new prefix each time.
+        raise ConfigError(
+            "empty --run-id (or env RDSRECORDER_RUN_ID): give the run's id, or leave it unset "
+            "for a new run"
+        )
     if not _RUN_ID_RE.fullmatch(value):
         raise ConfigError(
             f"invalid --run-id {value!r}: 1-64 letters, digits, '.', '_' or '-', no '/'"

@@ -7,6 +7,7 @@
     │   ├── BucketError
     │   ├── DbNotFoundError
     │   ├── OwnerError               the run id belongs to another DB (checked per write)
+    │   ├── RecordError              a run's manifest is unreadable, mistyped or foreign
     │   └── ListingDeniedError (rdsrecorder.rds.control)  DescribeDBLogFiles not allowed
     ├── AwsError                     exit 1  an AWS call failed after retries
     │   ├── ThrottledError
@@ -123,6 +124,11 @@ class UnsafeNameError(DownloadError):
 
 class OwnerError(PreflightError):
     """The run id's manifest names another DB: this process must not write under it."""
+
+
+class RecordError(PreflightError):
+    """A run's record (manifest) in S3 that cannot be used: not JSON, fields of the wrong type
+    or shape, or the record of another run."""
 
 
 class UploadError(RdsRecorderError):

@@ -13,8 +13,9 @@ of them this process owns (``--shard I/N``), and one manifest per DB.
   replicas moves only the DBs the new shard wins (about 1/(N+1) of them). A DB that moves
   resumes under the same run id: complete objects are skipped, its manifest is read back.
 * **Layout**: a fleet run (more than one DB, or discovery) writes ``<RUNID>/<instance>/...``
-  objects and one manifest per DB at ``<RUNID>/<db>/manifest.json``, which only the DB's owner
-  writes; a run over one DB keeps ``<RUNID>/manifest.json``.
+  objects and one manifest per DB at ``<RUNID>/<db>/manifest.json``, written by the DB's owner
+  (and, while a reshard overlaps, by its old owner too: the writers merge, see
+  ``rdsrecorder.manifest``); a run over one DB keeps ``<RUNID>/manifest.json``.
 """
 
 from __future__ import annotations
@@ -290,7 +291,8 @@ class Fleet:
 class FleetManifests:
     """The Recorder's manifest sink for one or many DBs: each DB's outcomes go to its own
     ``ManifestStore`` (``<RUNID>/<db>/manifest.json`` in a fleet run, ``<RUNID>/manifest.json``
-    for a single DB), so no two processes ever write the same manifest."""
+    for a single DB). Processes that copy the same DB at once (an overlapping reshard, a second
+    container) share its manifest: each store merges the others' writes into its own."""
 
     def __init__(
         self,

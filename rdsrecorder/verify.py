@@ -34,9 +34,9 @@ from typing import Protocol, TypeVar
 
 from rdsrecorder.compression import Compression, compression_of, decompressed, same_checksum
 from rdsrecorder.concurrency import bounded
-from rdsrecorder.errors import AwsError, VerifyError
+from rdsrecorder.errors import AwsError, RecordError, VerifyError
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.manifest import MANIFEST_NAME, FileEntry, Manifest, manifest_key
+from rdsrecorder.manifest import MANIFEST_NAME, FileEntry, Manifest, manifest_key, read_record
 from rdsrecorder.models import META_SHA256, META_SOURCE, FileStatus, ObjectInfo, meta_decode
 from rdsrecorder.s3.bucket import NOT_FOUND
 from rdsrecorder.times import iso, parse_iso
@@ -353,32 +353,42 @@ def summarize(m: Manifest) -> RunSummary:
     )
 
 
-async def _load(store: ManifestReader, key: str, *, strict: bool) -> Manifest | None:
-    data = await store.get_bytes(key)
-    if data is None:
-        return None
+async def _load(
+    store: ManifestReader, key: str, run_id: str, db: str | None, *, strict: bool
+) -> Manifest | None:
+    """The manifest at ``key``, checked (``read_record``). ``strict``: ``RecordError`` when it
+    cannot be read or used; otherwise a warning naming it, and None (``ls``, ``get``)."""
     try:
-        return Manifest.from_json(data)
-    except ValueError as exc:
+        data = await store.get_bytes(key)
+        if data is None:
+            return None
+        return read_record(data, key, run_id, db)
+    except RecordError as exc:
         if strict:
-            raise VerifyError(f"{key} is not a valid manifest: {exc}") from exc
-        log.warning("skipping %s: not a valid manifest (%s)", key, exc)
-        return None
+            raise
+        log.warning("skipping %s", exc)
+    except AwsError as exc:
+        if strict:
+            raise RecordError(f"cannot read {key}: {exc}") from exc
+        log.warning("skipping %s: cannot read it (%s)", key, exc)
+    return None
 
 
 async def run_manifests(
     store: ManifestReader, run_id: str, *, strict: bool = True
 ) -> list[tuple[str, Manifest]]:
     """Every manifest of a run, by key: ``<RUNID>/manifest.json`` when the run is over one DB,
-    else one ``<RUNID>/<db>/manifest.json`` per DB (read a few at a time)."""
+    else one ``<RUNID>/<db>/manifest.json`` per DB (read a few at a time). Each must be of the
+    run (and the one of a DB's folder of that DB)."""
     root = manifest_key(run_id)
-    single = await _load(store, root, strict=strict)
-    keys = [
-        key
-        for key in (p + MANIFEST_NAME for p in await store.list_prefixes(f"{run_id}/"))
-        if key != root
-    ]
-    loaded = await bounded(LIST_CONCURRENCY, (_load(store, k, strict=strict) for k in keys))
+    single = await _load(store, root, run_id, None, strict=strict)
+    prefixes = await store.list_prefixes(f"{run_id}/")
+    keys = [p + MANIFEST_NAME for p in prefixes]
+    dbs = [p[len(run_id) + 1 :].rstrip("/") for p in prefixes]
+    loaded = await bounded(
+        LIST_CONCURRENCY,
+        (_load(store, k, run_id, db, strict=strict) for k, db in zip(keys, dbs, strict=True)),
+    )
     found = [(root, single)] if single is not None else []
     found += [(k, m) for k, m in zip(keys, loaded, strict=True) if m is not None]
     return found

@@ -177,8 +177,13 @@ def key(hour: int, minute: int = 0) -> str:
 
 
 # -- the manifest's storage and a run's objects, in memory -----------------------------------------
+def etag_of(data: bytes) -> str:
+    return '"' + hashlib.md5(data).hexdigest() + '"'
+
+
 class MemoryStorage:
-    """The two calls the store makes of S3Sink, in memory, with failures and pauses to order."""
+    """The calls the store makes of the bucket, in memory, with failures and pauses to order,
+    and S3's conditional writes (ETag: the MD5 of the bytes, as S3 gives a single PutObject)."""
 
     def __init__(self) -> None:
         self.objects: dict[str, bytes] = {}
@@ -187,8 +192,18 @@ class MemoryStorage:
         self.gate: asyncio.Event | None = None  # when set, a put waits for it
         self.writing = 0
         self.most_writing = 0
+        self.refused = 0  # conditional writes refused (412)
 
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
+    async def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        """As S3: ``if_match`` / ``if_none_match`` checked when the write lands (after the gate)."""
         assert content_type == "application/json"
         self.writing += 1
         self.most_writing = max(self.most_writing, self.writing)
@@ -200,13 +215,24 @@ class MemoryStorage:
             if self.fail_next:
                 self.fail_next -= 1
                 raise AwsError("s3 PutObject failed: InternalError", code="InternalError")
+            held = self.objects.get(key)
+            if (if_none_match and held is not None) or (
+                if_match is not None and (held is None or etag_of(held) != if_match)
+            ):
+                self.refused += 1
+                raise AwsError("s3 PutObject failed: PreconditionFailed", code="PreconditionFailed")
             self.objects[key] = data
             self.puts += 1
+            return etag_of(data)
         finally:
             self.writing -= 1
 
     async def get_bytes(self, key: str) -> bytes | None:
         return self.objects.get(key)
+
+    async def get_document(self, key: str) -> tuple[bytes, str] | None:
+        data = self.objects.get(key)
+        return None if data is None else (data, etag_of(data))
 
     def saved(self, run_id: str = "run1") -> Manifest:
         return Manifest.from_json(self.objects[manifest_key(run_id)])
@@ -242,11 +268,24 @@ class MemoryStore:
         self.objects[key] = (data, {**metadata, META_SHA256: sha_hex})
         return UploadResult(key, len(data), sha_hex, etag="", parts=0)
 
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        self.objects[key] = (data, {})
+    async def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        self.objects[key] = (data, {})  # one writer in these tests: conditions always hold
+        return etag_of(data)
 
     async def get_bytes(self, key: str) -> bytes | None:
         return self.objects[key][0] if key in self.objects else None
+
+    async def get_document(self, key: str) -> tuple[bytes, str] | None:
+        data = await self.get_bytes(key)
+        return None if data is None else (data, etag_of(data))
 
     async def head(self, key: str) -> ObjectInfo | None:
         if key not in self.objects:

@@ -274,6 +274,7 @@ class BucketSink:
         self.head = self.reader.head
         self.get_bytes = self.reader.get_bytes
         self.put_bytes = self.reader.put_bytes
+        self.get_document = self.reader.get_document
         self.iter_object = self.reader.iter_object
         self.list_objects = self.reader.list_objects
         self.list_prefixes = self.reader.list_prefixes

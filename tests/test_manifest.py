@@ -50,7 +50,14 @@ def test_round_trip_keeps_every_field() -> None:
     m = manifest()
     m.files = {e.key: e for e in (entry(20), entry(21, truncated_lines=2), entry(22, "failed"))}
     m.files[entry(22).key].error = "marker stuck"
-    m.gaps = [{"instance": "db-1", "start": "a", "end": "b", "reason": "no-log-file"}]
+    m.gaps = [
+        {
+            "instance": "db-1",
+            "start": "2023-11-14T20:00:00Z",
+            "end": "2023-11-14T21:00:00Z",
+            "reason": "no-log-file",
+        }
+    ]
     m.summary = {"copied": 2, "failed": 1}
     m.notes = {"snapshot": {"id": "snap-1"}}
     text = m.to_json()
@@ -65,10 +72,11 @@ def test_unknown_fields_are_tolerated_and_a_newer_schema_is_read(
     data = json.loads(manifest().to_json())
     data["schema"] = SCHEMA_VERSION + 1
     data["added_later"] = {"x": 1}
-    data["files"] = {"k": {**json.loads(json.dumps(entry(20).__dict__)), "checksum_crc": "x"}}
+    key = entry(20).key
+    data["files"] = {key: {**json.loads(json.dumps(entry(20).__dict__)), "checksum_crc": "x"}}
     with caplog.at_level(logging.WARNING):
         m = Manifest.from_json(json.dumps(data))
-    assert m.files["k"] == entry(20)
+    assert m.files[key] == entry(20)
     assert "newer" in caplog.text
     # written before some fields existed: their defaults apply
     old = json.loads(manifest().to_json())

@@ -14,7 +14,7 @@ from rdsrecorder.aws import Aws
 from rdsrecorder.clock import FakeClock
 from rdsrecorder.compression import same_checksum
 from rdsrecorder.config import AwsSettings
-from rdsrecorder.errors import VerifyError
+from rdsrecorder.errors import RecordError, VerifyError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.manifest import FileEntry, Manifest, ManifestStore, manifest_key
 from rdsrecorder.models import META_SHA256, META_SOURCE, UploadResult
@@ -46,9 +46,19 @@ class RunStorage(Protocol):
         self, key: str, chunks: AsyncIterator[bytes], *, metadata: dict[str, str], instance: str
     ) -> UploadResult: ...
 
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None: ...
+    async def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str: ...
 
     async def get_bytes(self, key: str) -> bytes | None: ...
+
+    async def get_document(self, key: str) -> tuple[bytes, str] | None: ...
 
 
 def base_manifest(run_id: str, start_h: int = 20, finish_h: int | None = 23) -> Manifest:
@@ -228,7 +238,7 @@ async def test_runs_and_their_status_are_listed(
         c.put_object(Bucket=bucket, Key="broken/manifest.json", Body=b"{")
         with caplog.at_level(logging.WARNING, logger="rdsrecorder.verify"):
             runs = await list_runs(sink)
-    assert "broken/manifest.json: not a valid manifest" in caplog.text
+    assert "skipping broken/manifest.json is not a valid manifest: not JSON" in caplog.text
     assert [(r.run_id, r.status, r.files, r.failed) for r in runs] == [
         ("r-failed", "incomplete", 1, 1),
         ("r-stopped", "unfinished", 1, 0),
@@ -247,7 +257,7 @@ async def test_no_manifest_or_a_broken_one_is_a_verify_error(moto: S3Server) -> 
         sink = BucketSink(aws, bucket, Hooks(), part_size_bytes=5 * MIB)
         with pytest.raises(VerifyError, match=r"no manifest for run 'never-ran'"):
             await verify_run(sink, "never-ran")
-        with pytest.raises(VerifyError, match=r"junk/manifest.json is not a valid manifest"):
+        with pytest.raises(RecordError, match=r"junk/manifest.json is not a valid manifest"):
             await verify_run(sink, "junk")
 
 

@@ -8,7 +8,7 @@ import base64
 import hashlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 
@@ -23,6 +23,11 @@ log = logging.getLogger(__name__)
 READ_CHUNK_BYTES = MIB  # GetObject streaming: memory per object being read
 NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchBucket"})
 DENIED = frozenset({"403", "AccessDenied", "Forbidden", "AllAccessDisabled"})
+
+
+class Document(NamedTuple):
+    data: bytes
+    etag: str
 
 
 class Bucket:
@@ -191,14 +196,50 @@ class Bucket:
             params["UploadIdMarker"] = resp.get("NextUploadIdMarker", "")
 
     # -- small documents (the manifest) ----------------------------------------------------------
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        """A small document, with its SHA-256 for S3 to check (and Object Lock to accept)."""
-        await self.call(
+    async def get_document(self, key: str) -> Document | None:
+        """A small object and its ETag (what ``put_bytes(if_match=...)`` compares); None if it
+        does not exist."""
+        resp = await self._call_unless_missing("get_object", key)
+        if resp is None:
+            return None
+        try:
+            async with resp["Body"] as body:
+                data: bytes = await body.read()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise AwsError(
+                f"s3 GetObject of {self.url(key)} broke off: {type(exc).__name__}: {exc}",
+                code="ReadError",
+                operation="GetObject",
+            ) from exc
+        return Document(data, str(resp.get("ETag", "")))
+
+    async def put_bytes(
+        self,
+        key: str,
+        data: bytes,
+        content_type: str,
+        *,
+        if_match: str | None = None,
+        if_none_match: bool = False,
+    ) -> str:
+        """A small document, with its SHA-256 for S3 to check (and Object Lock to accept); its
+        ETag. ``if_match``: written only over the object of that ETag; ``if_none_match``: only
+        where there is no object. Otherwise ``AwsError`` with ``code`` ``PreconditionFailed``
+        (``NoSuchKey`` from some stores when ``if_match`` finds no object,
+        ``ConditionalRequestConflict`` when another conditional write raced it)."""
+        conditions: dict[str, str] = {}
+        if if_match is not None:
+            conditions["IfMatch"] = if_match
+        if if_none_match:
+            conditions["IfNoneMatch"] = "*"
+        resp = await self.call(
             "put_object",
             Key=key,
             Body=data,
             ContentType=content_type,
             ChecksumAlgorithm="SHA256",
             ChecksumSHA256=base64.b64encode(hashlib.sha256(data).digest()).decode(),
+            **conditions,
             **self.sse,
         )
+        return str(resp.get("ETag", ""))
