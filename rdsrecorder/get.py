@@ -7,8 +7,10 @@ copied them.
   the DB (``db_identifier``: an instance, or an Aurora cluster and so all its members) or when
   the entry's ``instance`` is the DB. Entries that landed (``copied``, ``partial``, ``skipped``)
   and whose span overlaps ``[start, finish)`` are the candidates.
-* **Choosing.** One copy per (instance, RDS file name): a complete copy over one taken while the
-  file was still being written, then the newest (``copied_at``).
+* **Choosing.** Per (instance, RDS file name), every copy (across runs, raw or gzip), best first:
+  a complete copy over one taken while the file was still being written, then the newest
+  (``copied_at``). The first copy that passes its check is the one written; a copy that fails
+  it is said in a warning and the next one is tried. A file fails only when no copy passes.
 * **Fetching.** At most ``concurrency`` objects at a time, streamed (memory: one read chunk and
   one decompressed piece per object), decompressed when ``.gz``, and checked against the
   manifest's size and sha256 of the log's bytes before they count. Files go to
@@ -18,9 +20,10 @@ copied them.
   Names that would leave the directory (``..``, absolute) are refused.
 * **stdout.** Files in time order, each spooled to an anonymous temporary file and checked before
   its first byte reaches the pipe; the next ones are fetched meanwhile (the same bound).
-* **Holes.** Per instance, the chosen spans (a copy taken while its file was still being written
-  covers only up to its ``copied_at``) and the gaps the runs recorded (no log file, before RDS
-  retention) must chain from ``start`` to ``finish``; what does not is reported.
+* **Holes.** Per instance, the spans of the copies written (a copy taken while its file was
+  still being written covers only up to its ``copied_at``) and the gaps the runs recorded (no
+  log file, before RDS retention) must chain from ``start`` to ``finish``; what does not is
+  reported.
 
 The result is a ``GetReport``; the command's exit code: 0 when every file was written and
 checked and there is no hole, 6 (``EXIT_VERIFY``) otherwise (the files that passed are written
@@ -96,6 +99,8 @@ class GetReport:
     runs: int = 0  # manifests that hold copies of the DB in the window
     files: list[GotFile] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)  # one line each: checksum, read, name
+    # Copies that failed their check where another copy of the same file passed (not failures).
+    replaced: list[str] = field(default_factory=list)
     holes: list[str] = field(default_factory=list)
     partial: list[str] = field(default_factory=list)  # files only copied while being written
 
@@ -156,16 +161,21 @@ def candidates(
     return found, instances, gaps, runs
 
 
-def choose(found: list[Candidate]) -> list[Candidate]:
-    """One copy per (instance, file): complete over partial, then the newest; in time order."""
-    best: dict[tuple[str, str], Candidate] = {}
+def _rank(c: Candidate) -> tuple[bool, str, str]:
+    return (c.complete, c.entry.copied_at, c.run_id)
+
+
+def choose(found: list[Candidate]) -> list[list[Candidate]]:
+    """The copies of each (instance, file), best first (complete over partial, then the newest),
+    one per object key; the files in time order. ``get`` takes the first that passes its check."""
+    copies: dict[tuple[str, str], dict[str, Candidate]] = {}
     for c in found:
-        ident = (c.entry.instance, c.entry.source)
-        held = best.get(ident)
-        rank = (c.complete, c.entry.copied_at, c.run_id)
-        if held is None or rank > (held.complete, held.entry.copied_at, held.run_id):
-            best[ident] = c
-    return sorted(best.values(), key=lambda c: (c.start_s, c.entry.instance, c.entry.source))
+        by_key = copies.setdefault((c.entry.instance, c.entry.source), {})
+        held = by_key.get(c.entry.key)
+        if held is None or _rank(c) > _rank(held):
+            by_key[c.entry.key] = c
+    ranked = [sorted(by_key.values(), key=_rank, reverse=True) for by_key in copies.values()]
+    return sorted(ranked, key=lambda cs: (cs[0].start_s, cs[0].entry.instance, cs[0].entry.source))
 
 
 def holes(
@@ -240,69 +250,98 @@ async def _fetch(store: Store, c: Candidate, out: IO[bytes], hooks: Hooks) -> st
     return None
 
 
-async def _to_dir(store: Store, c: Candidate, root: Path, hooks: Hooks, report: GetReport) -> None:
-    entry = c.entry
+async def _first_good(
+    store: Store, copies: list[Candidate], out: IO[bytes], hooks: Hooks, report: GetReport
+) -> Candidate | None:
+    """Writes to ``out`` the first of ``copies`` whose bytes match its manifest entry; None when
+    none does (each failure is reported). ``out`` is emptied before each further try."""
+    problems: list[str] = []
+    for c in copies:
+        out.seek(0)
+        out.truncate()
+        problem = await _fetch(store, c, out, hooks)
+        if problem is None:
+            if problems:
+                log.warning(
+                    "%s %s: %s; a good copy was found in s3 %s of run %s",
+                    c.entry.instance,
+                    c.entry.source,
+                    "; ".join(problems),
+                    c.entry.key,
+                    c.run_id,
+                )
+                report.replaced += problems
+            return c
+        problems.append(problem)
+    report.failures += problems
+    return None
+
+
+async def _to_dir(
+    store: Store, copies: list[Candidate], root: Path, hooks: Hooks, report: GetReport
+) -> Candidate | None:
+    entry = copies[0].entry
     try:
         relative = safe_relative(entry.instance, entry.source)
     except ValueError as exc:
         report.failures.append(f"{entry.key}: {exc}")
-        return
+        return None
     final = root / relative
     final.parent.mkdir(parents=True, exist_ok=True)
     part = final.with_name(final.name + ".part")
-    with part.open("wb") as out:
-        problem = await _fetch(store, c, out, hooks)
-    if problem is not None:
+    with part.open("w+b") as out:
+        good = await _first_good(store, copies, out, hooks, report)
+    if good is None:
         part.unlink(missing_ok=True)
-        report.failures.append(problem)
-        return
+        return None
     os.replace(part, final)
-    report.files.append(
-        GotFile(entry.instance, entry.source, c.run_id, entry.key, entry.size, str(final))
-    )
+    e = good.entry
+    report.files.append(GotFile(e.instance, e.source, good.run_id, e.key, e.size, str(final)))
+    return good
 
 
 async def _to_stream(
     store: Store,
-    chosen: list[Candidate],
+    chosen: list[list[Candidate]],
     sink: IO[bytes],
     concurrency: int,
     hooks: Hooks,
     report: GetReport,
-) -> None:
-    """In time order; up to ``concurrency`` files fetched ahead into anonymous temp files."""
+) -> list[Candidate]:
+    """In time order; up to ``concurrency`` files fetched ahead into anonymous temp files.
+    Returns the copies written."""
 
-    async def spooled(c: Candidate) -> tuple[IO[bytes], str | None]:
+    async def spooled(copies: list[Candidate]) -> tuple[IO[bytes], Candidate | None]:
         spool = tempfile.TemporaryFile()
         try:
-            return spool, await _fetch(store, c, spool, hooks)
+            return spool, await _first_good(store, copies, spool, hooks, report)
         except BaseException:
             spool.close()
             raise
 
-    pending: list[tuple[Candidate, asyncio.Task[tuple[IO[bytes], str | None]]]] = []
+    written: list[Candidate] = []
+    pending: list[asyncio.Task[tuple[IO[bytes], Candidate | None]]] = []
     queue = list(chosen)
     try:
         while queue or pending:
             while queue and len(pending) < max(1, concurrency):
-                c = queue.pop(0)
-                pending.append((c, asyncio.create_task(spooled(c))))
-            c, task = pending.pop(0)
-            spool, problem = await task
+                pending.append(asyncio.create_task(spooled(queue.pop(0))))
+            spool, good = await pending.pop(0)
             with spool:
-                if problem is not None:
-                    report.failures.append(problem)
-                    return  # nothing after a bad file: the pipe must not skip ahead silently
+                if good is None:
+                    return written  # nothing after a bad file: the pipe must not skip ahead
                 spool.seek(0)
                 while block := await asyncio.to_thread(spool.read, 1 << 20):
                     await asyncio.to_thread(sink.write, block)
                 await asyncio.to_thread(sink.flush)
-            e = c.entry
-            report.files.append(GotFile(e.instance, e.source, c.run_id, e.key, e.size, ""))
+            e = good.entry
+            report.files.append(GotFile(e.instance, e.source, good.run_id, e.key, e.size, ""))
+            written.append(good)
+        return written
     finally:
-        for _, task in pending:
+        for task in pending:
             task.cancel()
-        for _, task in pending:
+        for task in pending:
             with contextlib.suppress(BaseException):
                 spool, _ = await task
                 spool.close()
@@ -329,13 +368,6 @@ async def get_window(
             f"({len(manifests)} manifest(s) read)"
         )
     chosen = choose(found)
-    report.holes = holes(chosen, instances, gaps, start_s, finish_s)
-    report.partial = [
-        f"{c.entry.instance} {c.entry.source}: copied while still being written "
-        f"(up to {c.entry.copied_at})"
-        for c in chosen
-        if not c.complete
-    ]
     log.info(
         "get %s: %d file(s) from %d run(s) for %s .. %s",
         db,
@@ -345,11 +377,22 @@ async def get_window(
         iso(finish_s),
     )
     if stdout is not None:
-        await _to_stream(store, chosen, stdout, concurrency, hooks, report)
+        # Stops at a file without a good copy: what follows is not written (and is a hole).
+        written = await _to_stream(store, chosen, stdout, concurrency, hooks, report)
     else:
         assert output_dir is not None
         root = Path(output_dir)
         root.mkdir(parents=True, exist_ok=True)
-        await bounded(concurrency, (_to_dir(store, c, root, hooks, report) for c in chosen))
+        got = await bounded(concurrency, (_to_dir(store, cs, root, hooks, report) for cs in chosen))
+        written = [c for c in got if c is not None]
         report.files.sort(key=lambda f: f.path)
+    # Holes: what the copies written cover (and the gaps recorded); a file with no good copy
+    # leaves its span uncovered.
+    report.holes = holes(written, instances, gaps, start_s, finish_s)
+    report.partial = [
+        f"{c.entry.instance} {c.entry.source}: copied while still being written "
+        f"(up to {c.entry.copied_at})"
+        for c in written
+        if not c.complete
+    ]
     return report

@@ -207,6 +207,34 @@ async def test_two_runs_written_once_and_a_window_back_byte_exact(
         assert len(bad.failures) == 1 and "sha256 does not match" in bad.failures[0]
         assert not (tmp_path / "bad" / "get-db" / files[4].name).exists()
         assert not list((tmp_path / "bad").rglob("*.part"))
+        assert len(bad.holes) == 1 and "nothing covers" in bad.holes[0]  # no good copy: a hole
+
+        # Hour 2 is in both runs. Its newest copy (run-gz's, gzip) fails its check: the older
+        # raw (multipart) copy of run-raw is the one written; no failure, no hole. A record
+        # nobody can read elsewhere in the bucket changes nothing (a warning names it).
+        both_key = next(k for k, e in manifest["files"].items() if e["source"] == files[2].name)
+        changed = bytearray(files[2].path.read_bytes())
+        changed[-1] ^= 1
+        client.put_object(Bucket=bucket, Key=both_key, Body=gzip.compress(bytes(changed)))
+        client.put_object(Bucket=bucket, Key="junk-run/manifest.json", Body=b'{"files": [')
+        for stdout in (None, io.BytesIO()):
+            fallback = await get_window(
+                Bucket(aws, bucket),
+                "get-db",
+                first.add(hours=2).timestamp(),
+                first.add(hours=3).timestamp(),
+                output_dir=None if stdout else str(tmp_path / "fallback"),
+                stdout=stdout,
+            )
+            assert fallback.exit_code == 0, (fallback.failures, fallback.holes)
+            assert [(f.run_id, f.source) for f in fallback.files] == [("run-raw", files[2].name)]
+            assert len(fallback.replaced) == 1 and both_key in fallback.replaced[0]
+            got_bytes = (
+                stdout.getvalue()
+                if stdout
+                else (tmp_path / "fallback" / "get-db" / files[2].name).read_bytes()
+            )
+            assert got_bytes == files[2].path.read_bytes()
 
 
 async def test_a_multipart_object_the_manifest_does_not_know_is_copied_again(
