@@ -35,6 +35,7 @@ import dataclasses
 import enum
 import json
 import logging
+import random
 import re
 import types
 import typing
@@ -58,6 +59,7 @@ CLOSE_RETRY_DELAY_S = 1.0
 # Writes of one flush that another writer overtook (read again, merged, written again) before the
 # flush gives up until the next one: two writers rarely collide twice in a row.
 MERGE_ATTEMPTS = 5
+MERGE_BACKOFF_S = 0.1  # times the attempt, at random: writers that collided do not again
 # Answers to a conditional write that mean "another writer changed it meanwhile". NoSuchKey:
 # If-Match on a manifest that is gone (AWS and moto; SeaweedFS answers 412).
 CONFLICT_CODES = frozenset(
@@ -172,28 +174,32 @@ class Manifest:
 
 
 def _describe(value: object) -> str:
-    text = json.dumps(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, list):
+        return "a list"
+    text = json.dumps(value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _type_name(hint: Any) -> str:
     if hint is type(None):
         return "null"
-    if isinstance(hint, (types.UnionType,)) or typing.get_origin(hint) is typing.Union:
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         return " or ".join(_type_name(a) for a in typing.get_args(hint))
     origin = typing.get_origin(hint)
-    if origin is dict:
+    if origin is dict or dataclasses.is_dataclass(hint):
         return "an object"
     if origin is list:
         return "a list"
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
         return "one of " + ", ".join(repr(m.value) for m in hint)
     names = {str: "a string", int: "an integer", bool: "true or false", float: "a number"}
-    return names.get(hint, "a JSON object" if hint is not Any else "any value")
+    return names.get(hint, "any value")
 
 
 def _conforms(value: object, hint: Any) -> bool:
-    """``value`` (parsed JSON) has the type ``hint`` says, its elements included."""
+    """``value`` (parsed JSON) is of the type ``hint`` says (its elements are checked apart)."""
     if hint is Any:
         return True
     if hint is type(None):
@@ -211,17 +217,27 @@ def _conforms(value: object, hint: Any) -> bool:
         return isinstance(value, str) and value in {m.value for m in hint}
     if hint is str:
         return isinstance(value, str)
-    if origin is dict:
-        _, item = typing.get_args(hint)
-        return isinstance(value, dict) and all(
-            isinstance(k, str) and _conforms(v, item) for k, v in value.items()
-        )
+    if origin is dict or dataclasses.is_dataclass(hint):
+        return isinstance(value, dict)
     if origin is list:
-        (item,) = typing.get_args(hint)
-        return isinstance(value, list) and all(_conforms(v, item) for v in value)
-    if dataclasses.is_dataclass(hint):
-        return isinstance(value, dict)  # its fields are checked by ``_checked_fields``
+        return isinstance(value, list)
     return False
+
+
+def _check_type(name: str, value: object, hint: Any) -> None:
+    """``ValueError`` naming the field (or element: ``gaps[2].start``) not of its type."""
+    if not _conforms(value, hint):
+        raise ValueError(f"{name} is {_describe(value)}, not {_type_name(hint)}")
+    origin = typing.get_origin(hint)
+    if origin is dict and isinstance(value, dict):
+        _, item = typing.get_args(hint)
+        for k, v in value.items():
+            if not dataclasses.is_dataclass(item):  # entries: checked by ``_checked_fields``
+                _check_type(f"{name}[{k!r}]", v, item)
+    elif origin is list and isinstance(value, list):
+        (item,) = typing.get_args(hint)
+        for i, v in enumerate(value):
+            _check_type(f"{name}[{i}]", v, item)
 
 
 def _checked_fields(cls: type[Any], data: object, path: str) -> dict[str, Any]:
@@ -239,10 +255,8 @@ def _checked_fields(cls: type[Any], data: object, path: str) -> dict[str, Any]:
             if required:
                 raise ValueError(f"{name} is missing")
             continue
-        value = data[f.name]
-        if not _conforms(value, hints[f.name]):
-            raise ValueError(f"{name} is {_describe(value)}, not {_type_name(hints[f.name])}")
-        out[f.name] = value
+        _check_type(name, data[f.name], hints[f.name])
+        out[f.name] = data[f.name]
     return out
 
 
@@ -522,7 +536,7 @@ class ManifestStore:
         """One conditional write; when another writer overtook this one, its manifest is read,
         merged and the write made again over it (up to ``MERGE_ATTEMPTS`` times)."""
         m = self._require()
-        for _ in range(MERGE_ATTEMPTS):
+        for attempt in range(1, MERGE_ATTEMPTS + 1):
             m.updated_at = iso(self._clock.now())
             body = m.to_json().encode()
             try:
@@ -532,6 +546,7 @@ class ManifestStore:
                 if exc.code not in CONFLICT_CODES:
                     raise
             self.conflicts += 1
+            await self._clock.sleep(random.uniform(0, MERGE_BACKOFF_S * attempt))
             await self._merge_from_s3()
         raise AwsError(
             f"{self._key} changed under {MERGE_ATTEMPTS} writes in a row (other writers)",
