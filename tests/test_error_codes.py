@@ -242,6 +242,10 @@ async def test_a_backfill_goes_on_through_keys_rotated_under_it(
             lab.set_faults(latency_ms=30, expired_access_keys=[LAB_ACCESS_KEY_ID])
             while lab.emulator.stats()["faults"].get("expired_token", 0) < 1:
                 await asyncio.sleep(0.002)
+            # The next whole-file request comes after the process loaded the second key.
+            refused_at = lab.emulator.stats()["calls"]["DownloadCompleteLogFile"]
+            while lab.emulator.stats()["calls"]["DownloadCompleteLogFile"] <= refused_at:
+                await asyncio.sleep(0.002)
             use_credentials_file(monkeypatch, creds, "LABTHIRDKEY", "third")
             gateway.expired_keys.update({LAB_ACCESS_KEY_ID, ROTATED_KEY})
 
