@@ -125,3 +125,25 @@ def sync_settings(
         obs=ObservabilitySettings(metrics_port=0, progress=False),
         **kw,
     )
+
+
+def notice_quoting_csvlog(size: int) -> bytes:
+    """csvlog whose statements quote RDS's notice: inline, and on a line of its own at the end
+    of multi-line statements, so that many portions end with it as RDS ends a cut one."""
+    records: list[str] = []
+    n = total = 0
+    while total < size:
+        n += 1
+        ts = f"2024-02-04 17:{n // 6000 % 60:02d}:{n // 100 % 60:02d}.{n % 1000:03d} UTC"
+        text = (
+            f"SELECT {n} AS id, 'see [Your log message was truncated] here' AS note\n"
+            + "  FROM t\n" * (n % 7)
+            + " [Your log message was truncated]"
+        )
+        quoted = '"' + text.replace('"', '""') + '"'
+        records.append(
+            f'{ts},"app","shop",{400 + n % 50},"10.0.0.1:5432","s{n % 50}",{n},"SELECT",'
+            f'{ts},3/{n},0,LOG,00000,"statement: x",,,,,,{quoted},,,"psql","client backend",,0\n'
+        )
+        total += len(records[-1])
+    return "".join(records).encode()

@@ -30,6 +30,7 @@ from rdsrecorder.rds.portions import (
     target_bytes,
 )
 from rdsrecorder_lab import GeneratedFile, LabThread, generate
+from tests.e2e import notice_quoting_csvlog
 
 INSTANCE = "portion-db"
 FILES = 4
@@ -96,28 +97,6 @@ async def test_at_most_1_10_calls_per_mb_whichever_cap(
     print(f"\ncap {cap}: {calls} calls for {mb:.1f} MB ({calls / mb:.3f}/MB), floor {floor}")
     assert calls / mb <= 1.10, (calls, mb, floor, cuts)
     assert cuts <= 2  # learning the cap costs a cut or two, then none
-
-
-def notice_quoting_csvlog(size: int) -> bytes:
-    """csvlog whose statements quote RDS's notice: inline, and on a line of its own at the end
-    of multi-line statements, so that many portions end with it as RDS ends a cut one."""
-    records: list[str] = []
-    n = total = 0
-    while total < size:
-        n += 1
-        ts = f"2024-02-04 17:{n // 6000 % 60:02d}:{n // 100 % 60:02d}.{n % 1000:03d} UTC"
-        text = (
-            f"SELECT {n} AS id, 'see [Your log message was truncated] here' AS note\n"
-            + "  FROM t\n" * (n % 7)
-            + " [Your log message was truncated]"
-        )
-        quoted = '"' + text.replace('"', '""') + '"'
-        records.append(
-            f'{ts},"app","shop",{400 + n % 50},"10.0.0.1:5432","s{n % 50}",{n},"SELECT",'
-            f'{ts},3/{n},0,LOG,00000,"statement: x",,,,,,{quoted},,,"psql","client backend",,0\n'
-        )
-        total += len(records[-1])
-    return "".join(records).encode()
 
 
 async def test_statements_quoting_the_notice_are_data(
