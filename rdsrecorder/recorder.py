@@ -355,6 +355,8 @@ class Recorder:
         listing failed."""
         failure: AwsError | None = None
         for instance in self._schedule.pop_due(self._clock.now()):
+            if self._stop.is_set():
+                break  # the run ends: the DBs not listed yet do not matter any more
             now_s = self._clock.now()
             db = self._dbs[instance]
             try:

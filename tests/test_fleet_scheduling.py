@@ -11,7 +11,7 @@ import pendulum
 
 from rdsrecorder.clock import FakeClock
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.models import META_COMPLETE
+from rdsrecorder.models import META_COMPLETE, LogFile
 from rdsrecorder.recorder import Recorder, RunTotals
 from rdsrecorder.transfer import Copier
 from rdsrecorder.window import Mode, Window
@@ -269,3 +269,24 @@ async def test_dbs_that_join_and_leave_while_following() -> None:
     assert len(left) >= 5
     assert [m[META_COMPLETE] for m in left.values()].count("false") == 1
     assert totals.failed == 0 and totals.lost == 0
+
+
+async def test_a_stop_during_the_first_listings_lists_no_further_db() -> None:
+    names = [f"db-{i:02d}" for i in range(20)]
+    clock = FakeClock(T0 + 2 * 3600 + 60)
+    source = FakeSource(clock, fleet_of(*(rotating_db(T0, 3600, instance=n) for n in names)))
+    stop = asyncio.Event()
+    listed = source.list_log_files
+
+    def stopping_after_three(instance: str, since_ms: int | None = None) -> AsyncIterator[LogFile]:
+        if len(source.listings) == 2:
+            stop.set()  # SIGTERM while the third DB is listed
+        return listed(instance, since_ms)
+
+    source.list_log_files = stopping_after_three  # type: ignore[method-assign]
+    rec, sink = recorder(
+        source, clock, StaticResolver(*names), start_s=T0, finish_s=None, stop=stop
+    )
+    totals = await rec.run()
+    assert totals.interrupted
+    assert len(source.listings) == 3 and sink.objects == {}
