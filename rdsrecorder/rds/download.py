@@ -79,6 +79,7 @@ log = logging.getLogger(__name__)
 BINARY_DATA_TEXT = "contains binary data"
 FIRST_PORTION_LINES = 2_000  # the probe, when nothing is known of an instance's lines yet
 PORTION_SMALL_BYTES = 256 * 1024  # portions under this are gathered before they are passed on
+LONG_LINES_BYTES = 256 * 1024  # a page this long sizes the next call even with few lines in it
 COMPLETE_PATH = "v19/downloadCompleteLogFile"
 COMPLETE_OPERATION = "DownloadCompleteLogFile"
 STREAM_READ_BYTES = 256 * 1024
@@ -363,7 +364,8 @@ class RdsDownloader:
                 data, tail = self._page(f, stats, raw, cut, marker, next_marker, tail)
                 del raw
                 newlines = data.count(b"\n")
-                if newlines >= 100 and not cut:
+                if newlines and not cut and (newlines >= 100 or len(data) >= LONG_LINES_BYTES):
+                    # A page of long lines tells their length as well as many short ones do.
                     file_bpl = len(data) / newlines
                     model.seen(len(data), newlines)
                 chunk = coalescer.add(data) if data else None

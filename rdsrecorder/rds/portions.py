@@ -144,7 +144,7 @@ class LineModel:
         self.miss = max(0.8 * self.miss, min(error, 1.0))
 
     def seen(self, size: int, newlines: int) -> None:
-        if newlines >= 100:
+        if newlines:
             self._bytes = 0.7 * self._bytes + size
             self._lines = 0.7 * self._lines + newlines
 
