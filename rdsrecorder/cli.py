@@ -82,6 +82,15 @@ DebugOpt = Annotated[
 LogFormatOpt = Annotated[
     LogFormat, typer.Option(envvar=ENV + "LOG_FORMAT", help="Log format: text or json lines.")
 ]
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        envvar=ENV + "JSON",
+        help="Print the result as one JSON document on stdout instead of tables (logs stay on "
+        "stderr; fields: docs/json-output.md). Implied by --log-format json.",
+    ),
+]
 MetricsAddrOpt = Annotated[
     str, typer.Option(envvar=ENV + "METRICS_ADDRESS", help="Address of the /metrics server.")
 ]
@@ -332,6 +341,7 @@ def sync(
         ),
     ] = DEFAULT_METRICS_PORT,
     log_format: LogFormatOpt = LogFormat.TEXT,
+    json_output: JsonOpt = False,
     progress: Annotated[
         bool | None,
         typer.Option(
@@ -389,6 +399,7 @@ def sync(
                 log_format=log_format,
                 progress=progress,
                 debug=debug,
+                json_output=json_output,
             ),
         )
     )
@@ -472,6 +483,7 @@ def verify(
             help="Re-read every object, even those S3 holds a matching checksum for.",
         ),
     ] = False,
+    json_output: JsonOpt = False,
     log_format: LogFormatOpt = LogFormat.TEXT,
     debug: DebugOpt = False,
 ) -> None:
@@ -489,6 +501,7 @@ def verify(
                 log_format=log_format,
                 debug=debug,
                 download=download,
+                json_output=json_output,
             ),
         )
     )
@@ -536,6 +549,7 @@ def get(
     ] = DEFAULT_GET_CONCURRENCY,
     region: RegionOpt = None,
     expected_bucket_owner: OwnerOpt = None,
+    json_output: JsonOpt = False,
     log_format: LogFormatOpt = LogFormat.TEXT,
     debug: DebugOpt = False,
 ) -> None:
@@ -558,6 +572,7 @@ def get(
                 expected_bucket_owner=expected_bucket_owner,
                 log_format=log_format,
                 debug=debug,
+                json_output=json_output,
             ),
         )
     )
@@ -568,6 +583,7 @@ def ls_(
     bucket: BucketOpt = None,
     region: RegionOpt = None,
     expected_bucket_owner: OwnerOpt = None,
+    json_output: JsonOpt = False,
     log_format: LogFormatOpt = LogFormat.TEXT,
     debug: DebugOpt = False,
 ) -> None:
@@ -582,6 +598,7 @@ def ls_(
                 expected_bucket_owner=expected_bucket_owner,
                 log_format=log_format,
                 debug=debug,
+                json_output=json_output,
             ),
         )
     )
@@ -708,6 +725,17 @@ def lab(ctx: typer.Context) -> None:
     raise typer.Exit(code if isinstance(code, int) else 0)
 
 
+def _json_log_format(args: list[str]) -> bool:
+    """``--log-format json`` (or its env var), read by hand: for the errors of a command line
+    that click could not parse."""
+    for i, arg in enumerate(args):
+        if arg == "--log-format=json" or (
+            arg == "--log-format" and args[i + 1 : i + 2] == ["json"]
+        ):
+            return True
+    return os.environ.get(ENV + "LOG_FORMAT", "").strip().lower() == "json"
+
+
 def main() -> None:
     """The console script: typer's own usage errors become the same one ``error:`` line (exit 2)
     as every other bad input; no arguments prints the help."""
@@ -724,6 +752,9 @@ def main() -> None:
         else:
             message = exc.format_message() if hasattr(exc, "format_message") else str(exc)
             hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
-            print(f"error: {' '.join(str(message).split())}{hint}", file=sys.stderr)
+            line = f"error: {' '.join(str(message).split())}{hint}"
+            if _json_log_format(sys.argv[1:]):  # nothing but JSON lines, even before parsing
+                runtime.configure(False, LogFormat.JSON, lambda: None)
+            runtime.stderr_line(line)
             code = int(getattr(exc, "exit_code", EXIT_CONFIG) or EXIT_CONFIG)
     sys.exit(code if isinstance(code, int) else 0)

@@ -13,8 +13,10 @@ import enum
 import math
 import re
 import secrets
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pendulum
 
@@ -122,6 +124,7 @@ class ObservabilitySettings:
     metrics_address: str = "0.0.0.0"
     metrics_port: int = DEFAULT_METRICS_PORT  # 0 = no metrics server
     progress: bool | None = None  # None = only when stderr is a terminal
+    json_output: bool = False  # the command's result as one JSON document instead of tables
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +366,8 @@ def _which_dbs(
 def _retention_hours(value: float | None) -> float | None:
     if value is not None and not 0 < _finite(value, "--retention-hours") <= MAX_RETENTION_HOURS:
         raise ConfigError(
-            f"--retention-hours must be between 0 and {MAX_RETENTION_HOURS}, not {value}"
+            f"--retention-hours must be more than 0 and at most {MAX_RETENTION_HOURS} (RDS keeps "
+            f"PostgreSQL logs at most 7 days), not {value:g}"
         )
     return value
 
@@ -412,18 +416,46 @@ def _observability(
     metrics_address: str = "0.0.0.0",
     metrics_port: int = 0,
     progress: bool | None = False,
+    json_output: bool = False,
 ) -> ObservabilitySettings:
     if not 0 <= metrics_port <= 65535:
         raise ConfigError(f"--metrics-port must be between 0 and 65535, not {metrics_port}")
     if not metrics_address.strip():
         raise ConfigError("--metrics-address must not be empty")
+    json_lines = log_format is LogFormat.JSON  # then nothing but JSON lines is printed
     return ObservabilitySettings(
         debug=debug,
         log_format=log_format,
         metrics_address=metrics_address.strip(),
         metrics_port=metrics_port,
-        progress=progress,
+        progress=False if json_lines else progress,
+        json_output=json_output or json_lines,
     )
+
+
+def _output_dir(value: str) -> str:
+    """``get --output-dir``: a directory, or a path where one can be made. Checked by making an
+    anonymous file in it (or in its nearest existing parent), which leaves nothing behind and
+    also catches what permissions do not say (read-only mounts, /proc, root's own limits)."""
+    path = Path(value).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ConfigError(
+            f"--output-dir {value!r} is not a directory: give a directory (made if absent)"
+        )
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"--output-dir {value!r}: {str(parent)!r} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"--output-dir {value!r} is not usable: cannot write in {str(parent)!r} "
+            f"({exc.strerror or exc}); give a writable directory"
+        ) from None
+    return value
 
 
 def check_spool_dir(setting: str | None) -> str | None:
@@ -525,6 +557,7 @@ def build_sync(
     assume_role_session_name: str | None = None,
     s3_assume_role: str | None = None,
     include_series: Sequence[str] | None = None,
+    json_output: bool = False,
 ) -> SyncSettings:
     ids, tags = _which_dbs(db_identifier, discover_tag, discover_interval_s, retention_hours)
     shard_of = shard(shard_spec)
@@ -603,6 +636,7 @@ def build_sync(
             metrics_address=metrics_address,
             metrics_port=metrics_port,
             progress=progress,
+            json_output=json_output,
         ),
     )
 
@@ -647,6 +681,7 @@ def build_verify(
     log_format: LogFormat,
     debug: bool,
     download: bool = False,
+    json_output: bool = False,
 ) -> VerifySettings:
     run = _required(run_id, "--run-id", "RDSRECORDER_RUN_ID")
     if not _RUN_ID_RE.fullmatch(run):
@@ -658,7 +693,7 @@ def build_verify(
         aws=AwsSettings(
             region=_region(region), expected_bucket_owner=_account(expected_bucket_owner)
         ),
-        obs=_observability(debug=debug, log_format=log_format),
+        obs=_observability(debug=debug, log_format=log_format, json_output=json_output),
     )
 
 
@@ -669,13 +704,14 @@ def build_ls(
     expected_bucket_owner: str | None,
     log_format: LogFormat,
     debug: bool,
+    json_output: bool = False,
 ) -> LsSettings:
     return LsSettings(
         bucket=_bucket(bucket),
         aws=AwsSettings(
             region=_region(region), expected_bucket_owner=_account(expected_bucket_owner)
         ),
-        obs=_observability(debug=debug, log_format=log_format),
+        obs=_observability(debug=debug, log_format=log_format, json_output=json_output),
     )
 
 
@@ -693,6 +729,7 @@ def build_get(
     expected_bucket_owner: str | None,
     log_format: LogFormat,
     debug: bool,
+    json_output: bool = False,
 ) -> GetSettings:
     db = _required(db_identifier, "--db-identifier", "RDSRECORDER_DB_IDENTIFIER")
     if "/" in db or db in (".", ".."):
@@ -717,13 +754,13 @@ def build_get(
         db_identifier=db,
         start=start_at,
         finish=finish_at,
-        output_dir=output_dir.strip() if output_dir and not stdout else None,
+        output_dir=_output_dir(output_dir.strip()) if output_dir and not stdout else None,
         stdout=stdout,
         concurrency=concurrency,
         aws=AwsSettings(
             region=_region(region), expected_bucket_owner=_account(expected_bucket_owner)
         ),
-        obs=_observability(debug=debug, log_format=log_format),
+        obs=_observability(debug=debug, log_format=log_format, json_output=json_output),
     )
 
 

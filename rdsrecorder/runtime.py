@@ -20,11 +20,13 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, MutableMapping
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import pendulum
 from botocore.exceptions import BotoCoreError
+from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
 
 from rdsrecorder.clock import Clock
 from rdsrecorder.config import (
@@ -54,10 +56,29 @@ log = logging.getLogger("rdsrecorder")
 S = TypeVar("S")
 
 MALLOC_ARENAS = 2
+EXIT_CLOSED_PIPE = 128 + signal.SIGPIPE  # 141: what a shell reports for a writer killed by SIGPIPE
+_ENV_PREFIXES = ("AWS_", "RDSRECORDER_")
 
 
-def stderr_line(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+_json_lines = False  # --log-format json: the lines below are JSON log records too
+
+
+def stderr_line(line: str, level: int = logging.ERROR) -> None:
+    """A line for people on stderr (``error: ...``, ``aborted``); with ``--log-format json`` a JSON
+    log record instead, so that nothing but JSON lines is printed."""
+    if _json_lines:
+        log.log(level, "%s", line.removeprefix("error: "))
+    else:
+        print(line, file=sys.stderr, flush=True)
+
+
+def stdout_closed() -> None:
+    """Points stdout at /dev/null, so that the interpreter's last flush at exit cannot fail on
+    the closed pipe and print a second error."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def limit_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
@@ -159,8 +180,12 @@ def report_error(exc: BaseException, debug: bool) -> int:
         log.error("failed", exc_info=exc)
     codes: list[int] = []
     for leaf in leaf_errors(exc):
-        if isinstance(leaf, (KeyboardInterrupt, asyncio.CancelledError)):
-            stderr_line("aborted")
+        if isinstance(leaf, BrokenPipeError):
+            # The reader of stdout went away (``| head``): done, quietly, as Unix tools are.
+            stdout_closed()
+            codes.append(EXIT_CLOSED_PIPE)
+        elif isinstance(leaf, (KeyboardInterrupt, asyncio.CancelledError)):
+            stderr_line("aborted", logging.WARNING)
             codes.append(EXIT_INTERRUPTED)
         elif isinstance(leaf, RdsRecorderError):
             stderr_line(f"error: {one_line(str(leaf), 500)}")
@@ -191,16 +216,55 @@ def run(debug: bool, main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
     try:
         return asyncio.run(runner())
     except (KeyboardInterrupt, asyncio.CancelledError):
-        stderr_line("aborted")
+        stderr_line("aborted", logging.WARNING)
         return EXIT_INTERRUPTED
     except Exception as exc:
         return report_error(exc, debug)
 
 
+def unset_empty_env(environ: MutableMapping[str, str]) -> list[str]:
+    """Empty ``AWS_*`` and ``RDSRECORDER_*`` variables mean unset (compose's ``${AWS_PROFILE:-}``
+    passes ``AWS_PROFILE=""``, which botocore would take as a profile named ""). click already
+    skips empty values of our own options; botocore reads the AWS ones itself. The names dropped."""
+    empty = [
+        name
+        for name, value in environ.items()
+        if name.startswith(_ENV_PREFIXES) and not value.strip()
+    ]
+    for name in empty:
+        del environ[name]
+    return empty
+
+
+def check_endpoint_env(environ: Mapping[str, str]) -> None:
+    """botocore's endpoint variables (``AWS_ENDPOINT_URL``, ``AWS_ENDPOINT_URL_<SERVICE>``) must be
+    URLs: botocore would only fail when it makes its first client, with a bare ValueError."""
+    for name, value in sorted(environ.items()):
+        if not name.startswith("AWS_ENDPOINT_URL"):
+            continue
+        url = value.strip()
+        scheme = url.partition("://")[0].lower()
+        try:
+            urlsplit(url).port  # noqa: B018 (raises ValueError on a port that is not a number)
+            valid = is_valid_endpoint_url(url) or is_valid_ipv6_endpoint_url(url)
+        except ValueError:
+            valid = False
+        if scheme not in ("http", "https") or not valid:
+            raise ConfigError(
+                f"invalid {name} {one_line(value, 100)!r}: expected an http:// or https:// URL "
+                "such as https://rds.eu-west-1.amazonaws.com or http://127.0.0.1:8080"
+            )
+
+
 def configure(debug: bool, log_format: LogFormat, build: Callable[[], S]) -> S | int:
-    """Logging first (so that the builder may log), then the settings; an exit code on bad input."""
+    """Logging first (so that the builder may log), then the process environment and the
+    settings; an exit code on bad input."""
+    global _json_lines
     setup_logging(debug=debug, log_format=log_format.value)
+    _json_lines = log_format is LogFormat.JSON
     try:
+        unset_empty_env(os.environ)
+        check_endpoint_env(os.environ)
         return build()
     except RdsRecorderError as exc:
         return report_error(exc, debug)
@@ -230,9 +294,12 @@ def sync(debug: bool, log_format: LogFormat, build: Callable[[], SyncSettings]) 
             hooks = MultiHooks(metrics_hooks, progress)
             with progress:
                 report = await run_sync(settings, hooks=hooks, clock=Clock(), stop=stop)
-        from rdsrecorder.tables import render_summary
+        from rdsrecorder.tables import print_json, render_summary, summary_doc
 
-        render_summary(report)
+        if settings.obs.json_output:
+            print_json(summary_doc(report))
+        else:
+            render_summary(report)
         return report.exit_code
 
     return run(settings.obs.debug, main)
@@ -249,9 +316,14 @@ def snapshot(debug: bool, log_format: LogFormat, build: Callable[[], SnapshotSet
         async with serve_metrics(settings.obs, settings.run_id, required=False) as hooks:
             result = await run_snapshot(settings, hooks=hooks, stop=stop)
         if result is None:
-            stderr_line("stopped before the snapshot time: no snapshot taken")
+            stderr_line("stopped before the snapshot time: no snapshot taken", logging.WARNING)
             return EXIT_INTERRUPTED
-        print(result.arn, flush=True)
+        if settings.obs.json_output:
+            from rdsrecorder.tables import print_json
+
+            print_json({"command": "snapshot", "id": result.snapshot_id, "arn": result.arn})
+        else:
+            print(result.arn, flush=True)
         return EXIT_OK
 
     return run(settings.obs.debug, main)
@@ -263,11 +335,14 @@ def verify(debug: bool, log_format: LogFormat, build: Callable[[], VerifySetting
         return built
     settings = built
     from rdsrecorder.commands import run_verify
-    from rdsrecorder.tables import render_verify
+    from rdsrecorder.tables import print_json, render_verify, verify_doc
 
     async def main(stop: asyncio.Event) -> int:
         report = await run_verify(settings)
-        render_verify(report)
+        if settings.obs.json_output:
+            print_json(verify_doc(report))
+        else:
+            render_verify(report)
         return EXIT_OK if report.ok else EXIT_VERIFY
 
     return run(settings.obs.debug, main)
@@ -279,11 +354,14 @@ def get(debug: bool, log_format: LogFormat, build: Callable[[], GetSettings]) ->
         return built
     settings = built
     from rdsrecorder.commands import run_get
-    from rdsrecorder.tables import render_get
+    from rdsrecorder.tables import get_doc, print_json, render_get
 
     async def main(stop: asyncio.Event) -> int:
         report = await run_get(settings)
-        render_get(report, to_stderr=settings.stdout)
+        if settings.obs.json_output:  # with --stdout the logs own stdout: the document, stderr
+            print_json(get_doc(report), sys.stderr if settings.stdout else sys.stdout)
+        else:
+            render_get(report, to_stderr=settings.stdout)
         return report.exit_code
 
     return run(settings.obs.debug, main)
@@ -295,10 +373,14 @@ def ls(debug: bool, log_format: LogFormat, build: Callable[[], LsSettings]) -> i
         return built
     settings = built
     from rdsrecorder.commands import run_ls
-    from rdsrecorder.tables import render_runs
+    from rdsrecorder.tables import print_json, render_runs, runs_doc
 
     async def main(stop: asyncio.Event) -> int:
-        render_runs(await run_ls(settings))
+        runs = await run_ls(settings)
+        if settings.obs.json_output:
+            print_json(runs_doc(runs))
+        else:
+            render_runs(runs)
         return EXIT_OK
 
     return run(settings.obs.debug, main)

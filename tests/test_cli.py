@@ -61,6 +61,7 @@ def test_sync_help_lists_every_option_with_env_var() -> None:
 
 
 BASE = ["sync", "--bucket", "my-bucket", "--db-identifier", "db"]
+GET = ["get", "--bucket", "my-bucket", "--db-identifier", "db", "--start", "now-1h"]
 
 
 @pytest.mark.parametrize(
@@ -208,6 +209,11 @@ def test_malloc_arenas_are_limited_unless_the_user_set_them(
         (["lab", "serve", "--data", "/dev/null"], "not a directory"),
         (["lab", "demo", "--hours", "1"], "--hours"),
         (["no-such-command"], "No such command"),
+        ([*BASE, "--start", "now-1h", "--retention-hours", "0"], "more than 0 and at most 168"),
+        ([*GET, "--output-dir", "/dev/null"], "--output-dir '/dev/null' is not a directory"),
+        ([*GET, "--output-dir", "/proc/x"], "--output-dir '/proc/x' is not usable"),
+        ([*GET, "--output-dir", "/dev/null/x"], "is not a directory"),
+        ([*GET, "--stdout", "--output-dir", "d"], "either --output-dir or --stdout"),
     ],
 )
 def test_hostile_input_is_one_line_and_exit_2_before_any_aws_call(
@@ -219,3 +225,54 @@ def test_hostile_input_is_one_line_and_exit_2_before_any_aws_call(
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
     assert message in lines[0]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"AWS_ENDPOINT_URL_RDS": "notaurl"}, "invalid AWS_ENDPOINT_URL_RDS 'notaurl'"),
+        ({"AWS_ENDPOINT_URL_S3": "http://127.0.0.1:port"}, "invalid AWS_ENDPOINT_URL_S3"),
+        ({"AWS_ENDPOINT_URL": "ftp://127.0.0.1"}, "expected an http:// or https:// URL"),
+        ({"AWS_ENDPOINT_URL_STS": "http://"}, "invalid AWS_ENDPOINT_URL_STS"),
+    ],
+)
+def test_hostile_environment_is_one_line_and_exit_2(env: dict[str, str], message: str) -> None:
+    for args in (["ls", "--bucket", "my-bucket"], [*BASE, "--start", "now-1h"]):
+        proc = run(*args, env={"AWS_ACCESS_KEY_ID": "x", **env})
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
+        assert message in lines[0]
+
+
+def test_empty_environment_variables_mean_unset() -> None:
+    """compose passes ``AWS_PROFILE=""`` for ``${AWS_PROFILE:-}``: every empty AWS_* and
+    RDSRECORDER_* variable must act as if it were not set at all."""
+    import typer
+
+    from rdsrecorder.cli import cli
+
+    names = {"AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_SESSION_TOKEN"}
+    for command in typer.main.get_command(cli).commands.values():  # type: ignore[attr-defined]
+        for param in command.params:
+            envvar = param.envvar or []
+            names |= {envvar} if isinstance(envvar, str) else set(envvar)
+    assert "RDSRECORDER_RETENTION_HOURS" in names and "RDSRECORDER_JSON" in names
+    # The bad window stops the run at validation, after every option was read.
+    args = [*BASE, "--start", "now-1h", "--finish", "now-2h"]
+    bare = run(*args, env={"RDSRECORDER_METRICS_PORT": ""})
+    empty = run(*args, env=dict.fromkeys(sorted(names), ""))
+    assert bare.returncode == empty.returncode == 2
+    assert "must be after start" in empty.stderr and len(empty.stderr.splitlines()) == 1
+    # An empty profile is no profile: the error is the lack of credentials, not a profile "".
+    no_creds = {"AWS_PROFILE": "", "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}
+    listed = run("ls", "--bucket", "my-bucket", env=no_creds)
+    assert "could not be found" not in listed.stderr and "no AWS credentials" in listed.stderr
+
+
+def test_unset_empty_env_drops_only_empty_aws_and_rdsrecorder_names() -> None:
+    from rdsrecorder.runtime import unset_empty_env
+
+    env = {"AWS_PROFILE": "", "AWS_REGION": " ", "RDSRECORDER_START": "", "HOME": "", "AWS_X": "1"}
+    assert sorted(unset_empty_env(env)) == ["AWS_PROFILE", "AWS_REGION", "RDSRECORDER_START"]
+    assert env == {"HOME": "", "AWS_X": "1"}

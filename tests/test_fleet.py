@@ -292,7 +292,7 @@ FLEET_BAD_INPUT = [
     (["--discover-tag", "team"], "invalid --discover-tag 'team': expected KEY=VALUE"),
     (["-d", "ok-db,bad_id"], "invalid --db-identifier 'bad_id'"),
     (["--discover-tag", "a=b", "--discover-interval", "1"], "--discover-interval must be"),
-    (["-d", "db", "--retention-hours", "200"], "--retention-hours must be between 0 and 168"),
+    (["-d", "db", "--retention-hours", "200"], "--retention-hours must be more than 0"),
     ([], "missing --db-identifier (or env RDSRECORDER_DB_IDENTIFIER) or --discover-tag"),
 ]
 
