@@ -135,6 +135,7 @@ class Fleet:
         self._opened: set[str] = set()
         self._manifests: ManifestOpener | None = None
         self._next_refresh_s = float("inf")
+        self._matched: int | None = None  # instances the tags matched at the last discovery
         self.owner: dict[str, str] = {}  # instance -> db id (kept after the DB leaves)
 
     @property
@@ -192,7 +193,9 @@ class Fleet:
             dbs[db.id] = db
         if self._tags:
             members: dict[str, set[str]] = {}
-            for inst in await discover(self._rds, self._tags):
+            matched = await discover(self._rds, self._tags)
+            self._say_matches(len(matched))
+            for inst in matched:
                 self._groups.setdefault(inst.identifier, inst.parameter_group)
                 db_id = inst.cluster_id or inst.identifier
                 members.setdefault(db_id, set()).add(inst.identifier)
@@ -204,6 +207,17 @@ class Fleet:
                 known = set(dbs[db_id].instances) if db_id in dbs else set()
                 dbs[db_id] = Db(db_id, "cluster", tuple(sorted(found | known)))
         return {k: v for k, v in sorted(dbs.items()) if owns(self._shard, k)}
+
+    def _say_matches(self, count: int) -> None:
+        """A discovery that matches nothing is most likely a mistyped tag or the wrong region: a
+        warning when it starts or becomes so (``rdsrecorder_dbs_followed`` then says 0)."""
+        if count == 0 and self._matched != 0:
+            log.warning(
+                "--discover-tag %s matches no PostgreSQL instance in this region: following none "
+                "(every KEY=VALUE must match, case included; check the tags and --region)",
+                ",".join(f"{k}={v}" for k, v in self._tags),
+            )
+        self._matched = count
 
     def _apply(self, selected: dict[str, Db]) -> None:
         for db_id in sorted(set(selected) - set(self._dbs)):

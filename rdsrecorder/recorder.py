@@ -210,6 +210,9 @@ class Recorder:
         self._unevaluated: list[DbState] = []  # listed for the first time, not evaluated yet
         self._recheck = Timers()  # when a DB's readiness changes with time alone (retry, grace)
         self._waiting: set[str] = set()  # DBs with files that wait to rotate or to be retried
+        # What each DB of ``_waiting`` waits for, said in the log after finish (once per change).
+        self._waits_for: dict[str, str] = {}
+        self._said_waits = ""
         self._behind: set[str] = set()  # DBs whose newest file was written before finish
         self._lagging: set[str] = set()  # DBs with rotated files not copied yet (lag > 0)
         self._listing_failures = 0
@@ -249,13 +252,19 @@ class Recorder:
                         self._gauges(self._dbs[instance], now_s)
                 if self._finished(now_s):
                     return
+                self._say_waits(now_s)
             if polled:  # drift-correcting: the next poll is due poll_interval after this one was
                 next_poll_s += self._poll_interval_s
                 if next_poll_s < self._clock.now():
                     next_poll_s = self._clock.now() + self._poll_interval_s
             wake_s = min(
                 t
-                for t in (next_poll_s, self._schedule.next_s(), self._recheck.next_s())
+                for t in (
+                    next_poll_s,
+                    self._schedule.next_s(),
+                    self._recheck.next_s(),
+                    self._finish_slack_ends_s(),
+                )
                 if t is not None
             )
             if not await self._clock.sleep_until(max(wake_s, self._clock.now()), self._stop):
@@ -268,9 +277,37 @@ class Recorder:
         if finish_s is None or now_s < finish_s or self._waiting:
             return False
         # Every file that overlaps the window is copied or in flight. Wait until each DB shows a
-        # file written at or after finish (or a minute passed), so that a rotation the listing
-        # has not caught up with yet is not missed.
-        return now_s >= finish_s + IDLE_SLACK_S or not self._behind
+        # file written at or after finish (or a minute passed, or the shorter --finish-grace), so
+        # that a rotation the listing has not caught up with yet is not missed.
+        return now_s >= finish_s + self._finish_slack_s() or not self._behind
+
+    def _finish_slack_s(self) -> float:
+        grace_s = self._finish_grace_s
+        return IDLE_SLACK_S if grace_s is None else min(float(IDLE_SLACK_S), grace_s)
+
+    def _finish_slack_ends_s(self) -> float | None:
+        """When the wait for a file written after finish ends (a wake-up of its own: no listing
+        may be due for long after a DB's last file was copied)."""
+        finish_s = self._window.finish_s
+        if finish_s is None or self._waiting or not self._behind:
+            return None
+        return finish_s + self._finish_slack_s()
+
+    def _say_waits(self, now_s: float) -> None:
+        """After finish: what the run still waits for, one line each time it changes."""
+        finish_s = self._window.finish_s
+        if finish_s is None or now_s < finish_s:
+            return
+        waits = [self._waits_for.get(i) or f"{i}: a retry" for i in sorted(self._waiting)]
+        if not waits and self._behind:
+            until = human(finish_s + self._finish_slack_s())
+            waits = [
+                f"{i}: a file written after finish (until {until})" for i in sorted(self._behind)
+            ]
+        said = "; ".join(waits)
+        if said and said != self._said_waits:
+            log.info("finish passed; waiting for %s", said)
+        self._said_waits = said
 
     async def _drain(self) -> None:
         if not self._stop.is_set():
@@ -432,15 +469,19 @@ class Recorder:
             self._record_gaps(db, selected)
             period_s = rotation_period_s(db.spanned)
             waiting = False
+            waits: list[str] = []
             for sf, st, complete in self._ready_files(db, selected, period_s, now_s):
                 if st is None:
                     waiting = True
+                    waits.append(sf.name)
                 else:
                     self._enqueue(db, st, sf, complete)
             if waiting:
                 self._waiting.add(db.instance)
+                self._waits_for[db.instance] = self._describe_wait(db.instance, waits, period_s)
             else:
                 self._waiting.discard(db.instance)
+                self._waits_for.pop(db.instance, None)
             self._plan_recheck(db, selected, period_s, waiting, now_s)
             db.pending = [sf for sf in selected if db.files[sf.name].pending]
             self._gauges(db, now_s)
@@ -509,6 +550,13 @@ class Recorder:
             self._recheck.set(db.instance, min(later))
         else:
             self._recheck.drop(db.instance)
+
+    def _describe_wait(self, instance: str, names: list[str], period_s: int) -> str:
+        finish_s = self._window.finish_s
+        what = f"{instance}: {', '.join(names)} to rotate or be retried"
+        if finish_s is None:
+            return what
+        return f"{what} (then copied as it is: {human(finish_s + self._grace_s(period_s))})"
 
     def _grace_s(self, period_s: int) -> float:
         if self._finish_grace_s is not None:

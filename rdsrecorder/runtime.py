@@ -135,8 +135,8 @@ async def serve_metrics(
     obs: ObservabilitySettings, run_id: str, *, required: bool
 ) -> AsyncIterator[Hooks]:
     """Prometheus hooks and the /metrics server, or plain hooks when the port is 0. A port in use
-    is an error for ``sync`` (``required``: a daemon nobody can scrape is a silent failure) and a
-    warning for one-shot commands."""
+    is an error for a following ``sync`` (``required``: a daemon nobody can scrape is a silent
+    failure) and a warning for one-shot work (a backfill, ``snapshot``)."""
     if not obs.metrics_port:
         yield Hooks()
         return
@@ -147,7 +147,9 @@ async def serve_metrics(
     try:
         await server.__aenter__()
     except OSError as exc:
-        where = f"{obs.metrics_address}:{obs.metrics_port} ({exc.strerror or exc})"
+        # asyncio wraps the bind error in a sentence of its own; the errno says it plainly.
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        where = f"{obs.metrics_address}:{obs.metrics_port} ({reason})"
         if required:
             raise ConfigError(
                 f"cannot serve metrics on {where}; choose another --metrics-port, or 0 to disable"
@@ -289,7 +291,10 @@ def sync(debug: bool, log_format: LogFormat, build: Callable[[], SyncSettings]) 
     log.info("run id: %s", settings.run_id)
 
     async def main(stop: asyncio.Event) -> int:
-        async with serve_metrics(settings.obs, settings.run_id, required=True) as metrics_hooks:
+        # A follower must be scraped; a backfill (finish already past) is one-shot work that may
+        # run beside a follower on the same host: a taken port is a warning for it.
+        follows = settings.finish is None or settings.finish > now()
+        async with serve_metrics(settings.obs, settings.run_id, required=follows) as metrics_hooks:
             progress = ProgressHooks(enabled=settings.obs.progress)
             hooks = MultiHooks(metrics_hooks, progress)
             with progress:

@@ -274,6 +274,44 @@ async def test_discovery_picks_up_new_dbs_and_drops_gone_ones(
     assert retention == 4320 * 60  # the lab's rds.log_retention_period
 
 
+async def test_discovery_that_matches_nothing_warns_and_follows_zero(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from rdsrecorder.aws import Aws
+    from rdsrecorder.rds.control import RdsControl
+
+    generate_fleet(tmp_path, 1, prefix="nm", tags={"team": "payments"})
+    async with Lab(tmp_path, s3="none") as lab:
+        for k, v in lab.env.items():
+            monkeypatch.setenv(k, v)
+        clock = FakeClock(pendulum.now("UTC").timestamp())
+        hooks = Changes()
+        settings = sync_settings(db="", bucket="b-1", start=pendulum.now(), finish=None, run_id="r")
+        async with Aws(settings.aws, hooks, clock=clock) as aws:
+            fleet = Fleet(
+                RdsControl(aws),
+                targets=(),
+                tags=(("team", "Payments"),),  # the case differs: no match
+                shard=Shard(),
+                refresh_s=300,
+                clock=clock,
+                hooks=hooks,
+            )
+            with caplog.at_level("WARNING"):
+                assert await fleet.start() == {}
+                clock.advance(301)
+                assert await fleet.instances() == ()  # still nothing: said once
+                lab.add_instance("nm-new", tags={"team": "Payments"})
+                clock.advance(301)
+                assert await fleet.instances() == ("nm-new",)
+    warnings = [r.getMessage() for r in caplog.records if "matches no" in r.getMessage()]
+    assert warnings == [
+        "--discover-tag team=Payments matches no PostgreSQL instance in this region: following "
+        "none (every KEY=VALUE must match, case included; check the tags and --region)"
+    ]
+    assert hooks.followed == [0, 0, 1]
+
+
 def test_rendezvous_shards_cover_once_and_move_little() -> None:
     dbs = [f"db-{i:04d}" for i in range(2000)]
     for n in (1, 2, 3, 5):

@@ -362,3 +362,33 @@ async def test_cluster_members_joining_are_followed() -> None:
     totals = await asyncio.wait_for(task, 5)
     assert totals.copied == 6
     assert {k.split("/")[1] for k in sink.objects} == {"m1", "m2"}
+
+
+@pytest.mark.parametrize("grace_s", [0.0, 5.0, 30.0])
+async def test_a_follower_ends_at_finish_plus_a_short_grace_and_says_what_it_waits_for(
+    caplog: pytest.LogCaptureFixture, grace_s: float
+) -> None:
+    """A grace shorter than a minute is not stretched to a minute of silence: the run ends when
+    the grace ends (the current file copied as it is), and logs what it waits for meanwhile."""
+    clock = FakeClock(T0 + 0.5 * HOUR)
+    source = FakeSource(clock, rotating_db(T0, HOUR, stop_rotating_at=T0 + HOUR))
+    finish_s = T0 + 1.5 * HOUR
+    rec, sink, _ = make(
+        source,
+        clock,
+        start_s=T0,
+        finish_s=finish_s,
+        mode=Mode.DOWNLOAD_AND_SYNC,
+        poll_interval_s=30,
+        finish_grace_s=grace_s,
+    )
+    with caplog.at_level(logging.INFO):
+        totals = await rec.run()
+    assert sorted(sink.objects) == [key(10), key(11)]
+    assert totals.partial == 1 and totals.copied == 1
+    assert clock.now() == finish_s + grace_s
+    waits = [r.getMessage() for r in caplog.records if "finish passed; waiting for" in r.message]
+    if grace_s:
+        assert (
+            len(waits) == 1 and "db: error/postgresql.log.2024-02-04-11.csv to rotate" in waits[0]
+        )
