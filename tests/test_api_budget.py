@@ -3,6 +3,7 @@ on throttling and climbs back slowly; what it exports."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pendulum
@@ -18,8 +19,10 @@ from rdsrecorder.budget import (
 )
 from rdsrecorder.config import AwsSettings, LogFormat, build_sync
 from rdsrecorder.errors import ConfigError
+from rdsrecorder.hooks import Hooks
 from rdsrecorder.metrics import PrometheusHooks
 from rdsrecorder.models import DownloadMethod
+from rdsrecorder_lab import LabThread, generate
 
 
 def sync_aws(**kw: Any) -> AwsSettings:
@@ -145,3 +148,19 @@ def test_the_budget_and_the_rate_are_metrics() -> None:
     assert 'rdsrecorder_rds_api_fleet_budget{run_id="r1"} 8' in text
     assert 'rdsrecorder_rds_api_rate_max{run_id="r1"} 2' in text
     assert 'rdsrecorder_rds_api_rate{run_id="r1"} 1' in text
+
+
+async def test_throttling_answers_lower_the_rate_of_every_rds_call(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    generate(tmp_path, "budget-db", hours=1, size_mb=(0.01, 0.01))
+    with LabThread(tmp_path, s3="none") as lab:
+        for key, value in lab.env.items():
+            monkeypatch.setenv(key, value)
+        lab.set_faults(throttle_every_n=3)
+        async with Aws(AwsSettings(region="eu-west-1", max_api_rps=50.0), Hooks()) as aws:
+            for _ in range(4):
+                await aws.call("rds", "describe_db_log_files", DBInstanceIdentifier="budget-db")
+            assert aws.rate_limiter.decreases >= 1
+            assert aws.rate_limiter.rate_per_s < 50.0
+            assert aws.throttled_calls >= 1
