@@ -36,7 +36,7 @@ from rdsrecorder.clock import FakeClock
 from rdsrecorder.compression import Compression
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.models import DownloadStats, LogFile, ObjectInfo, UploadResult
-from rdsrecorder.recorder import Recorder
+from rdsrecorder.recorder import Recorder, RecorderSettings
 from rdsrecorder.transfer import Copier
 from rdsrecorder.window import Mode, Window
 from rdsrecorder_lab import LabThread
@@ -209,21 +209,23 @@ async def follow(dbs: int, rotations: int, poll_interval_s: float) -> dict[str, 
     fleet = MinuteFleet(clock, dbs, t0)
     sink = NullSink()
     recorder = Recorder(
-        window=Window(t0, t0 + (rotations + 1) * 60, Mode.DOWNLOAD_AND_SYNC),
-        run_id="sim",
-        per_instance_keys=True,
+        RecorderSettings(
+            window=Window(t0, t0 + (rotations + 1) * 60, Mode.DOWNLOAD_AND_SYNC),
+            run_id="sim",
+            per_instance_keys=True,
+            concurrency=8,
+            poll_interval_s=poll_interval_s,
+            finish_grace_s=None,
+            shutdown_grace_s=1.0,
+            fleet=True,
+        ),
         lister=fleet,
         resolver=fleet,
-        copier=Copier(fleet, sink, sink, Hooks(), clock, "sim"),  # type: ignore[arg-type]
+        copier=Copier(fleet, sink, sink, Hooks(), clock, "sim"),
         manifest=NullManifest(),
         hooks=Hooks(),
         clock=clock,
         stop=asyncio.Event(),
-        concurrency=8,
-        poll_interval_s=poll_interval_s,
-        finish_grace_s=None,
-        shutdown_grace_s=1.0,
-        fleet=True,
     )
     started = time.monotonic()
     totals = await recorder.run()

@@ -34,7 +34,7 @@ from rdsrecorder.clock import FakeClock
 from rdsrecorder.compression import Compression
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.models import DownloadStats, LogFile, ObjectInfo, UploadResult
-from rdsrecorder.recorder import Recorder
+from rdsrecorder.recorder import Recorder, RecorderSettings
 from rdsrecorder.transfer import Copier
 from rdsrecorder.window import Mode, Window
 
@@ -173,21 +173,23 @@ async def run(dbs: int, hours: float, concurrency: int) -> dict[str, Any]:
         sink = NullSink()
         hooks = Phases(clock, T0 + 30 * 60)
         recorder = Recorder(
-            window=Window(T0 - HOUR, T0 + hours * HOUR, Mode.DOWNLOAD_AND_SYNC),
-            run_id="scale",
-            per_instance_keys=True,
+            RecorderSettings(
+                window=Window(T0 - HOUR, T0 + hours * HOUR, Mode.DOWNLOAD_AND_SYNC),
+                run_id="scale",
+                per_instance_keys=True,
+                concurrency=concurrency,
+                poll_interval_s=30.0,
+                finish_grace_s=600.0,
+                shutdown_grace_s=1.0,
+                fleet=True,
+            ),
             lister=fleet,
             resolver=fleet,
-            copier=Copier(fleet, sink, sink, hooks, clock, "scale"),  # type: ignore[arg-type]
+            copier=Copier(fleet, sink, sink, hooks, clock, "scale"),
             manifest=NullManifest(),
             hooks=hooks,
             clock=clock,
             stop=asyncio.Event(),
-            concurrency=concurrency,
-            poll_interval_s=30.0,
-            finish_grace_s=600.0,  # daily files would otherwise keep the run a day past finish
-            shutdown_grace_s=1.0,
-            fleet=True,
         )
         hooks.recorder = recorder
         started = time.process_time()

@@ -38,7 +38,7 @@ from rdsrecorder.get import GetReport, get_window
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.rds.control import RdsControl
 from rdsrecorder.rds.download import RdsDownloader
-from rdsrecorder.recorder import Recorder, RunTotals, summary_line
+from rdsrecorder.recorder import Recorder, RecorderSettings, RunTotals, summary_line
 from rdsrecorder.s3.bucket import Bucket
 from rdsrecorder.s3.upload import Uploader, resolve_spool_dir
 from rdsrecorder.snapshots import SnapshotResult, create_snapshot, wait_available
@@ -224,13 +224,22 @@ async def run_sync(
             report.instances = fleet.instances_now()
             single_cluster = not settings.fleet and any(d.kind == "cluster" for d in dbs.values())
             recorder = Recorder(
-                window=Window(
-                    start_s=start.timestamp(),
-                    finish_s=settings.finish.timestamp() if settings.finish else None,
-                    mode=mode,
+                RecorderSettings(
+                    window=Window(
+                        start_s=start.timestamp(),
+                        finish_s=settings.finish.timestamp() if settings.finish else None,
+                        mode=mode,
+                    ),
+                    run_id=settings.run_id,
+                    per_instance_keys=settings.fleet or single_cluster,
+                    concurrency=settings.concurrency,
+                    poll_interval_s=settings.poll_interval_s,
+                    finish_grace_s=settings.finish_grace_s,
+                    shutdown_grace_s=settings.shutdown_grace_s,
+                    include_plain=settings.include_plain,
+                    include_series=settings.include_series,
+                    fleet=settings.fleet,
                 ),
-                run_id=settings.run_id,
-                per_instance_keys=settings.fleet or single_cluster,
                 lister=rds,
                 resolver=fleet,
                 copier=Copier(
@@ -249,14 +258,7 @@ async def run_sync(
                 hooks=hooks,
                 clock=clock,
                 stop=stop,
-                concurrency=settings.concurrency,
-                poll_interval_s=settings.poll_interval_s,
-                finish_grace_s=settings.finish_grace_s,
-                shutdown_grace_s=settings.shutdown_grace_s,
-                include_plain=settings.include_plain,
-                include_series=settings.include_series,
                 retention_s=fleet.retention_s,
-                fleet=settings.fleet,
             )
             try:
                 await _record(aws, rds, recorder, store, settings, mode, hooks, clock, stop, report)

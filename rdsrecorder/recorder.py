@@ -157,13 +157,29 @@ class _Copy:
     complete: bool
 
 
+@dataclass(frozen=True)
+class RecorderSettings:
+    """What a run records and at what pace (``commands`` fills it from ``SyncSettings``)."""
+
+    window: Window
+    run_id: str
+    per_instance_keys: bool  # keys under <RUNID>/<instance>/ (a fleet, a cluster)
+    concurrency: int  # files in flight, for the whole process
+    poll_interval_s: float
+    finish_grace_s: float | None  # None: a rotation period + GRACE_EXTRA_S
+    shutdown_grace_s: float
+    include_plain: bool = False
+    include_series: tuple[str, ...] = ()
+    idle_poll_s: float = IDLE_POLL_S
+    per_db_cap: int | None = None  # None: half the slots
+    fleet: bool = False  # an instance that no longer exists leaves instead of failing the run
+
+
 class Recorder:
     def __init__(
         self,
+        settings: RecorderSettings,
         *,
-        window: Window,
-        run_id: str,
-        per_instance_keys: bool,
         lister: Lister,
         resolver: Resolver,
         copier: Copier,
@@ -171,20 +187,10 @@ class Recorder:
         hooks: Hooks,
         clock: Clock,
         stop: asyncio.Event,
-        concurrency: int,
-        poll_interval_s: float,
-        finish_grace_s: float | None,
-        shutdown_grace_s: float,
-        include_plain: bool = False,
-        idle_poll_s: float = IDLE_POLL_S,
-        per_db_cap: int | None = None,
         retention_s: Callable[[str], float] | None = None,
-        fleet: bool = False,
-        include_series: tuple[str, ...] = (),
     ) -> None:
-        self._window = window
-        self._run_id = run_id
-        self._per_instance_keys = per_instance_keys
+        self._settings = s = settings
+        self._window = s.window
         self._lister = lister
         self._resolver = resolver
         self._copier = copier
@@ -192,17 +198,14 @@ class Recorder:
         self._hooks = hooks
         self._clock = clock
         self._stop = stop
-        self._poll_interval_s = poll_interval_s
-        self._finish_grace_s = finish_grace_s
-        self._shutdown_grace_s = shutdown_grace_s
-        self._include_plain = include_plain
-        self._series = frozenset({POSTGRES_SERIES, *include_series})
+        self._series = frozenset({POSTGRES_SERIES, *s.include_series})
         self._retention_s = retention_s or (lambda _instance: DEFAULT_RETENTION_S)
-        self._fleet = fleet  # an instance that no longer exists leaves instead of failing the run
-        self._schedule = ListingSchedule(poll_interval_s=poll_interval_s, idle_poll_s=idle_poll_s)
+        self._schedule = ListingSchedule(
+            poll_interval_s=s.poll_interval_s, idle_poll_s=s.idle_poll_s
+        )
         # Work-conserving: the cap only applies while another DB has work queued.
-        cap = per_db_cap or max(1, math.ceil(concurrency / 2))
-        self._ready: ReadyQueue[_Copy] = ReadyQueue(slots=concurrency, per_db_cap=cap)
+        cap = s.per_db_cap or max(1, math.ceil(s.concurrency / 2))
+        self._ready: ReadyQueue[_Copy] = ReadyQueue(slots=s.concurrency, per_db_cap=cap)
         self._dbs: dict[str, DbState] = {}
         self._resolved: tuple[str, ...] | None = None
         self._active: set[str] = set()
@@ -229,7 +232,7 @@ class Recorder:
             human(w.start_s),
             human(w.finish_s) if w.finish_s is not None else "forever",
             w.mode.label,
-            self._poll_interval_s,
+            self._settings.poll_interval_s,
         )
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
@@ -254,9 +257,9 @@ class Recorder:
                     return
                 self._say_waits(now_s)
             if polled:  # drift-correcting: the next poll is due poll_interval after this one was
-                next_poll_s += self._poll_interval_s
+                next_poll_s += self._settings.poll_interval_s
                 if next_poll_s < self._clock.now():
-                    next_poll_s = self._clock.now() + self._poll_interval_s
+                    next_poll_s = self._clock.now() + self._settings.poll_interval_s
             wake_s = min(
                 t
                 for t in (
@@ -330,9 +333,9 @@ class Recorder:
             "stopping: %d file(s) in flight get %.0f s to finish; the rest is aborted "
             "(re-run with the same --run-id to resume)",
             self._ready.in_flight,
-            self._shutdown_grace_s,
+            self._settings.shutdown_grace_s,
         )
-        _, pending = await asyncio.wait(set(self._tasks), timeout=self._shutdown_grace_s)
+        _, pending = await asyncio.wait(set(self._tasks), timeout=self._settings.shutdown_grace_s)
         for task in pending:
             task.cancel()
         if pending:
@@ -399,7 +402,7 @@ class Recorder:
             try:
                 await self._refresh(db, now_s)
             except AwsError as exc:
-                if exc.code in INSTANCE_NOT_FOUND and self._fleet:
+                if exc.code in INSTANCE_NOT_FOUND and self._settings.fleet:
                     self._gone.add(instance)
                     self._depart(instance, "no longer exists")
                     continue
@@ -428,7 +431,7 @@ class Recorder:
         db.update(listed, full=full)
         db.listed_at_s = now_s
         spanned = assign_spans(
-            (st.listed for st in db.files.values()), include_plain=self._include_plain
+            (st.listed for st in db.files.values()), include_plain=self._settings.include_plain
         )
         db.spanned = self._wanted(db, spanned)
         self._schedule.listed(db.instance, now_s, db.spanned)
@@ -559,8 +562,8 @@ class Recorder:
         return f"{what} (then copied as it is: {human(finish_s + self._grace_s(period_s))})"
 
     def _grace_s(self, period_s: int) -> float:
-        if self._finish_grace_s is not None:
-            return self._finish_grace_s
+        if self._settings.finish_grace_s is not None:
+            return self._settings.finish_grace_s
         return period_s + GRACE_EXTRA_S
 
     def _retry_due(self, st: FileState, now_s: float) -> bool:
@@ -620,7 +623,7 @@ class Recorder:
     def _enqueue(self, db: DbState, st: FileState, sf: SpannedFile, complete: bool) -> None:
         st.state = IN_FLIGHT
         if not st.key:
-            base = file_key(self._run_id, sf, self._per_instance_keys)
+            base = file_key(self._settings.run_id, sf, self._settings.per_instance_keys)
             st.key = db.claim_key(base, sf.name)
         self._ready.push(db.instance, sf.timestamp_s, _Copy(db, st, sf, complete))
 

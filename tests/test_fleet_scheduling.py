@@ -12,7 +12,7 @@ import pendulum
 from rdsrecorder.clock import FakeClock
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.models import META_COMPLETE, LogFile
-from rdsrecorder.recorder import Recorder, RunTotals
+from rdsrecorder.recorder import Recorder, RecorderSettings, RunTotals
 from rdsrecorder.transfer import Copier
 from rdsrecorder.window import Mode, Window
 from tests.fakes import (
@@ -89,9 +89,16 @@ def recorder(
     sink = sink or FakeSink()
     hooks = hooks or Hooks()
     rec = Recorder(
-        window=Window(start_s, finish_s, mode),
-        run_id="RUN",
-        per_instance_keys=True,
+        RecorderSettings(
+            window=Window(start_s, finish_s, mode),
+            run_id="RUN",
+            per_instance_keys=True,
+            concurrency=concurrency,
+            poll_interval_s=30.0,
+            finish_grace_s=None,
+            shutdown_grace_s=1.0,
+            fleet=True,
+        ),
         lister=source,
         resolver=resolver,
         copier=Copier(source, sink, sink, hooks, clock, "RUN", retry_delay_s=0.01),
@@ -99,11 +106,6 @@ def recorder(
         hooks=hooks,
         clock=clock,
         stop=stop or asyncio.Event(),
-        concurrency=concurrency,
-        poll_interval_s=30.0,
-        finish_grace_s=None,
-        shutdown_grace_s=1.0,
-        fleet=True,
     )
     return rec, sink
 

@@ -35,7 +35,7 @@ from rdsrecorder.models import (
 )
 from rdsrecorder.rds.download import complete_path
 from rdsrecorder.rds.portions import marker_offset
-from rdsrecorder.recorder import Recorder
+from rdsrecorder.recorder import Recorder, RecorderSettings
 from rdsrecorder.transfer import Copier
 from rdsrecorder.verify import verify_run
 from rdsrecorder.window import Mode, Window
@@ -104,9 +104,16 @@ def recorder(
     hooks = hooks or Hooks()
     manifest_sink = FakeManifest()
     rec = Recorder(
-        window=Window(start_s, finish_s, mode),
-        run_id="RUN",
-        per_instance_keys=False,
+        RecorderSettings(
+            window=Window(start_s, finish_s, mode),
+            run_id="RUN",
+            per_instance_keys=False,
+            concurrency=4,
+            poll_interval_s=60.0,
+            finish_grace_s=None,
+            shutdown_grace_s=0.5,
+            include_series=include_series,
+        ),
         lister=source,
         resolver=StaticResolver("db"),
         copier=Copier(source, sink, sink, hooks, clock, "RUN", retry_delay_s=0.01),
@@ -114,11 +121,6 @@ def recorder(
         hooks=hooks,
         clock=clock,
         stop=asyncio.Event(),
-        concurrency=4,
-        poll_interval_s=60.0,
-        finish_grace_s=None,
-        shutdown_grace_s=0.5,
-        include_series=include_series,
     )
     return rec, manifest_sink
 

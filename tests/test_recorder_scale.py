@@ -17,7 +17,7 @@ import rdsrecorder
 from rdsrecorder.clock import FakeClock
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.models import DownloadStats, LogFile
-from rdsrecorder.recorder import Recorder
+from rdsrecorder.recorder import Recorder, RecorderSettings
 from rdsrecorder.transfer import Copier
 from rdsrecorder.window import Mode, Window
 from tests.fakes import FakeManifest, FakeSink
@@ -116,9 +116,16 @@ async def lines_per_listing(hourly: int, daily: int) -> tuple[float, int]:
     fleet = Fleet(clock, hourly, daily)
     sink = FakeSink()
     recorder = Recorder(
-        window=Window(T0 - 2 * HOUR, T0 + 5 * HOUR, Mode.DOWNLOAD_AND_SYNC),
-        run_id="RUN",
-        per_instance_keys=True,
+        RecorderSettings(
+            window=Window(T0 - 2 * HOUR, T0 + 5 * HOUR, Mode.DOWNLOAD_AND_SYNC),
+            run_id="RUN",
+            per_instance_keys=True,
+            concurrency=4,
+            poll_interval_s=30.0,
+            finish_grace_s=None,
+            shutdown_grace_s=1.0,
+            fleet=True,
+        ),
         lister=fleet,
         resolver=fleet,
         copier=Copier(fleet, sink, sink, Hooks(), clock, "RUN"),
@@ -126,11 +133,6 @@ async def lines_per_listing(hourly: int, daily: int) -> tuple[float, int]:
         hooks=Hooks(),
         clock=clock,
         stop=asyncio.Event(),
-        concurrency=4,
-        poll_interval_s=30.0,
-        finish_grace_s=None,
-        shutdown_grace_s=1.0,
-        fleet=True,
     )
     clock.recorder = recorder
     try:

@@ -13,7 +13,7 @@ import pytest
 from rdsrecorder.clock import FakeClock
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.models import META_COMPLETE, META_SOURCE, ObjectInfo, UploadResult
-from rdsrecorder.recorder import Recorder, RunTotals
+from rdsrecorder.recorder import Recorder, RecorderSettings, RunTotals
 from rdsrecorder.transfer import Copier
 from rdsrecorder.window import Mode, Window
 from tests.fakes import (
@@ -44,9 +44,15 @@ def make(
     sink = sink or FakeSink()
     manifest = FakeManifest()
     recorder = Recorder(
-        window=Window(start_s, finish_s, mode),
-        run_id="RUN",
-        per_instance_keys=False,
+        RecorderSettings(
+            window=Window(start_s, finish_s, mode),
+            run_id="RUN",
+            per_instance_keys=False,
+            concurrency=concurrency,
+            poll_interval_s=poll_interval_s,
+            finish_grace_s=finish_grace_s,
+            shutdown_grace_s=0.5,
+        ),
         lister=source,
         resolver=StaticResolver("db"),
         copier=Copier(source, sink, sink, Hooks(), clock, "RUN", retry_delay_s=0.01),
@@ -54,10 +60,6 @@ def make(
         hooks=Hooks(),
         clock=clock,
         stop=stop or asyncio.Event(),
-        concurrency=concurrency,
-        poll_interval_s=poll_interval_s,
-        finish_grace_s=finish_grace_s,
-        shutdown_grace_s=0.5,
     )
     return recorder, sink, manifest
 
@@ -340,9 +342,15 @@ async def test_cluster_members_joining_are_followed() -> None:
     resolver = StaticResolver("m1")
     sink, manifest = FakeSink(), FakeManifest()
     rec = Recorder(
-        window=Window(T0, T0 + 3 * HOUR, Mode.DOWNLOAD_AND_SYNC),
-        run_id="RUN",
-        per_instance_keys=True,
+        RecorderSettings(
+            window=Window(T0, T0 + 3 * HOUR, Mode.DOWNLOAD_AND_SYNC),
+            run_id="RUN",
+            per_instance_keys=True,
+            concurrency=2,
+            poll_interval_s=600,
+            finish_grace_s=None,
+            shutdown_grace_s=1,
+        ),
         lister=source,
         resolver=resolver,
         copier=Copier(source, sink, sink, Hooks(), clock, "RUN"),
@@ -350,10 +358,6 @@ async def test_cluster_members_joining_are_followed() -> None:
         hooks=Hooks(),
         clock=clock,
         stop=asyncio.Event(),
-        concurrency=2,
-        poll_interval_s=600,
-        finish_grace_s=None,
-        shutdown_grace_s=1,
     )
     task = asyncio.create_task(rec.run())
     while clock.now() < T0 + 2 * HOUR:
