@@ -285,7 +285,7 @@ class Recorder:
         return now_s >= finish_s + self._finish_slack_s() or not self._behind
 
     def _finish_slack_s(self) -> float:
-        grace_s = self._finish_grace_s
+        grace_s = self._settings.finish_grace_s
         return IDLE_SLACK_S if grace_s is None else min(float(IDLE_SLACK_S), grace_s)
 
     def _finish_slack_ends_s(self) -> float | None:
