@@ -18,7 +18,7 @@ from rdsrecorder.aws import Aws
 from rdsrecorder.clock import FakeClock
 from rdsrecorder.commands import run_sync
 from rdsrecorder.config import AwsSettings
-from rdsrecorder.errors import AwsError
+from rdsrecorder.errors import EXIT_INTERRUPTED, AwsError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.models import DownloadMethod, DownloadStats, LogFile
 from rdsrecorder.rds.download import COMPLETE_REPROBE_S, RdsDownloader
@@ -214,15 +214,18 @@ async def test_expired_token_on_s3_writes_loads_new_credentials(
     assert signed == {"OLDKEY", "NEWKEY"}
 
 
-async def test_a_backfill_goes_on_through_keys_rotated_under_it(
+@pytest.mark.parametrize("follow", [False, True], ids=["backfill", "follow"])
+async def test_a_run_goes_on_through_keys_rotated_under_it(
+    follow: bool,
     gateway: S3Gateway,
     moto_server: S3Server,
     monkeypatch: pytest.MonkeyPatch,
     tmp_path: Path,
 ) -> None:
-    """A whole run: the key is rotated (the old one expires on RDS) once the first whole-file
-    download has started, and again (the second one expires on S3) once RDS said ExpiredToken.
-    Every file lands byte-exact, on the whole-file path, and the run ends 0."""
+    """A whole run, a backfill or a follower: the key is rotated (the old one expires on RDS)
+    once the first whole-file download has started, and again (the second one expires on S3)
+    once RDS said ExpiredToken. Every rotated file lands byte-exact, on the whole-file path; the
+    backfill ends 0, the follower is stopped (130) once they are all in S3."""
     now = pendulum.now("UTC")
     first = now.start_of("hour").subtract(hours=3)
     files = write_hourly(tmp_path / "lab", "rot-db", first, [200_000] * 4, now)
@@ -255,14 +258,26 @@ async def test_a_backfill_goes_on_through_keys_rotated_under_it(
             db="rot-db",
             bucket=bucket,
             start=first,
-            finish=first.add(hours=3),
+            finish=now.add(hours=1) if follow else first.add(hours=3),
             run_id="rotated",
             concurrency=1,
         )
-        report = await run_sync(settings, hooks=hooks)
+        wanted = {f"rotated/rds_log_rotated_{f.timestamp_s}" for f in files[:3]}
+        stop = asyncio.Event()
+
+        async def stop_when_copied() -> None:
+            client = moto_server.client()
+            while not wanted <= set(await asyncio.to_thread(objects, client, bucket, "rotated/")):
+                await asyncio.sleep(0.1)
+            stop.set()
+
+        stopper = asyncio.ensure_future(stop_when_copied()) if follow else None
+        report = await run_sync(settings, hooks=hooks, stop=stop)
         await asyncio.wait_for(rotation, 1)
+        if stopper is not None:
+            await stopper
         stats = lab.emulator.stats()
-    assert report.exit_code == 0, report
+    assert report.exit_code == (EXIT_INTERRUPTED if follow else 0), report
     got = objects(moto_server.client(), bucket, "rotated/")
     for f in files[:3]:
         assert hashlib.sha256(got[f"rotated/rds_log_rotated_{f.timestamp_s}"]).hexdigest() == (
