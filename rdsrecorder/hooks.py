@@ -41,6 +41,9 @@ class Hooks:
     def retention_headroom(self, instance: str, seconds: float) -> None:
         """Time until the oldest file of the instance not copied yet expires (gauge)."""
 
+    def rotation_period(self, instance: str, seconds: float) -> None:
+        """How often the DB's csvlog rotates (gauge): the scale of the lag alert."""
+
     def lag(self, instance: str, seconds: float) -> None:
         """How long the oldest rotated file not copied yet has been waiting (gauge, 0: none)."""
 
@@ -119,6 +122,10 @@ class MultiHooks(Hooks):
     def retention_headroom(self, instance: str, seconds: float) -> None:
         for h in self._hooks:
             h.retention_headroom(instance, seconds)
+
+    def rotation_period(self, instance: str, seconds: float) -> None:
+        for h in self._hooks:
+            h.rotation_period(instance, seconds)
 
     def lag(self, instance: str, seconds: float) -> None:
         for h in self._hooks:

@@ -116,6 +116,10 @@ class PrometheusHooks(Hooks):
             "rdsrecorder_lag_seconds",
             "How long the oldest rotated log file of the DB not copied yet has waited (0: none).",
         )
+        self.rotation = gauge(
+            "rdsrecorder_log_rotation_period_seconds",
+            "How often the DB's csvlog rotates (hourly: 3600, daily: 86400): the lag alert's scale.",
+        )
         self.dbs = gauge("rdsrecorder_dbs_followed", "DBs (instances or clusters) followed now.")
         self.db_changes = counter(
             "rdsrecorder_db_changes_total", "DBs that joined or left the followed set, by change."
@@ -183,6 +187,9 @@ class PrometheusHooks(Hooks):
     def retention_headroom(self, instance: str, seconds: float) -> None:
         self._init_instance(instance)
         self.headroom.set({"db_instance": instance}, seconds)
+
+    def rotation_period(self, instance: str, seconds: float) -> None:
+        self.rotation.set({"db_instance": instance}, seconds)
 
     def lag(self, instance: str, seconds: float) -> None:
         self._init_instance(instance)

@@ -471,6 +471,8 @@ class Recorder:
             selected = select(db.spanned, self._window.start_s, self._window.finish_s)
             self._record_gaps(db, selected)
             period_s = rotation_period_s(db.spanned)
+            if db.spanned:
+                self._hooks.rotation_period(db.instance, period_s)
             waiting = False
             waits: list[str] = []
             for sf, st, complete in self._ready_files(db, selected, period_s, now_s):

@@ -204,6 +204,8 @@ def test_metrics_dashboard_and_alerts_with_real_prometheus(daemon: dict[str, Any
     assert value("max(rdsrecorder_newest_log_timestamp_seconds)") == files[-1].start_s
     assert value("sum(rdsrecorder_aws_throttles_total)") > 0
     assert value('rdsrecorder_mode{mode="download-interval-and-sync"}') == 1
+    assert value('max(rdsrecorder_log_rotation_period_seconds{db_instance="obs-db"})') == 3600
+    assert value("max(rdsrecorder_dbs_followed)") == 1
 
     for expr in dashboard_exprs():
         result = query(prom, substitute(expr))
@@ -239,6 +241,23 @@ def test_promtool_accepts_shipped_config_and_rules() -> None:
     ):
         proc = subprocess.run(["promtool", *args], cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_alert_rules_pass_their_promtool_unit_tests() -> None:
+    """prometheus/alerts_test.yml: RdsRecorderDown under Kubernetes annotation-based scraping (a
+    job that is not "rdsrecorder") and with no rdsrecorder scraped at all, the lag alert against
+    each DB's rotation period (daily logs do not fire all day), a run that follows no DB."""
+    if not shutil.which("promtool"):
+        pytest.skip("promtool is not installed (make test installs prometheus)")
+    proc = subprocess.run(
+        ["promtool", "test", "rules", "prometheus/alerts_test.yml"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    tested = set(re.findall(r"alertname: (\w+)", (ROOT / "prometheus/alerts_test.yml").read_text()))
+    assert {"RdsRecorderDown", "RdsRecorderLagHigh", "RdsRecorderNothingFollowed"} <= tested
 
 
 def test_compose_validates_and_is_wired() -> None:
