@@ -33,6 +33,7 @@ from rdsrecorder.config import (
 from rdsrecorder.errors import EXIT_CONFIG, EXIT_INTERRUPTED
 from rdsrecorder.iam import Command, Principal
 from rdsrecorder.models import DownloadMethod
+from rdsrecorder.query import DEFAULT_MEMORY_LIMIT_MIB
 from rdsrecorder.s3.upload_config import StorageClass
 
 cli = typer.Typer(
@@ -573,6 +574,95 @@ def get(
                 log_format=log_format,
                 debug=debug,
                 json_output=json_output,
+            ),
+        )
+    )
+
+
+@cli.command()
+def query(
+    sql: Annotated[
+        str | None,
+        typer.Argument(
+            help="One SQL statement (DuckDB's dialect) over the table logs, e.g. "
+            '"SELECT error_severity, count(*) FROM logs GROUP BY 1".',
+            show_default=False,
+        ),
+    ] = None,
+    bucket: BucketOpt = None,
+    db_identifier: Annotated[
+        str | None,
+        typer.Option(
+            "--db-identifier",
+            "-d",
+            envvar=ENV + "DB_IDENTIFIER",
+            help="Required. DB instance id, or the Aurora cluster id a run was made for.",
+        ),
+    ] = None,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENV + "START",
+            help="Required. Window start: a date, ISO-8601, 'now-2h' ...",
+        ),
+    ] = None,
+    finish: Annotated[
+        str | None,
+        typer.Option(envvar=ENV + "FINISH", help="Window end (exclusive). Default: now."),
+    ] = None,
+    json_rows: Annotated[
+        bool, typer.Option("--json", help="The rows as one JSON array of objects.")
+    ] = False,
+    csv_rows: Annotated[
+        bool, typer.Option("--csv", help="The rows as CSV with a header line.")
+    ] = False,
+    memory_limit_mib: Annotated[
+        int,
+        typer.Option(
+            envvar=ENV + "MEMORY_LIMIT_MIB",
+            help="DuckDB's memory limit; beyond it, it spills to the work directory.",
+        ),
+    ] = DEFAULT_MEMORY_LIMIT_MIB,
+    work_dir: Annotated[
+        str | None,
+        typer.Option(
+            envvar=ENV + "WORK_DIR",
+            help="Where the window's files and DuckDB's spill go while the query runs "
+            "(default: the temp dir); room for the window's uncompressed logs.",
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int,
+        typer.Option(envvar=ENV + "CONCURRENCY", help="Objects downloaded at the same time."),
+    ] = DEFAULT_GET_CONCURRENCY,
+    region: RegionOpt = None,
+    expected_bucket_owner: OwnerOpt = None,
+    log_format: LogFormatOpt = LogFormat.TEXT,
+    debug: DebugOpt = False,
+) -> None:
+    """SQL over the csvlog rows of a DB and time window, from every run in the bucket (the
+    [query] extra: DuckDB). The table is logs; columns: PostgreSQL's csvlog names, plus
+    instance (docs/query.md)."""
+    raise typer.Exit(
+        runtime.query(
+            debug,
+            log_format,
+            lambda: config.build_query(
+                now=runtime.now(),
+                bucket=bucket,
+                db_identifier=db_identifier,
+                start=start,
+                finish=finish,
+                sql=sql,
+                json_rows=json_rows,
+                csv_rows=csv_rows,
+                memory_limit_mib=memory_limit_mib,
+                work_dir=work_dir,
+                concurrency=concurrency,
+                region=region,
+                expected_bucket_owner=expected_bucket_owner,
+                log_format=log_format,
+                debug=debug,
             ),
         )
     )

@@ -31,6 +31,12 @@ from rdsrecorder.compression import Compression
 from rdsrecorder.errors import ConfigError
 from rdsrecorder.iam import Command, IamPolicySettings, Principal
 from rdsrecorder.models import MIB, DownloadMethod
+from rdsrecorder.query import (
+    DEFAULT_MEMORY_LIMIT_MIB,
+    MIN_MEMORY_LIMIT_MIB,
+    OutputFormat,
+    duckdb_missing,
+)
 from rdsrecorder.s3.spool import SPOOL_IN_MEMORY, spool_dir_usable
 from rdsrecorder.s3.upload_config import (
     DEFAULT_PART_SIZE_BYTES,
@@ -797,4 +803,97 @@ def build_iam_policy(
         s3_assume_role=s3_role.arn if s3_role else None,
         kms_key=_kms_key(sse, sse_kms_key_id),
         principal=principal,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class QuerySettings:
+    bucket: str
+    db_identifier: str
+    start: pendulum.DateTime
+    finish: pendulum.DateTime
+    sql: str
+    output: OutputFormat = OutputFormat.TABLE
+    memory_limit_mib: int = DEFAULT_MEMORY_LIMIT_MIB
+    work_dir: str | None = None  # None: the system's temp dir
+    concurrency: int = DEFAULT_GET_CONCURRENCY
+    aws: AwsSettings = field(default_factory=AwsSettings)
+    obs: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+
+
+def _work_dir(value: str) -> str:
+    """``query --work-dir``: an existing directory where an anonymous file can be made."""
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise ConfigError(f"--work-dir {value!r} is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise ConfigError(
+            f"--work-dir {value!r} is not usable ({exc.strerror or exc}); give a writable directory"
+        ) from None
+    return str(path)
+
+
+def build_query(
+    *,
+    now: pendulum.DateTime,
+    bucket: str | None,
+    db_identifier: str | None,
+    start: str | None,
+    finish: str | None,
+    sql: str | None,
+    json_rows: bool,
+    csv_rows: bool,
+    memory_limit_mib: int,
+    work_dir: str | None,
+    concurrency: int,
+    region: str | None,
+    expected_bucket_owner: str | None,
+    log_format: LogFormat,
+    debug: bool,
+) -> QuerySettings:
+    missing = duckdb_missing()
+    if missing:
+        raise ConfigError(missing)
+    window = build_get(
+        now=now,
+        bucket=bucket,
+        db_identifier=db_identifier,
+        start=start,
+        finish=finish,
+        output_dir=None,
+        stdout=True,
+        concurrency=concurrency,
+        region=region,
+        expected_bucket_owner=expected_bucket_owner,
+        log_format=log_format,
+        debug=debug,
+    )
+    if sql is None or not sql.strip():
+        raise ConfigError('missing the SQL statement, e.g. "SELECT count(*) FROM logs"')
+    if json_rows and csv_rows:
+        raise ConfigError("give either --json or --csv, not both")
+    if memory_limit_mib < MIN_MEMORY_LIMIT_MIB:
+        raise ConfigError(
+            f"--memory-limit-mib must be at least {MIN_MEMORY_LIMIT_MIB}, not {memory_limit_mib}"
+        )
+    if work_dir is not None:
+        work_dir = _work_dir(work_dir.strip())
+    output = (
+        OutputFormat.JSON if json_rows else OutputFormat.CSV if csv_rows else OutputFormat.TABLE
+    )
+    return QuerySettings(
+        bucket=window.bucket,
+        db_identifier=window.db_identifier,
+        start=window.start,
+        finish=window.finish,
+        sql=sql,
+        output=output,
+        memory_limit_mib=memory_limit_mib,
+        work_dir=work_dir,
+        concurrency=concurrency,
+        aws=window.aws,
+        obs=window.obs,
     )

@@ -2,6 +2,7 @@
 
     RdsRecorderError                 exit 1  (generic)
     ├── ConfigError                  exit 2  bad flag, date, window, concurrency ...
+    ├── QueryError (rdsrecorder.query) exit 2  `query`'s statement refused by the engine
     ├── PreflightError               exit 3  credentials, bucket, DB instance, permissions
     │   ├── CredentialsError
     │   ├── BucketError
@@ -22,6 +23,7 @@
     ├── SnapshotError                exit 5  snapshot could not be created / failed
     ├── VerifyError                  exit 6  `verify` found a problem
     └── GetError (rdsrecorder.get)   exit 6  `get` found no copy of the DB in the window
+        └── NoCopyError                       (for `query`, an empty window: exit 0)
 
 Other exit codes, decided by the runner, not by an exception:
     0    every file in the window landed in S3 (and the snapshot, if any, was created)

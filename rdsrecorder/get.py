@@ -59,6 +59,10 @@ class GetError(RdsRecorderError):
     exit_code = EXIT_VERIFY
 
 
+class NoCopyError(GetError):
+    """No run holds a copy of the DB in the window."""
+
+
 class Store(Protocol):
     """What ``get`` needs of ``rdsrecorder.s3.bucket.Bucket``."""
 
@@ -363,7 +367,7 @@ async def get_window(
     manifests = await find_manifests(store)
     found, instances, gaps, report.runs = candidates(manifests, db, start_s, finish_s)
     if not found:
-        raise GetError(
+        raise NoCopyError(
             f"no copy of {db!r} overlaps {iso(start_s)} .. {iso(finish_s)} in this bucket "
             f"({len(manifests)} manifest(s) read)"
         )

@@ -34,6 +34,7 @@ from rdsrecorder.config import (
     LogFormat,
     LsSettings,
     ObservabilitySettings,
+    QuerySettings,
     SnapshotSettings,
     SyncSettings,
     VerifySettings,
@@ -387,6 +388,20 @@ def ls(debug: bool, log_format: LogFormat, build: Callable[[], LsSettings]) -> i
         else:
             render_runs(runs)
         return EXIT_OK
+
+    return run(settings.obs.debug, main)
+
+
+def query(debug: bool, log_format: LogFormat, build: Callable[[], QuerySettings]) -> int:
+    built = configure(debug, log_format, build)
+    if isinstance(built, int):
+        return built
+    settings = built
+    from rdsrecorder.query import run_query
+
+    async def main(stop: asyncio.Event) -> int:
+        report = await run_query(settings)
+        return report.exit_code
 
     return run(settings.obs.debug, main)
 
