@@ -27,7 +27,11 @@ RUN groupadd --gid 10001 rdsrecorder \
  && chmod 1777 /tmp
 USER 10001:10001
 WORKDIR /home/rdsrecorder
-ENV PATH=/opt/venv/bin:$PATH \
+# HOME is set, not derived from the user: run with `--user "$(id -u):$(id -g)"` (so that a 0600
+# ~/.aws/credentials bind-mounted from the host is readable) and ~/.aws is still the mount at
+# /home/rdsrecorder/.aws (docs/operations.md, "Credentials from a file").
+ENV HOME=/home/rdsrecorder \
+    PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     RDSRECORDER_LOG_FORMAT=json \
     RDSRECORDER_METRICS_PORT=9445

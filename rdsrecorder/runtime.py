@@ -259,6 +259,38 @@ def check_endpoint_env(environ: Mapping[str, str]) -> None:
             )
 
 
+def unreadable_aws_files(environ: Mapping[str, str]) -> list[str]:
+    """The shared credentials and config files that exist but this process cannot read, one line
+    each. botocore skips such a file without a word, so that a 0600 ``~/.aws/credentials`` of
+    another uid (a container's user, 10001 in our image, under a bind mount) would only show up as
+    "no AWS credentials found"."""
+    out = []
+    for name, default in (
+        ("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
+        ("AWS_CONFIG_FILE", "~/.aws/config"),
+    ):
+        path = os.path.expanduser(environ.get(name) or default)
+        if not os.path.lexists(path):
+            continue
+        try:
+            with open(path, "rb") as f:
+                f.read(1)
+        except OSError as exc:
+            out.append(f"{path}: {exc.strerror or exc}")
+    return out
+
+
+def _say_unreadable_aws_files() -> None:
+    for problem in unreadable_aws_files(os.environ):
+        log.warning(
+            "cannot read %s; this process runs as uid %d, so the credentials and profiles in it "
+            'are not used (in a container: docker run --user "$(id -u):$(id -g)", see '
+            "docs/operations.md#credentials-from-a-file)",
+            problem,
+            os.getuid(),
+        )
+
+
 def configure(debug: bool, log_format: LogFormat, build: Callable[[], S]) -> S | int:
     """Logging first (so that the builder may log), then the process environment and the
     settings; an exit code on bad input."""
@@ -268,7 +300,10 @@ def configure(debug: bool, log_format: LogFormat, build: Callable[[], S]) -> S |
     try:
         unset_empty_env(os.environ)
         check_endpoint_env(os.environ)
-        return build()
+        built = build()
+        if hasattr(built, "aws"):  # a command that calls AWS
+            _say_unreadable_aws_files()
+        return built
     except RdsRecorderError as exc:
         return report_error(exc, debug)
     except Exception as exc:  # a check that crashed is still bad input, said in one line

@@ -276,3 +276,25 @@ def test_unset_empty_env_drops_only_empty_aws_and_rdsrecorder_names() -> None:
     env = {"AWS_PROFILE": "", "AWS_REGION": " ", "RDSRECORDER_START": "", "HOME": "", "AWS_X": "1"}
     assert sorted(unset_empty_env(env)) == ["AWS_PROFILE", "AWS_REGION", "RDSRECORDER_START"]
     assert env == {"HOME": "", "AWS_X": "1"}
+
+
+def test_an_unreadable_credentials_file_is_named_before_the_missing_credentials(
+    tmp_path: Path,
+) -> None:
+    """botocore skips a credentials file it cannot read (a 0600 file of another uid under a
+    container's bind mount): the warning names it. A directory stands in for the unreadable file
+    (the tests run as root, who can read any file)."""
+    unreadable = tmp_path / "credentials"
+    unreadable.mkdir()
+    env = {
+        "AWS_SHARED_CREDENTIALS_FILE": str(unreadable),
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+    }
+    proc = run("ls", "--bucket", "my-bucket", "--region", "us-east-1", env=env)
+    assert proc.returncode == 3, proc.stderr
+    warning, error = proc.stderr.strip().splitlines()[-2:]
+    assert f"cannot read {unreadable}: Is a directory; this process runs as uid" in warning
+    assert "docker run --user" in warning
+    assert error.startswith("error: no AWS credentials found")

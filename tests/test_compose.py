@@ -60,6 +60,11 @@ def image_env() -> dict[str, str]:
     return env
 
 
+def process_env(env: dict[str, str]) -> dict[str, str]:
+    """The image's HOME is the container's; here the test's own stays."""
+    return {k: v for k, v in env.items() if k != "HOME"}
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -79,6 +84,19 @@ def services() -> dict[str, dict[str, Any]]:
 
 def test_every_profile_has_an_rdsrecorder_service() -> None:
     assert set(services()) == {"aws", "lab"}
+
+
+def test_the_aws_profile_runs_as_the_image_user_unless_told() -> None:
+    """A 0600 ~/.aws/credentials needs its owner's uid (docs/operations.md): the aws service's
+    user comes from RDSRECORDER_CONTAINER_USER, by default the image's own user."""
+    user = services()["aws"]["user"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    (image_user,) = re.findall(r"^USER (\S+)", dockerfile, re.M)
+    assert interpolate(user, {}) == image_user
+    assert interpolate(user, {"RDSRECORDER_CONTAINER_USER": "1000:1000"}) == "1000:1000"
+    assert image_env()["HOME"] == "/home/rdsrecorder"  # kept whatever the user
+    (mount,) = services()["aws"]["volumes"]
+    assert interpolate(mount, {"HOME": "/home/me"}).split(":")[1] == "/home/rdsrecorder/.aws"
 
 
 def test_interpolation_follows_compose() -> None:
@@ -140,7 +158,7 @@ def test_compose_service_runs_as_shipped_against_the_lab(
     base["AWS_SHARED_CREDENTIALS_FILE"] = os.environ["AWS_SHARED_CREDENTIALS_FILE"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "rdsrecorder", *svc["command"]],
-        env={**base, **env},
+        env={**base, **process_env(env)},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
