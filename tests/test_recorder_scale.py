@@ -74,6 +74,7 @@ class Tracer:
 
     def __init__(self) -> None:
         self.lines = 0
+        self._before: Any = None  # a tracer already set (coverage, a debugger) comes back after
 
     def _local(self, frame: FrameType, event: str, arg: Any) -> Any:
         if event == "line":
@@ -84,10 +85,12 @@ class Tracer:
         return self._local if frame.f_code.co_filename.startswith(PACKAGE) else None
 
     def start(self) -> None:
+        self._before = sys.gettrace()
         sys.settrace(self._global)
 
     def stop(self) -> None:
-        sys.settrace(None)
+        if sys.gettrace() == self._global:
+            sys.settrace(self._before)
 
 
 class WindowClock(FakeClock):
