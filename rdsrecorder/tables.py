@@ -13,6 +13,7 @@ from typing import IO, Any
 import pendulum
 from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.table import Table
 
 from rdsrecorder.commands import SyncReport
@@ -168,28 +169,41 @@ def _iso(ts: float) -> str:
     return pendulum.from_timestamp(ts, tz="UTC").to_iso8601_string()
 
 
+def _needs(console: Console, table: Table) -> Measurement:
+    """The table's own widths, not clamped to the console's."""
+    return console.measure(table, options=console.options.update_width(1000))
+
+
+def _summary_table(report: SyncReport, compact: bool) -> Table:
+    t = report.totals
+    table = Table(
+        title=f"run {report.run_id} — {report.mode.label}",
+        box=None if compact else box.HEAVY_HEAD,
+        pad_edge=not compact,
+    )
+    # Compact (80 columns): one-word headers, nothing wrapped or cut.
+    cells = {
+        "copied": str(t.copied),
+        "partial": str(t.partial),
+        "in-S3" if compact else "already in S3": str(t.skipped),
+        "failed": str(t.failed),
+        "lost": str(t.lost),
+        "changed": str(t.changed),
+        "cut-lines" if compact else "truncated lines": str(t.truncated_lines),
+        "bytes": f"{t.bytes:,}",
+    }
+    for header in cells:
+        table.add_column(header, justify="right", no_wrap=compact)
+    table.add_row(*cells.values())
+    return table
+
+
 def render_summary(report: SyncReport, console: Console | None = None) -> None:
     t = report.totals
     console = console or _console()
-    table = Table(title=f"run {report.run_id} — {report.mode.label}", show_header=True)
-    table.add_column("copied", justify="right")
-    table.add_column("partial", justify="right")
-    table.add_column("already in S3", justify="right")
-    table.add_column("failed", justify="right")
-    table.add_column("lost", justify="right")
-    table.add_column("changed", justify="right")
-    table.add_column("truncated lines", justify="right")
-    table.add_column("bytes", justify="right")
-    table.add_row(
-        str(t.copied),
-        str(t.partial),
-        str(t.skipped),
-        str(t.failed),
-        str(t.lost),
-        str(t.changed),
-        str(t.truncated_lines),
-        f"{t.bytes:,}",
-    )
+    table = _summary_table(report, compact=False)
+    if _needs(console, table).minimum > console.width:  # 80 columns: no box, narrower gutters
+        table = _summary_table(report, compact=True)
     console.print(table)
     for entry in t.entries:
         if entry.status in (
@@ -252,7 +266,7 @@ def render_runs(runs: list[RunSummary], console: Console | None = None) -> None:
     ``ls --json``). Ids are never cut: what is still too long wraps."""
     console = console or _console()
     table = _runs_table(runs, wide=True)
-    if console.measure(table, options=console.options.update_width(1000)).maximum > console.width:
+    if _needs(console, table).maximum > console.width:
         table = _runs_table(runs, wide=False)
     console.print(table)
 

@@ -234,3 +234,17 @@ def test_verify_and_get_tables_wrap_keys_instead_of_cutting_them() -> None:
     text = out.getvalue()
     assert max(len(line) for line in text.splitlines()) <= 80
     assert RUN in text and "…" not in text and path in column(text, 0)
+
+
+def test_sync_summary_keeps_numbers_and_the_run_id_whole_at_80_columns() -> None:
+    from rdsrecorder.commands import SyncReport
+    from rdsrecorder.recorder import RunTotals
+    from rdsrecorder.tables import render_summary
+    from rdsrecorder.window import Mode
+
+    run_id = "prod-orders-primary-logs-archive-2026-12-07-shard-0-of-2-abcdefgh"  # 64: the most
+    totals = RunTotals(copied=1234, skipped=56, bytes=98_765_432_100)
+    report = SyncReport(run_id=run_id, mode=Mode.DOWNLOAD_AND_SYNC, totals=totals)
+    text = rendered(render_summary, report)
+    assert run_id in text and "98,765,432,100" in text and "…" not in text
+    assert " 1234 " in text and " 56 " in text
