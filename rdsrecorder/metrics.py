@@ -118,7 +118,7 @@ class PrometheusHooks(Hooks):
         )
         self.rotation = gauge(
             "rdsrecorder_log_rotation_period_seconds",
-            "How often the DB's csvlog rotates (hourly: 3600, daily: 86400): the lag alert's scale.",
+            "How often the DB's csvlog rotates (hourly 3600, daily 86400): the lag alert's scale.",
         )
         self.dbs = gauge("rdsrecorder_dbs_followed", "DBs (instances or clusters) followed now.")
         self.db_changes = counter(
