@@ -699,7 +699,7 @@ def iam_policy(
     bucket: BucketOpt = None,
     command: Annotated[
         Command,
-        typer.Option(help="The command the policy is for (verify, get and ls only read)."),
+        typer.Option(help="The command the policy is for (verify, get, ls and query only read)."),
     ] = Command.SYNC,
     download_method: Annotated[
         DownloadMethod,

@@ -28,6 +28,7 @@ class Command(enum.StrEnum):
     VERIFY = "verify"
     GET = "get"
     LS = "ls"
+    QUERY = "query"  # reads the copies as get does
 
 
 class Principal(enum.StrEnum):
@@ -60,7 +61,7 @@ class IamPolicySettings:
     principal: Principal = Principal.IDENTITY
 
 
-_READERS = (Command.VERIFY, Command.GET, Command.LS)
+_READERS = (Command.VERIFY, Command.GET, Command.LS, Command.QUERY)
 
 
 def _sync(s: IamPolicySettings) -> bool:
