@@ -9,7 +9,8 @@ A file is ready when:
   than the rotation period, judged at the time of its DB's last listing (never on stale data);
   it is copied once, never partially;
 * in *Download interval & Finish* mode the file still being written is copied as it is now
-  (marked partial; a re-run with the same run id replaces it once it has rotated);
+  (marked partial; a re-run with the same run id copies it again once it has rotated, beside
+  the partial copy);
 * after ``finish + grace`` a file that still has not rotated is copied as it is, with a warning.
 
 Backfill is the first listing of every DB (all of them before any copy, so that the oldest file
@@ -517,7 +518,7 @@ class Recorder:
             elif self._window.mode is Mode.DOWNLOAD_AND_FINISH:
                 log.warning(
                     "%s %s is still being written: copying it as it is now (re-run with the same "
-                    "--run-id after it rotates to replace it)",
+                    "--run-id after it rotates for the finished copy)",
                     sf.instance,
                     sf.name,
                 )

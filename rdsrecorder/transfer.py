@@ -3,8 +3,8 @@ download that broke after bytes were handed on (the whole file again, never dupl
 and turn every ending into a manifest entry. Never raises except on cancellation.
 
 Retries: each AWS call already had its attempts (``rdsrecorder.retry``); the copier restarts a
-file only for a ``DownloadError`` (a stream that broke, a marker that stopped), so attempts never
-multiply.
+file only for a ``DownloadError`` (a stream that broke, a marker that stopped) or a
+``WriteConflictError`` (409: another write raced this one), so attempts never multiply.
 
 Contracts kept here, whatever the download path:
 
@@ -14,10 +14,16 @@ Contracts kept here, whatever the download path:
   the copy redone from the start with what RDS says now. A file that keeps arriving otherwise
   than listed ends as ``changed``, never ``copied`` (when RDS kept listing it unchanged, the last
   attempt keeps what arrived).
-* **A complete copy is never overwritten with other bytes.** An object under the key that holds
-  another file (another source name or instance, or a complete copy with another listed size: a
-  recreated instance, another DB) is kept; the file goes beside it under ``<key>_v<n>``, with a
-  warning and ``Hooks.conflict``.
+* **Written once.** Every object is written with ``If-None-Match: *`` (``rdsrecorder.s3.upload``):
+  nothing is ever overwritten. Before a copy, its key and the key of its other form (raw / gzip)
+  are looked up at once: a finished copy in either form is skipped. An object that holds another
+  file (another source name or instance, a complete copy with another listed size: a recreated
+  instance), or a copy of this one at another listed size (taken while it was being written), is
+  kept and the file goes beside it under ``<key>_v<n>``. When S3 refuses the write (412: another
+  process wrote the key meanwhile, or it held a copy whose bytes nothing proved), what is there
+  decides: the same bytes are recorded with nothing written, other bytes send the file on to the
+  next ``_v<n>``. A HEAD that fails is never read as "nothing there": the file fails (nothing
+  written) and is tried again later. docs/design-uploads.md has the design.
 * **One owner.** ``owner_check(instance)`` (the manifest still names the instance's DB) runs
   before every write; its ``OwnerError`` ends the run. It runs beside the download's first
   request, and the download hands nothing on (so the uploader writes nothing) until it passed.
@@ -33,15 +39,17 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Protocol
 
 from rdsrecorder.clock import Clock
-from rdsrecorder.compression import Compression
+from rdsrecorder.compression import Compression, same_checksum
 from rdsrecorder.errors import (
     DownloadError,
+    KeyTakenError,
     LogFileGoneError,
     OwnerError,
     RdsRecorderError,
     ShortBodyError,
     SourceChangedError,
     UnsafeNameError,
+    WriteConflictError,
     one_line,
 )
 from rdsrecorder.hooks import Hooks
@@ -102,14 +110,15 @@ def already_copied(
     info: ObjectInfo, sf: SpannedFile, complete: bool, known: FileEntry | None = None
 ) -> str | None:
     """The sha256 of the log's bytes when ``info`` is a finished copy of the same source, as large
-    as RDS lists it now; None when the file must be copied (again).
+    as RDS lists it now; None when the file must be copied.
 
     Objects appear whole (a PutObject or a completed multipart upload; never a rewrite), so an
     object that exists holds a stream that ended normally. Its sha256 comes from its metadata
     (single PutObject) or, for a multipart object, from the run's manifest entry for the key,
     which must name the same source and the same stored size. A multipart object the manifest
     does not know (the process died between CompleteMultipartUpload and the next manifest write)
-    is copied again: nothing else proves what it holds."""
+    is not proven by this: the copy is made again to its key, where the conditional write is
+    refused and what S3 holds is compared with what the copy would have stored."""
     meta = info.metadata
     if meta_decode(meta.get(META_SOURCE, "")) != sf.name:
         return None
@@ -125,7 +134,7 @@ def already_copied(
         return None  # uncompressed: the object's size is the log's
     if known is not None and known.status is FileStatus.CHANGED:
         return None
-    # A copy taken while the file was still being written is replaced once the file is complete.
+    # A copy taken while the file was still being written does not do for a complete one.
     if complete and meta.get(META_COMPLETE) != "true":
         return None
     if meta.get(META_SHA256):
@@ -141,7 +150,23 @@ def already_copied(
     return None
 
 
+def same_bytes(info: ObjectInfo, result: UploadResult) -> bool:
+    """``info`` holds what ``result`` would have stored: S3's checksum of the stored bytes, or
+    the sha256 of the log's bytes in the metadata (a PutObject's), is the upload's."""
+    if info.checksum and result.checksum and same_checksum(info.checksum, result.checksum):
+        return True
+    return bool(result.sha256) and info.metadata.get(META_SHA256) == result.sha256
+
+
 MAX_CONFLICT_KEYS = 20  # versions of one key kept beside each other before giving up
+
+
+def versioned_key(key: str, n: int, compression: Compression) -> str:
+    """``key`` for ``n`` = 1, else ``<key>_v<n>`` before the compression's suffix."""
+    if n == 1:
+        return key
+    suffix = compression.suffix
+    return f"{key.removesuffix(suffix) if suffix else key}_v{n}{suffix}"
 
 
 def holds_other_file(info: ObjectInfo, sf: SpannedFile) -> bool:
@@ -154,6 +179,15 @@ def holds_other_file(info: ObjectInfo, sf: SpannedFile) -> bool:
     if meta_decode(meta.get(META_INSTANCE, sf.instance)) != sf.instance:
         return True
     return meta.get(META_COMPLETE) == "true" and meta.get(META_SOURCE_SIZE) != str(sf.file.size)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Taken:
+    """S3 refused the write of a copy: its key held the same bytes (``recorded``: the copy's
+    entry, nothing written), other bytes, or none any more (``gone``: deleted since)."""
+
+    gone: bool = False
+    recorded: FileEntry | None = None
 
 
 def _as_listed_now(sf: SpannedFile, current: object) -> SpannedFile:
@@ -193,6 +227,8 @@ class Copier:
         self._known = known or (lambda key: None)
         self._lister = lister
         self._owner_check = owner_check
+        self._other_form_copies = 0  # files found stored in the other form (said once)
+        self._ignored_conditions = 0  # writes to taken keys that went through (said once)
 
     def _entry(self, sf: SpannedFile, key: str, **fields: object) -> FileEntry:
         entry = FileEntry(
@@ -246,40 +282,131 @@ class Copier:
                 sf.instance, outcome, time.monotonic() - started, float(sf.timestamp_s)
             )
 
-    async def _head(self, key: str) -> ObjectInfo | None:
-        try:
-            return await self._reader.head(key)
-        except RdsRecorderError as exc:
-            log.warning("cannot check s3 object %s (%s); copying again", key, exc)
-            return None
-
-    async def _free_key(self, sf: SpannedFile, key: str) -> tuple[str, ObjectInfo | None]:
-        """The key this file is written to: ``key``, or the first ``<key>_v<n>`` (before the
-        compression's suffix) that does not hold another file; and what is there now."""
-        suffix = self._compression.suffix
-        stem = key[: len(key) - len(suffix)] if suffix and key.endswith(suffix) else key
-        candidate, existing = key, await self._head(key)
-        n = 1
-        while existing is not None and holds_other_file(existing, sf):
-            n += 1
+    async def _place(
+        self, sf: SpannedFile, key: str, complete: bool, n: int = 1
+    ) -> FileEntry | tuple[str, int, bool]:
+        """Where the file goes, looking from ``<key>`` (``n`` = 1) or ``<key>_v<n>`` on: the
+        entry of a finished copy already there (nothing to write), or the first key that is free
+        and its number. A key that holds a copy of this file as listed now whose bytes nothing
+        proves (a multipart object the manifest does not know, a copy that kept a short
+        download) is written to as well: S3 refuses the conditional write there, and the bytes
+        decide (``_taken``). A HEAD that fails raises: it is never read as "nothing there"."""
+        first = n
+        while True:
             if n > MAX_CONFLICT_KEYS:
                 raise DownloadError(
                     f"{key} and {MAX_CONFLICT_KEYS - 1} versions beside it hold other files"
                 )
-            candidate = f"{stem}_v{n}{suffix}"
-            existing = await self._head(candidate)
-        if candidate != key:
+            candidate = versioned_key(key, n, self._compression)
+            info = await self._reader.head(candidate)
+            if info is None:
+                break
+            known = self._known(candidate)
+            sha = already_copied(info, sf, complete, known)
+            if sha is not None:
+                return self._skipped(sf, candidate, info, known, sha)
+            if holds_other_file(info, sf):
+                self._hooks.conflict(sf.instance)
+                log.warning(
+                    "s3 %s holds a copy of another file than %s %s (%d bytes listed): kept; "
+                    "this one goes beside it",
+                    candidate,
+                    sf.instance,
+                    sf.name,
+                    sf.file.size,
+                )
+            elif info.metadata.get(META_SOURCE_SIZE) == str(sf.file.size):
+                break  # a copy of the file as listed now, bytes unproven: the write decides
+            else:
+                log.info(
+                    "s3 %s holds a copy of %s %s taken at another size: kept; this one goes "
+                    "beside it",
+                    candidate,
+                    sf.instance,
+                    sf.name,
+                )
+            n += 1
+        if n != first:
+            log.info("%s %s goes to s3 %s", sf.instance, sf.name, candidate)
+        return candidate, n, info is not None
+
+    async def _in_other_form(self, sf: SpannedFile, key: str, complete: bool) -> FileEntry | None:
+        """The entry of a finished copy of the file in the other form (``--compress`` switched on
+        a run that has it raw, or off on one that has it gzipped), or None."""
+        other = Compression.NONE if self._compression is Compression.GZIP else Compression.GZIP
+        other_key = key.removesuffix(self._compression.suffix) + other.suffix
+        for n in range(1, MAX_CONFLICT_KEYS + 1):
+            candidate = versioned_key(other_key, n, other)
+            info = await self._reader.head(candidate)
+            if info is None:
+                return None
+            known = self._known(candidate)
+            sha = already_copied(info, sf, complete, known)
+            if sha is not None:
+                self._other_form_copies += 1
+                first = self._other_form_copies == 1
+                (log.warning if first else log.info)(
+                    "%s %s is in s3 already as %s (%s): not stored again as %s%s",
+                    sf.instance,
+                    sf.name,
+                    candidate,
+                    other.value,
+                    self._compression.value,
+                    "; said once (further files at info level)" if first else "",
+                )
+                return self._skipped(sf, candidate, info, known, sha)
+        return None
+
+    async def _taken(
+        self,
+        sf: SpannedFile,
+        key: str,
+        complete: bool,
+        stats: DownloadStats,
+        taken: KeyTakenError,
+    ) -> FileEntry | Taken:
+        """S3 refused the conditional write to ``key``: another process wrote it meanwhile, or it
+        held a copy whose bytes were unproven. What is there decides: the same bytes are
+        recorded as this copy's, with nothing written; other bytes (or none: deleted since) send
+        the file on to the next free key."""
+        try:
+            info = await self._reader.head(key)
+        except RdsRecorderError as exc:
+            return self._unchecked(sf, key, exc)
+        result = taken.result
+        if info is None:
+            return Taken(gone=True)
+        if (
+            isinstance(result, UploadResult)
+            and not holds_other_file(info, sf)
+            and same_bytes(info, result)
+        ):
+            return Taken(recorded=self._finished(sf, key, complete, stats, result, written=False))
+        if holds_other_file(info, sf):
             self._hooks.conflict(sf.instance)
-            log.warning(
-                "s3 %s holds a copy of another file than %s %s (%d bytes listed): kept; this "
-                "one goes to %s",
-                key,
+        log.warning(
+            "s3 %s holds other bytes than %s %s (written meanwhile, or unproven): kept; this one "
+            "goes beside it",
+            key,
+            sf.instance,
+            sf.name,
+        )
+        return Taken(gone=False)
+
+    def _unchecked(self, sf: SpannedFile, key: str, exc: BaseException) -> FileEntry:
+        """S3 could not say what a key holds: nothing is written (a failed check is never read
+        as "nothing there"); the file is failed, and the recorder tries it again later."""
+        if isinstance(exc, RdsRecorderError):
+            log.error(
+                "failed %s %s: cannot check s3 %s (%s): nothing written",
                 sf.instance,
                 sf.name,
-                sf.file.size,
-                candidate,
+                key,
+                exc,
             )
-        return candidate, existing
+        else:
+            log.error("unexpected error checking s3 %s", key, exc_info=exc)
+        return self._failed(sf, key, f"cannot check s3 {key}: {exc}", None)
 
     async def _checked(
         self,
@@ -346,13 +473,44 @@ class Copier:
             return f
 
     async def _copy(self, sf: SpannedFile, key: str, complete: bool) -> FileEntry:
-        key, existing = await self._free_key(sf, key)
-        if existing is not None:
-            known = self._known(key)
-            sha = already_copied(existing, sf, complete, known)
-            if sha is not None:
-                return self._skipped(sf, key, existing, known, sha)
-        return await self._attempts(sf, key, complete)
+        try:
+            # Both forms at once: the other form's HEAD costs no time.
+            async with asyncio.TaskGroup() as tg:
+                here = tg.create_task(self._place(sf, key, complete))
+                elsewhere = tg.create_task(self._in_other_form(sf, key, complete))
+        except ExceptionGroup as group:
+            return self._unchecked(sf, key, group.exceptions[0])
+        placed = here.result()
+        other = elsewhere.result()
+        if not isinstance(placed, FileEntry) and other is not None:
+            placed = other
+        for _ in range(MAX_CONFLICT_KEYS):
+            if isinstance(placed, FileEntry):
+                return placed
+            target, n, taken = placed
+            outcome = await self._attempts(sf, target, complete)
+            if isinstance(outcome, FileEntry):
+                if taken and outcome.status.landed:
+                    self._conditions_ignored(target)
+                return outcome
+            if outcome.recorded is not None:
+                return outcome.recorded
+            try:
+                placed = await self._place(sf, key, complete, n if outcome.gone else n + 1)
+            except RdsRecorderError as exc:
+                return self._unchecked(sf, target, exc)
+        return self._failed(sf, key, f"{key}: taken again and again while being written", None)
+
+    def _conditions_ignored(self, key: str) -> None:
+        """A write to a key S3 had just shown taken went through: the store ignores
+        ``If-None-Match`` (or the object was deleted in between). Said once per run."""
+        self._ignored_conditions += 1
+        (log.error if self._ignored_conditions == 1 else log.info)(
+            "s3 accepted a write to %s although it held an object a moment before: this store "
+            "seems to ignore conditional writes (If-None-Match), so objects can be overwritten "
+            "(docs/design-uploads.md)",
+            key,
+        )
 
     def _skipped(
         self, sf: SpannedFile, key: str, existing: ObjectInfo, known: FileEntry | None, sha: str
@@ -372,7 +530,9 @@ class Copier:
             complete=existing.metadata.get(META_COMPLETE) == "true",
         )
 
-    async def _attempts(self, sf: SpannedFile, key: str, complete: bool) -> FileEntry:
+    async def _attempts(self, sf: SpannedFile, key: str, complete: bool) -> FileEntry | Taken:
+        """The copy's attempts, writing to ``key`` only if it is free: the entry, or ``Taken``
+        when S3 refused the write (the caller records the copy, or finds the next key)."""
         last_error = ""
         changed = False
         steady = False  # the last attempt ended with another size while the listing stayed
@@ -390,6 +550,8 @@ class Copier:
                 )
             except OwnerError:
                 raise  # the run id belongs to another DB now: the run must end
+            except KeyTakenError as exc:
+                return await self._taken(sf, key, complete, stats, exc)  # nothing written
             except LogFileGoneError as exc:
                 log.error("lost %s %s: %s", sf.instance, sf.name, exc)
                 return self._entry(
@@ -398,8 +560,10 @@ class Copier:
             except UnsafeNameError as exc:
                 log.error("failed %s %s: %s", sf.instance, sf.name, exc)
                 return self._failed(sf, key, str(exc), stats)
-            except DownloadError as exc:
-                # Bytes were handed on before it broke: only a restart of the file can help.
+            except (DownloadError, WriteConflictError) as exc:
+                # Bytes were handed on before it broke, or another write to the key raced this
+                # one (nothing written: the next attempt finds the key taken, or free): only a
+                # restart of the file can help.
                 last_error = str(exc)
                 changed = isinstance(exc, SourceChangedError)
                 steady = isinstance(exc, (SourceChangedError, ShortBodyError)) and (
@@ -473,7 +637,10 @@ class Copier:
         complete: bool,
         stats: DownloadStats,
         result: UploadResult,
+        *,
+        written: bool = True,
     ) -> FileEntry:
+        """The entry of a copy that arrived; ``written`` False: S3 held its bytes already."""
         for warning in stats.warnings:
             log.warning("%s %s: %s", sf.instance, sf.name, warning)
         if stats.false_ends or stats.overlap_bytes:
@@ -504,7 +671,8 @@ class Copier:
             log.error("changed %s %s: %s", sf.instance, sf.name, error)
             return self._entry(sf, key, status=FileStatus.CHANGED, error=one_line(error), **landed)
         log.info(
-            "copied %s %s -> s3 %s (%d bytes, %s%s)",
+            "%s %s %s -> s3 %s (%d bytes, %s%s)",
+            "copied" if written else "recorded (s3 held the same bytes already, nothing written)",
             sf.instance,
             sf.name,
             key,

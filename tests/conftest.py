@@ -11,7 +11,8 @@ Real S3 servers, started once per session:
   reason, only when the ``weed`` binary is not installed.
 * ``s3`` — both of them in turn (parametrised), with the test's AWS env vars pointing at it;
   ``moto`` and ``seaweed`` — one of them, the same way.
-* ``gateway`` — an ``S3Gateway`` in front of moto (see ``tests/s3_servers.py``).
+* ``gateway`` — an ``S3Gateway`` in front of moto (see ``tests/s3_servers.py``);
+  ``s3_gateway`` — one in front of each server in turn (faults on moto and SeaweedFS).
 * ``spool_dir`` — parts in memory or spooled to a directory checked empty afterwards.
 
 The lab's emulator tested through real clients:
@@ -108,6 +109,20 @@ async def gateway(
     moto_server.use(monkeypatch, gw.url)
     try:
         yield gw
+    finally:
+        await gw.stop()
+
+
+@pytest.fixture(params=["moto", "seaweed"])
+async def s3_gateway(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[S3Gateway, S3Server]]:
+    server: S3Server = request.getfixturevalue(f"{request.param}_server")
+    gw = S3Gateway(server.url)
+    await gw.start()
+    server.use(monkeypatch, gw.url)
+    try:
+        yield gw, server
     finally:
         await gw.stop()
 

@@ -14,7 +14,7 @@ import pendulum
 
 from rdsrecorder.clock import FakeClock
 from rdsrecorder.compression import Compression
-from rdsrecorder.errors import AwsError, DownloadError, LogFileGoneError
+from rdsrecorder.errors import AwsError, DownloadError, KeyTakenError, LogFileGoneError
 from rdsrecorder.manifest import FileEntry, Manifest, manifest_key
 from rdsrecorder.models import META_SHA256, DownloadStats, LogFile, ObjectInfo, UploadResult
 
@@ -105,8 +105,11 @@ class FakeSink:
         parts = [c async for c in chunks]
         data = b"".join(parts)
         sha = hashlib.sha256(data).hexdigest()
+        result = UploadResult(key, len(data), sha, "etag", 0)
+        if key in self.objects:  # S3's If-None-Match: * on the object's write
+            raise KeyTakenError(f"{key} is taken", result)
         self.objects[key] = (data, {**metadata, META_SHA256: sha})
-        return UploadResult(key, len(data), sha, "etag", 0)
+        return result
 
 
 @dataclass

@@ -137,6 +137,7 @@ class S3Gateway:
     delays_s: dict[str, float] = field(default_factory=dict)  # after the upstream answered
     page_size: int | None = None  # forces max-keys / max-uploads on list calls
     expired_keys: set[str] = field(default_factory=set)  # their requests answer ExpiredToken
+    ignore_conditions: bool = False  # drops If-None-Match: a store without conditional writes
     url: str = ""
     _runner: web.AppRunner | None = None
     _session: aiohttp.ClientSession | None = None
@@ -210,6 +211,12 @@ class S3Gateway:
         forward_headers = {
             k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS
         }
+        # The host the client signed (SeaweedFS checks SigV4 signatures; moto does not).
+        forward_headers["Host"] = request.host
+        if self.ignore_conditions:
+            forward_headers = {
+                k: v for k, v in forward_headers.items() if k.lower() != "if-none-match"
+            }
         async with self._session.request(
             request.method,
             yarl.URL(target, encoded=True),

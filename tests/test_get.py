@@ -237,13 +237,17 @@ async def test_two_runs_written_once_and_a_window_back_byte_exact(
             assert got_bytes == files[2].path.read_bytes()
 
 
-async def test_a_multipart_object_the_manifest_does_not_know_is_copied_again(
+async def test_a_multipart_object_the_manifest_does_not_know_is_proven_not_rewritten(
     env: dict[str, str], lab_data: tuple[Path, list[Written], pendulum.DateTime]
 ) -> None:
     """Killed between CompleteMultipartUpload and the manifest write: nothing proves what the
-    object holds (its metadata has no sha256), so the resumed run copies it again."""
+    object holds (its metadata has no sha256), so the resumed run copies the file again; S3
+    refuses the conditional write, the object holds the same bytes, and the copy is recorded
+    with nothing written (one version of the object)."""
     first = lab_data[2]
     bucket = env["AWS_S3_BUCKET_NAME"]
+    client = s3_client(env)
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
     kw = dict(
         db="get-db",
         bucket=bucket,
@@ -252,12 +256,13 @@ async def test_a_multipart_object_the_manifest_does_not_know_is_copied_again(
         run_id="run-lost-manifest",
     )
     assert (await run_sync(sync_settings(**kw))).exit_code == 0  # type: ignore[arg-type]
-    client = s3_client(env)
     client.delete_object(Bucket=bucket, Key="run-lost-manifest/manifest.json")
     report = await run_sync(sync_settings(**kw))  # type: ignore[arg-type]
-    assert (report.totals.copied, report.totals.skipped) == (1, 0)
+    assert (report.totals.copied, report.totals.skipped, report.exit_code) == (1, 0, 0)
     report = await run_sync(sync_settings(**kw))  # type: ignore[arg-type]
     assert (report.totals.copied, report.totals.skipped) == (0, 1)
+    versions = client.list_object_versions(Bucket=bucket, Prefix="run-lost-manifest/rds_log")
+    assert len(versions["Versions"]) == 1
 
 
 @pytest.mark.parametrize(

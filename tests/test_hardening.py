@@ -140,8 +140,9 @@ async def test_follower_retries_files_that_failed_in_an_s3_outage() -> None:
         hooks=hooks,
     )
     totals = await rec.run()
-    # The two files that had rotated when the outage began landed after it, with the others.
-    assert sink.refused >= 6 and hooks.retries >= 2
+    # The two files that had rotated when the outage began were refused, retried, and landed
+    # after it, with the others.
+    assert sink.refused >= 4 and hooks.retries >= 2
     assert {key(10), key(11)} <= set(sink.objects)
     assert manifest_sink.entries[key(10)].status is FileStatus.COPIED
     assert totals.failed == 0 and totals.ok, totals

@@ -21,9 +21,15 @@ import pytest
 from rdsrecorder.aws import Aws
 from rdsrecorder.compression import Compression
 from rdsrecorder.config import AwsSettings
-from rdsrecorder.errors import BucketError, LogFileGoneError, UploadError
+from rdsrecorder.errors import (
+    BucketError,
+    KeyTakenError,
+    LogFileGoneError,
+    UploadError,
+    WriteConflictError,
+)
 from rdsrecorder.hooks import Hooks
-from rdsrecorder.models import META_SHA256, META_SIZE, META_SOURCE
+from rdsrecorder.models import META_SHA256, META_SIZE, META_SOURCE, UploadResult
 from rdsrecorder.s3 import spool as spool_module
 from rdsrecorder.s3 import upload as s3_module
 from rdsrecorder.s3 import upload_config
@@ -803,3 +809,42 @@ async def test_the_storage_class_reaches_the_server(s3: S3Server) -> None:
         await sink.upload("c/multi", chunked(blob(6 * MIB)), metadata={}, instance="db")
         infos = [await sink.head("c/single"), await sink.head("c/multi")]
     assert [i.storage_class for i in infos if i is not None] == ["STANDARD_IA"] * 2
+
+
+# -- conditional writes ----------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [1000, 12 * MIB])
+async def test_a_taken_key_is_never_overwritten(
+    s3: S3Server, size: int, spool_dir: str | None
+) -> None:
+    """PutObject and CompleteMultipartUpload carry If-None-Match: *: a key that holds an object
+    is refused (412, KeyTakenError with what would have been stored), the object is unchanged
+    and no multipart upload is left open."""
+    bucket = s3.new_bucket("taken")
+    archived, other = blob(size, seed=1), blob(size, seed=2)
+    async with aws() as client:
+        sink = BucketSink(client, bucket, Hooks(), part_size_bytes=5 * MIB, spool_dir=spool_dir)
+        await sink.upload("k", chunked(archived), metadata={}, instance="db")
+        with pytest.raises(KeyTakenError) as caught:
+            await sink.upload("k", chunked(other), metadata={}, instance="db")
+        would = caught.value.result
+        assert isinstance(would, UploadResult)
+        assert (would.sha256, would.size) == (sha(other), size)
+        assert await sink.list_multipart_uploads() == []
+    assert s3.client().get_object(Bucket=bucket, Key="k")["Body"].read() == archived
+
+
+@pytest.mark.parametrize("operation", ["PutObject", "CompleteMultipartUpload"])
+async def test_a_conditional_write_conflict_is_a_write_conflict_error(
+    gateway: S3Gateway, moto_server: S3Server, operation: str
+) -> None:
+    """409 ConditionalRequestConflict (another write raced this one): nothing stored, the
+    multipart upload aborted, and the caller told to do the upload again."""
+    bucket = moto_server.new_bucket("conflict")
+    gateway.fail(operation, status=409, code="ConditionalRequestConflict")
+    size = 1000 if operation == "PutObject" else 12 * MIB
+    async with aws() as client:
+        sink = BucketSink(client, bucket, Hooks(), part_size_bytes=5 * MIB)
+        with pytest.raises(WriteConflictError):
+            await sink.upload("k", chunked(blob(size)), metadata={}, instance="db")
+        assert await sink.list_multipart_uploads() == []
+        assert await sink.head("k") is None

@@ -232,7 +232,7 @@ class SlowEndSink(FakeSink):
         self.peak = 0
 
     async def head(self, key: str) -> ObjectInfo | None:
-        self.started.add(key)
+        self.started.add(key.removesuffix(".gz"))  # the file's key, or its other form's
         self.peak = max(self.peak, len(self.started))
         return await super().head(key)
 
@@ -284,7 +284,9 @@ async def test_one_failing_and_one_vanished_file_do_not_stop_the_others() -> Non
     assert source.downloads.count("error/postgresql.log.2024-02-04-11.csv") == 3  # retried
 
 
-async def test_rerun_skips_complete_copies_and_replaces_partial_ones() -> None:
+async def test_rerun_skips_complete_copies_and_writes_the_finished_one_beside_a_partial() -> None:
+    """Objects are written once (If-None-Match): the copy taken while file 13 was written stays,
+    and its finished copy goes beside it."""
     clock = FakeClock(T0 + 3.5 * HOUR)
     source = FakeSource(clock, rotating_db(T0, HOUR))
     rec, sink, _ = make(
@@ -305,8 +307,9 @@ async def test_rerun_skips_complete_copies_and_replaces_partial_ones() -> None:
     second: RunTotals = await rec2.run()
     assert (second.skipped, second.copied) == (3, 1)
     assert source.downloads == ["error/postgresql.log.2024-02-04-13.csv"]
-    assert sink.objects[key(13)][1][META_COMPLETE] == "true"
-    assert len(sink.objects) == 4
+    assert sink.objects[key(13)][1][META_COMPLETE] == "false"
+    assert sink.objects[key(13) + "_v2"][1][META_COMPLETE] == "true"
+    assert len(sink.objects) == 5
 
 
 async def test_stop_event_ends_follow_and_reports_interrupted() -> None:

@@ -12,7 +12,11 @@ Two paths, each step named after the S3 call it makes:
   cancellation, bounded by ``ABORT_TIMEOUT_S``).
 
 Every write carries the SHA-256 of its bytes (``ChecksumSHA256``): S3 refuses bytes that differ
-(``BadDigest``), and S3 Object Lock requires a checksum.
+(``BadDigest``), and S3 Object Lock requires a checksum. The object's own write (PutObject,
+CompleteMultipartUpload) carries ``If-None-Match: *``: S3 makes the object only if the key is
+free, so nothing is ever overwritten. A taken key raises ``KeyTakenError`` (412) with what this
+upload would have stored, a write that raced another one ``WriteConflictError`` (409); the caller
+decides (``rdsrecorder.transfer``).
 
 A request is retried by the one retry policy (``Aws.run``); each attempt sends the part's body
 from its start (``Bucket.call_with_body``).
@@ -69,6 +73,7 @@ log = logging.getLogger(__name__)
 ABORT_TIMEOUT_S = 60.0  # a stop (SIGTERM) waits at most this long for an abort
 KEY_TAKEN = frozenset({"PreconditionFailed", "412"})
 WRITE_CONFLICT = frozenset({"ConditionalRequestConflict"})
+IF_NONE_MATCH = {"IfNoneMatch": "*"}  # the object is made only where nothing is
 
 
 def resolve_spool_dir(setting: str | None) -> str | None:
@@ -320,6 +325,7 @@ class Uploader:
                 ChecksumSHA256=stored_sha,
                 Metadata={**metadata, META_SHA256: sha_hex, META_SIZE: str(cutter.size)},
                 ContentType=self._content_type(key, metadata, compression),
+                **IF_NONE_MATCH,
                 **self._class,
                 **self._bucket.sse,
             )
@@ -493,6 +499,7 @@ class Uploader:
                 Key=key,
                 UploadId=upload_id,
                 MultipartUpload={"Parts": parts},
+                **IF_NONE_MATCH,
             )
         except AwsError as exc:
             raise self._failed(key, exc, result) from exc
