@@ -544,6 +544,15 @@ def get(
             "--stdout", help="Stream the window's files to stdout in time order, for a pipe."
         ),
     ] = False,
+    pgbadger: Annotated[
+        str | None,
+        typer.Option(
+            "--pgbadger",
+            metavar="OUT.html",
+            help="Then run pgbadger (Debian's package) on the files written: its report in "
+            "OUT (.html, .txt or .json).",
+        ),
+    ] = None,
     concurrency: Annotated[
         int,
         typer.Option(envvar=ENV + "CONCURRENCY", help="Objects downloaded at the same time."),
@@ -574,6 +583,7 @@ def get(
                 log_format=log_format,
                 debug=debug,
                 json_output=json_output,
+                pgbadger=pgbadger,
             ),
         )
     )

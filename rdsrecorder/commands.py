@@ -36,6 +36,7 @@ from rdsrecorder.errors import (
 from rdsrecorder.fleet import Db, Fleet, FleetManifests
 from rdsrecorder.get import GetReport, get_window
 from rdsrecorder.hooks import Hooks
+from rdsrecorder.pgbadger import write_report
 from rdsrecorder.rds.control import RdsControl
 from rdsrecorder.rds.download import RdsDownloader
 from rdsrecorder.recorder import Recorder, RecorderSettings, RunTotals, summary_line
@@ -417,7 +418,7 @@ async def run_verify(settings: VerifySettings, hooks: Hooks | None = None) -> Ve
 async def run_get(settings: GetSettings, hooks: Hooks | None = None) -> GetReport:
     hooks = hooks or Hooks()
     async with open_bucket(settings.bucket, settings.aws, hooks) as bucket:
-        return await get_window(
+        report = await get_window(
             bucket,
             settings.db_identifier,
             settings.start.timestamp(),
@@ -427,6 +428,9 @@ async def run_get(settings: GetSettings, hooks: Hooks | None = None) -> GetRepor
             concurrency=settings.concurrency,
             hooks=hooks,
         )
+    if settings.pgbadger and report.files:
+        await write_report([f.path for f in report.files], settings.pgbadger)
+    return report
 
 
 async def run_ls(settings: LsSettings, hooks: Hooks | None = None) -> list[RunSummary]:

@@ -31,6 +31,8 @@ from rdsrecorder.compression import Compression
 from rdsrecorder.errors import ConfigError
 from rdsrecorder.iam import Command, IamPolicySettings, Principal
 from rdsrecorder.models import MIB, DownloadMethod
+from rdsrecorder.pgbadger import INSTALL_HINT as PGBADGER_MISSING
+from rdsrecorder.pgbadger import find_pgbadger
 from rdsrecorder.query import (
     DEFAULT_MEMORY_LIMIT_MIB,
     MIN_MEMORY_LIMIT_MIB,
@@ -218,6 +220,7 @@ class GetSettings:
     concurrency: int = DEFAULT_GET_CONCURRENCY
     aws: AwsSettings = field(default_factory=AwsSettings)
     obs: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+    pgbadger: str | None = None  # the report pgbadger writes from the files got
 
 
 @dataclass(frozen=True, slots=True)
@@ -736,6 +739,7 @@ def build_get(
     log_format: LogFormat,
     debug: bool,
     json_output: bool = False,
+    pgbadger: str | None = None,
 ) -> GetSettings:
     db = _required(db_identifier, "--db-identifier", "RDSRECORDER_DB_IDENTIFIER")
     if "/" in db or db in (".", ".."):
@@ -755,6 +759,8 @@ def build_get(
         raise ConfigError(
             f"--concurrency must be between 1 and {MAX_CONCURRENCY}, not {concurrency}"
         )
+    if pgbadger is not None:
+        pgbadger = _pgbadger_report(pgbadger, stdout)
     return GetSettings(
         bucket=_bucket(bucket),
         db_identifier=db,
@@ -767,7 +773,22 @@ def build_get(
             region=_region(region), expected_bucket_owner=_account(expected_bucket_owner)
         ),
         obs=_observability(debug=debug, log_format=log_format, json_output=json_output),
+        pgbadger=pgbadger,
     )
+
+
+def _pgbadger_report(value: str, stdout: bool) -> str:
+    """``get --pgbadger OUT``: pgbadger installed, OUT a file in an existing directory."""
+    if stdout:
+        raise ConfigError("--pgbadger reads the files get writes: give --output-dir, not --stdout")
+    if find_pgbadger() is None:
+        raise ConfigError(f"--pgbadger: {PGBADGER_MISSING}")
+    path = Path(value.strip()).expanduser()
+    if not value.strip() or path.is_dir():
+        raise ConfigError(f"--pgbadger {value!r}: give the report's file name, e.g. report.html")
+    if not path.parent.resolve().is_dir():
+        raise ConfigError(f"--pgbadger {value!r}: {str(path.parent)!r} is not a directory")
+    return str(path)
 
 
 def build_iam_policy(

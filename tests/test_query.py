@@ -416,3 +416,53 @@ def test_without_duckdb_one_hint_and_the_cli_never_imports_it(
 def test_query_bad_input_is_one_line(kw: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         settings("b-bucket", 0.0, 3600.0, kw.pop("sql", "SELECT 1"), **kw)
+
+
+# -- get --pgbadger (the report itself: tests/test_query_postgres.py, with Debian's pgbadger) ------
+def get_kw(tmp_path: Path, **kw: Any) -> dict[str, Any]:
+    args: dict[str, Any] = dict(
+        now=pendulum.now("UTC"),
+        bucket="b-bucket",
+        db_identifier="db",
+        start="2024-02-04T13:00:00Z",
+        finish="2024-02-04T15:00:00Z",
+        output_dir=str(tmp_path / "out"),
+        stdout=False,
+        concurrency=4,
+        region=None,
+        expected_bucket_owner=None,
+        log_format=LogFormat.TEXT,
+        debug=False,
+        pgbadger=str(tmp_path / "report.html"),
+    )
+    args.update(kw)
+    return args
+
+
+def test_pgbadger_option_is_checked_before_anything_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rdsrecorder.config import build_get
+
+    with pytest.raises(ConfigError, match="give --output-dir, not --stdout"):
+        build_get(**get_kw(tmp_path, stdout=True, output_dir=None))
+    with pytest.raises(ConfigError, match="give the report's file name"):
+        build_get(**get_kw(tmp_path, pgbadger=str(tmp_path)))
+    with pytest.raises(ConfigError, match="is not a directory"):
+        build_get(**get_kw(tmp_path, pgbadger=str(tmp_path / "no" / "r.html")))
+    monkeypatch.setenv("PATH", str(tmp_path))  # no pgbadger here
+    with pytest.raises(ConfigError, match=r"pgbadger is not installed \(Debian"):
+        build_get(**get_kw(tmp_path))
+
+
+async def test_a_failing_pgbadger_is_one_error_naming_its_complaint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rdsrecorder.pgbadger import PgbadgerError, write_report
+
+    fake = tmp_path / "pgbadger"
+    fake.write_text("#!/bin/sh\necho 'FATAL: cannot parse line 3' >&2\nexit 3\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(PgbadgerError, match=r"exited with 3: FATAL: cannot parse line 3"):
+        await write_report([str(tmp_path / "a.csv")], str(tmp_path / "r.html"))
