@@ -267,7 +267,7 @@ class Recorder:
                     next_poll_s,
                     self._schedule.next_s(),
                     self._recheck.next_s(),
-                    self._finish_slack_ends_s(),
+                    self._finish_wake_s(),
                 )
                 if t is not None
             )
@@ -289,11 +289,16 @@ class Recorder:
         grace_s = self._settings.finish_grace_s
         return IDLE_SLACK_S if grace_s is None else min(float(IDLE_SLACK_S), grace_s)
 
-    def _finish_slack_ends_s(self) -> float | None:
-        """When the wait for a file written after finish ends (a wake-up of its own: no listing
-        may be due for long after a DB's last file was copied)."""
+    def _finish_wake_s(self) -> float | None:
+        """Wake-ups of their own around finish: at finish (to say what the run waits for), and
+        when the wait for a file written after finish ends (no listing may be due for long after
+        a DB's last file was copied)."""
         finish_s = self._window.finish_s
-        if finish_s is None or self._waiting or not self._behind:
+        if finish_s is None:
+            return None
+        if self._clock.now() < finish_s:
+            return finish_s
+        if self._waiting or not self._behind:
             return None
         return finish_s + self._finish_slack_s()
 
