@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import io
 import json
+import logging
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -263,6 +264,58 @@ async def test_a_multipart_object_the_manifest_does_not_know_is_proven_not_rewri
     assert (report.totals.copied, report.totals.skipped) == (0, 1)
     versions = client.list_object_versions(Bucket=bucket, Prefix="run-lost-manifest/rds_log")
     assert len(versions["Versions"]) == 1
+
+
+async def test_compress_switched_on_an_existing_run_stores_nothing_twice(
+    env: dict[str, str],
+    lab_data: tuple[Path, list[Written], pendulum.DateTime],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A run copied raw, then the same command with --compress gzip (and back): every file is
+    recorded as the copy that is there, nothing is stored again, said once; verify and get
+    read the run as before."""
+    _, files, first = lab_data
+    client = s3_client(env)
+    bucket = f"switch-{pendulum.now('UTC').format('HHmmssSSS')}"  # get reads the whole bucket
+    create_bucket(
+        env["AWS_ENDPOINT_URL_S3"],
+        bucket,
+        env["AWS_ACCESS_KEY_ID"],
+        env["AWS_SECRET_ACCESS_KEY"],
+        env.get("AWS_DEFAULT_REGION", "us-east-1"),
+    )
+    client.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    kw = dict(
+        db="get-db", bucket=bucket, start=first, finish=first.add(hours=3), run_id="run-switch"
+    )
+    raw = await run_sync(sync_settings(**kw))  # type: ignore[arg-type]
+    assert (raw.exit_code, raw.totals.copied) == (0, 3)
+    objects = sorted(
+        o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="run-switch/")["Contents"]
+    )
+    with caplog.at_level(logging.INFO, logger="rdsrecorder.transfer"):
+        packed = await run_sync(sync_settings(**kw, compress=Compression.GZIP))  # type: ignore[arg-type]
+        back = await run_sync(sync_settings(**kw))  # type: ignore[arg-type]
+    assert (packed.exit_code, packed.totals.copied, packed.totals.skipped) == (0, 0, 3)
+    assert (back.exit_code, back.totals.copied, back.totals.skipped) == (0, 0, 3)
+    after = sorted(
+        o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="run-switch/")["Contents"]
+    )
+    assert after == objects and not any(k.endswith(".gz") for k in after)
+    versions = client.list_object_versions(Bucket=bucket, Prefix="run-switch/rds_log")["Versions"]
+    assert len(versions) == 3  # one per file
+    said = [r for r in caplog.records if "not stored again as gzip" in r.getMessage()]
+    assert [r.levelno for r in said] == [logging.WARNING, logging.INFO, logging.INFO]
+    report = await run_verify(
+        VerifySettings(bucket=bucket, run_id="run-switch", aws=AwsSettings(), download=True)
+    )
+    assert report.ok, report.rows
+    got = await run_get(get_settings(bucket, first, first.add(hours=3), tmp_path / "out"))
+    assert got.exit_code == 0, (got.failures, got.holes)
+    for w in files[:3]:
+        got_bytes = (tmp_path / "out" / "get-db" / w.name).read_bytes()
+        assert hashlib.sha256(got_bytes).hexdigest() == w.sha256
 
 
 @pytest.mark.parametrize(
