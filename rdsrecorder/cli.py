@@ -334,6 +334,15 @@ def sync(
             "of every object or part.",
         ),
     ] = DEFAULT_SINGLE_PUT_MAX_MIB,
+    parquet_twins: Annotated[
+        bool,
+        typer.Option(
+            "--parquet-twins",
+            envvar=ENV + "PARQUET_TWINS",
+            help="Also write a Parquet twin of each complete copy under athena/<run id>/db=/date=/ "
+            "for Athena (the [query] extra; the raw objects stay as they are; see athena-ddl).",
+        ),
+    ] = False,
     metrics_address: MetricsAddrOpt = "0.0.0.0",
     metrics_port: Annotated[
         int,
@@ -401,6 +410,7 @@ def sync(
                 progress=progress,
                 debug=debug,
                 json_output=json_output,
+                parquet_twins=parquet_twins,
             ),
         )
     )
@@ -699,6 +709,40 @@ def ls_(
                 log_format=log_format,
                 debug=debug,
                 json_output=json_output,
+            ),
+        )
+    )
+
+
+@cli.command("athena-ddl")
+def athena_ddl(
+    run_id: Annotated[
+        str | None,
+        typer.Option(envvar=ENV + "RUN_ID", help="Required. The run synced with --parquet-twins."),
+    ] = None,
+    bucket: BucketOpt = None,
+    table: Annotated[
+        str | None, typer.Option(help="Table name (default: rdsrecorder_<run id>).")
+    ] = None,
+    region: RegionOpt = None,
+    expected_bucket_owner: OwnerOpt = None,
+    log_format: LogFormatOpt = LogFormat.TEXT,
+    debug: DebugOpt = False,
+) -> None:
+    """Print the Athena CREATE EXTERNAL TABLE over a run's Parquet twins (csvlog columns typed,
+    partition projection on db and date; docs/query.md)."""
+    raise typer.Exit(
+        runtime.athena_ddl(
+            debug,
+            log_format,
+            lambda: config.build_athena_ddl(
+                bucket=bucket,
+                run_id=given_run_id(run_id),
+                table=table,
+                region=region,
+                expected_bucket_owner=expected_bucket_owner,
+                log_format=log_format,
+                debug=debug,
             ),
         )
     )

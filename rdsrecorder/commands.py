@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 import pendulum
 
+from rdsrecorder.athena import ParquetTwins, athena_ddl
 from rdsrecorder.aws import Aws
 from rdsrecorder.clock import Clock
 from rdsrecorder.config import (
+    AthenaDdlSettings,
     AwsSettings,
     GetSettings,
     LsSettings,
@@ -32,6 +34,7 @@ from rdsrecorder.errors import (
     EXIT_SNAPSHOT,
     RdsRecorderError,
     SnapshotError,
+    VerifyError,
 )
 from rdsrecorder.fleet import Db, Fleet, FleetManifests
 from rdsrecorder.get import GetReport, get_window
@@ -45,7 +48,7 @@ from rdsrecorder.s3.upload import Uploader, resolve_spool_dir
 from rdsrecorder.snapshots import SnapshotResult, create_snapshot, wait_available
 from rdsrecorder.times import human
 from rdsrecorder.transfer import Copier
-from rdsrecorder.verify import RunSummary, VerifyReport, list_runs, verify_run
+from rdsrecorder.verify import RunSummary, VerifyReport, list_runs, run_manifests, verify_run
 from rdsrecorder.window import Mode, Window, classify
 
 log = logging.getLogger(__name__)
@@ -223,6 +226,7 @@ async def run_sync(
 
             report = SyncReport(run_id=settings.run_id, mode=mode, totals=RunTotals())
             report.instances = fleet.instances_now()
+            twins = ParquetTwins(store, bucket, settings.run_id) if settings.parquet_twins else None
             single_cluster = not settings.fleet and any(d.kind == "cluster" for d in dbs.values())
             recorder = Recorder(
                 RecorderSettings(
@@ -255,7 +259,7 @@ async def run_sync(
                     lister=rds,
                     owner_check=store.check_owner,
                 ),
-                manifest=store,
+                manifest=twins or store,
                 hooks=hooks,
                 clock=clock,
                 stop=stop,
@@ -270,6 +274,8 @@ async def run_sync(
                     {} if settings.fleet else {"aborted": report.totals.aborted},
                 )
                 await store.close(finished=not report.interrupted)
+                if twins is not None:  # the twins are beside the run, not in its manifest
+                    await twins.drain()
     log.info("run %s done: %s", settings.run_id, summary_line(report.totals))
     return report
 
@@ -431,6 +437,15 @@ async def run_get(settings: GetSettings, hooks: Hooks | None = None) -> GetRepor
     if settings.pgbadger and report.files:
         await write_report([f.path for f in report.files], settings.pgbadger)
     return report
+
+
+async def run_athena_ddl(settings: AthenaDdlSettings, hooks: Hooks | None = None) -> str:
+    hooks = hooks or Hooks()
+    async with open_bucket(settings.bucket, settings.aws, hooks) as bucket:
+        manifests = await run_manifests(bucket, settings.run_id)
+    if not manifests:
+        raise VerifyError(f"no manifest for run {settings.run_id!r} in s3://{settings.bucket}")
+    return athena_ddl(settings.bucket, settings.run_id, manifests, settings.table)
 
 
 async def run_ls(settings: LsSettings, hooks: Hooks | None = None) -> list[RunSummary]:

@@ -176,6 +176,7 @@ class SyncSettings:
     discover_interval_s: float = DEFAULT_DISCOVER_INTERVAL_S
     shard: Shard = field(default_factory=Shard)
     retention_hours: float | None = None  # None: rds.log_retention_period, else 3 days
+    parquet_twins: bool = False  # a Parquet twin of each complete copy, for Athena (athena.py)
 
     @property
     def targets(self) -> tuple[str, ...]:
@@ -567,7 +568,10 @@ def build_sync(
     s3_assume_role: str | None = None,
     include_series: Sequence[str] | None = None,
     json_output: bool = False,
+    parquet_twins: bool = False,
 ) -> SyncSettings:
+    if parquet_twins and (missing := duckdb_missing()):
+        raise ConfigError(f"--parquet-twins: {missing}")
     ids, tags = _which_dbs(db_identifier, discover_tag, discover_interval_s, retention_hours)
     shard_of = shard(shard_spec)
     bucket_name = _bucket(bucket)
@@ -647,6 +651,7 @@ def build_sync(
             progress=progress,
             json_output=json_output,
         ),
+        parquet_twins=parquet_twins,
     )
 
 
@@ -917,4 +922,42 @@ def build_query(
         concurrency=concurrency,
         aws=window.aws,
         obs=window.obs,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class AthenaDdlSettings:
+    bucket: str
+    run_id: str
+    table: str | None = None
+    aws: AwsSettings = field(default_factory=AwsSettings)
+    obs: ObservabilitySettings = field(default_factory=ObservabilitySettings)
+
+
+_TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def build_athena_ddl(
+    *,
+    bucket: str | None,
+    run_id: str | None,
+    table: str | None,
+    region: str | None,
+    expected_bucket_owner: str | None,
+    log_format: LogFormat,
+    debug: bool,
+) -> AthenaDdlSettings:
+    run = _required(run_id, "--run-id", "RDSRECORDER_RUN_ID")
+    if not _RUN_ID_RE.fullmatch(run):
+        raise ConfigError(f"invalid --run-id {run!r}")
+    if table is not None and not _TABLE_RE.fullmatch(table):
+        raise ConfigError(f"invalid --table {table!r}: letters, digits and _, at most 128")
+    return AthenaDdlSettings(
+        bucket=_bucket(bucket),
+        run_id=run,
+        table=table,
+        aws=AwsSettings(
+            region=_region(region), expected_bucket_owner=_account(expected_bucket_owner)
+        ),
+        obs=_observability(debug=debug, log_format=log_format),
     )

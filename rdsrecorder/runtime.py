@@ -30,6 +30,7 @@ from botocore.utils import is_valid_endpoint_url, is_valid_ipv6_endpoint_url
 
 from rdsrecorder.clock import Clock
 from rdsrecorder.config import (
+    AthenaDdlSettings,
     GetSettings,
     LogFormat,
     LsSettings,
@@ -437,6 +438,21 @@ def query(debug: bool, log_format: LogFormat, build: Callable[[], QuerySettings]
     async def main(stop: asyncio.Event) -> int:
         report = await run_query(settings)
         return report.exit_code
+
+    return run(settings.obs.debug, main)
+
+
+def athena_ddl(debug: bool, log_format: LogFormat, build: Callable[[], AthenaDdlSettings]) -> int:
+    built = configure(debug, log_format, build)
+    if isinstance(built, int):
+        return built
+    settings = built
+    from rdsrecorder.commands import run_athena_ddl
+
+    async def main(stop: asyncio.Event) -> int:
+        sys.stdout.write(await run_athena_ddl(settings))
+        sys.stdout.flush()
+        return EXIT_OK
 
     return run(settings.obs.debug, main)
 
