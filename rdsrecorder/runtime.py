@@ -60,6 +60,7 @@ S = TypeVar("S")
 MALLOC_ARENAS = 2
 EXIT_CLOSED_PIPE = 128 + signal.SIGPIPE  # 141: what a shell reports for a writer killed by SIGPIPE
 _ENV_PREFIXES = ("AWS_", "RDSRECORDER_")
+_RUN_ID_ENV = "RDSRECORDER_RUN_ID"
 
 
 _json_lines = False  # --log-format json: the lines below are JSON log records too
@@ -229,11 +230,13 @@ def run(debug: bool, main: Callable[[asyncio.Event], Awaitable[int]]) -> int:
 def unset_empty_env(environ: MutableMapping[str, str]) -> list[str]:
     """Empty ``AWS_*`` and ``RDSRECORDER_*`` variables mean unset (compose's ``${AWS_PROFILE:-}``
     passes ``AWS_PROFILE=""``, which botocore would take as a profile named ""). click already
-    skips empty values of our own options; botocore reads the AWS ones itself. The names dropped."""
+    skips empty values of our own options; botocore reads the AWS ones itself. The names dropped.
+    ``RDSRECORDER_RUN_ID`` is kept: an empty run id is refused (a container restarted with it
+    would otherwise start a new run and copy everything again)."""
     empty = [
         name
         for name, value in environ.items()
-        if name.startswith(_ENV_PREFIXES) and not value.strip()
+        if name.startswith(_ENV_PREFIXES) and not value.strip() and name != _RUN_ID_ENV
     ]
     for name in empty:
         del environ[name]

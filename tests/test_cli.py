@@ -274,8 +274,9 @@ def test_unset_empty_env_drops_only_empty_aws_and_rdsrecorder_names() -> None:
     from rdsrecorder.runtime import unset_empty_env
 
     env = {"AWS_PROFILE": "", "AWS_REGION": " ", "RDSRECORDER_START": "", "HOME": "", "AWS_X": "1"}
+    env["RDSRECORDER_RUN_ID"] = ""  # kept, so that the config refuses an empty run id
     assert sorted(unset_empty_env(env)) == ["AWS_PROFILE", "AWS_REGION", "RDSRECORDER_START"]
-    assert env == {"HOME": "", "AWS_X": "1"}
+    assert env == {"HOME": "", "AWS_X": "1", "RDSRECORDER_RUN_ID": ""}
 
 
 def test_an_unreadable_credentials_file_is_named_before_the_missing_credentials(

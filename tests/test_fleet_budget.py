@@ -37,4 +37,6 @@ async def test_replicas_share_the_accounts_budget_with_a_neighbour(
     assert figures.byte_exact == figures.files == 36
     assert figures.neighbour_calls > 0 and figures.neighbour_throttled_share <= 0.05
     assert figures.fleet_throttled_share <= 0.10
-    assert figures.elapsed_s <= 2 * figures.bound_s
+    # The time against the bound (calls / what the neighbour leaves) is a figure, not an assertion:
+    # tests assert no wall-clock bounds (a busy 2-core machine breaks them). benchmarks/budget.py
+    # reports it; docs/api-budget.md holds the measured values.
