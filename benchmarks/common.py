@@ -150,6 +150,16 @@ def byte_compile() -> None:
     compileall.compile_dir(Path(rdsrecorder.__file__).parent, quiet=1)
 
 
+def use_product(checkout: Path) -> None:
+    """Run the rdsrecorder of another checkout in the product processes (benchmarks --product)."""
+    if not (checkout / "rdsrecorder" / "__main__.py").is_file():
+        raise SystemExit(f"error: {checkout} holds no rdsrecorder package")
+    compileall.compile_dir(checkout / "rdsrecorder", quiet=1)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(checkout), os.environ.get("PYTHONPATH", "")) if p
+    )
+
+
 def run_sync(env: dict[str, str], args: list[str]) -> ProcessRun:
     """A real `rdsrecorder sync` process (start-up included), no metrics server, no progress."""
     byte_compile()

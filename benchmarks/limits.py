@@ -42,7 +42,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from common import MB, ProcessRun, clients, machine, object_hashes, run_process, run_sync
+from common import (
+    MB,
+    ProcessRun,
+    clients,
+    machine,
+    object_hashes,
+    run_process,
+    run_sync,
+    use_product,
+)
 
 from rdsrecorder_lab import LAB_REGION, LabThread, generate
 from rdsrecorder_lab.s3local import find_weed
@@ -439,6 +448,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--steady-files", type=int, default=64)
     parser.add_argument(
+        "--product",
+        type=Path,
+        help="a checkout whose rdsrecorder package runs instead of this one (the lab stays this "
+        "one's): figures before and after a change, on the same machine in the same hour",
+    )
+    parser.add_argument(
         "--no-aws-cli", dest="aws_cli", action="store_false", help="skip the AWS CLI row"
     )
 
@@ -449,6 +464,8 @@ def main() -> int:
     )
     add_arguments(parser)
     args = parser.parse_args()
+    if args.product:
+        use_product(args.product.resolve())
     if args.steady_state:
         out = [f"## rdsrecorder at steady state\n\nMachine: {machine()}.\n"]
         rows = steady_state(args, out)
