@@ -289,34 +289,24 @@ class Aws:
 
     async def call(self, service: str, method: str, **params: Any) -> dict[str, Any]:
         """``client.<method>(**params)`` through ``run``."""
-        return await self._call(service, method, None, params)
-
-    async def call_once(self, service: str, method: str, **params: Any) -> dict[str, Any]:
-        """``call`` without retries: for a request whose body cannot be sent twice."""
-        return await self._call(service, method, 1, params)
-
-    async def _call(
-        self, service: str, method: str, attempts: int | None, params: dict[str, Any]
-    ) -> dict[str, Any]:
         client = self._client(service)
 
         async def once() -> dict[str, Any]:
             result: dict[str, Any] = await getattr(client, method)(**params)
             return result
 
-        return await self.run(service, self.operation_name(client, method), once, attempts)
+        return await self.run(service, self.operation_name(client, method), once)
 
     async def run(
         self,
         service: str,
         operation: str,
         once: Callable[[], Awaitable[T]],
-        attempts: int | None = None,
     ) -> T:
         """One AWS request under the retry policy (``rdsrecorder.retry``): rate-limited (RDS
         only: the account's RDS API budget is shared with other tools), attempted again on
-        transient errors (at most ``attempts`` times in all, by default ``--max-attempts``; 1 for
-        a request whose body cannot be sent twice), attempted again with credentials loaded anew
+        transient errors (``--max-attempts`` times in all; a request that sends a body reopens it
+        in each attempt), attempted again with credentials loaded anew
         when AWS says they expired (``MAX_REFRESHES`` times at most, within those attempts),
         counted through the hooks, and translated once into ``rdsrecorder.errors``. ``once`` may
         raise ``RdsRecorderError`` itself: it passes as is."""
@@ -343,7 +333,7 @@ class Aws:
 
         try:
             async for attempt in retrying(
-                max_attempts=attempts or self.settings.max_attempts,
+                max_attempts=self.settings.max_attempts,
                 sleep=self.clock.sleep,
                 before_sleep=before_sleep,
                 retry_on=call.retry_on,
