@@ -87,6 +87,7 @@ def parquet_days(csv_path: Path, out_dir: Path) -> list[tuple[str, Path]]:
     )
     try:
         con.execute("SET TimeZone = 'UTC'")
+        con.execute("SET enable_progress_bar = false")  # sync's stdout is its summary
         con.execute(f"CREATE VIEW file_rows AS {read_csv_sql([str(csv_path)], layout)}")
         days = con.execute(
             "SELECT DISTINCT strftime(CAST(log_time AS DATE), '%Y-%m-%d') FROM file_rows ORDER BY 1"

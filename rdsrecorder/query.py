@@ -53,6 +53,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+EXPORT_BLOCK_CHARS = 1 << 20
 FETCH_ROWS = 2048  # rows per batch from DuckDB to stdout: a few MB at most for csvlog rows
 DEFAULT_MEMORY_LIMIT_MIB = 1024
 MIN_MEMORY_LIMIT_MIB = 64
@@ -126,6 +127,7 @@ class Engine:
             config["threads"] = threads
         self.con = duckdb.connect(":memory:", config=config)
         self.con.execute("SET TimeZone = 'UTC'")  # timestamps shown, and printed, in UTC
+        self.con.execute("SET enable_progress_bar = false")  # it would write to stdout
 
     def close(self) -> None:
         self.con.close()
@@ -134,8 +136,9 @@ class Engine:
         columns = ", ".join(f"{n} {t}" for n, t in COLUMNS)
         self.con.execute(f"CREATE TABLE {name} ({columns}, instance VARCHAR)")
 
-    def check(self, sql: str) -> None:
-        """One statement that parses and, for a query, binds against an empty ``logs``."""
+    def check(self, sql: str) -> bool:
+        """One statement that parses and, for a query, binds against an empty ``logs``. True
+        for a query (a SELECT)."""
         duckdb = self._duckdb
         try:
             statements = self.con.extract_statements(sql)
@@ -144,14 +147,16 @@ class Engine:
         if len(statements) != 1:
             raise QueryError(f"give one SQL statement, not {len(statements)}")
         statement = statements[0]
+        is_select = bool(statement.type == duckdb.StatementType.SELECT)
         self._empty_table("logs")
         try:
-            if statement.type == duckdb.StatementType.SELECT:
+            if is_select:
                 self.con.execute("EXPLAIN " + statement.query)
         except duckdb.Error as exc:
             raise _engine_error(exc) from None
         finally:
             self.con.execute("DROP TABLE logs")
+        return is_select
 
     def load(self, files: Sequence[LogFile], start_s: float, finish_s: float) -> None:
         """``logs``: the rows of ``files`` with ``log_time`` in ``[start_s, finish_s)``."""
@@ -175,6 +180,28 @@ class Engine:
             + " UNION ALL ".join(parts)
             + f") WHERE log_time >= {_timestamp(start_s)} AND log_time < {_timestamp(finish_s)}"
         )
+
+    def export(self, sql: str, fmt: OutputFormat, out: IO[str], spool: Path) -> int:
+        """A query's rows written by DuckDB's own CSV or JSON writer (ten times the Python rows'
+        pace: no Python object per value) into ``spool``, then copied to ``out`` in blocks; how
+        many rows."""
+        duckdb = self._duckdb
+        options = (
+            "FORMAT csv, HEADER true" if fmt is OutputFormat.CSV else "FORMAT json, ARRAY true"
+        )
+        query = sql.strip().rstrip(";")
+        try:
+            written = self.con.execute(
+                f"COPY ({query}) TO {sql_string(str(spool))} ({options})"
+            ).fetchone()
+        except duckdb.Error as exc:
+            raise _engine_error(exc) from None
+        with spool.open(encoding="utf-8", newline="") as f:
+            while block := f.read(EXPORT_BLOCK_CHARS):
+                out.write(block)
+        out.flush()
+        spool.unlink()
+        return int(written[0]) if written else 0
 
     def run(self, sql: str, sink: RowSink) -> int:
         """Runs the statement, its rows to ``sink`` in batches; how many rows."""
@@ -368,7 +395,7 @@ async def query_window(
         work_dir = Path(work)
         engine = await asyncio.to_thread(Engine, work_dir, settings.memory_limit_mib)
         try:
-            await asyncio.to_thread(engine.check, settings.sql)
+            is_select = await asyncio.to_thread(engine.check, settings.sql)
             files = await fetch_window(
                 store,
                 settings.db_identifier,
@@ -380,8 +407,13 @@ async def query_window(
                 hooks=hooks,
             )
             await asyncio.to_thread(engine.load, files, start_s, finish_s)
-            sink = sink_for(settings.output, out)
-            report.rows = await asyncio.to_thread(engine.run, settings.sql, sink)
+            if is_select and settings.output is not OutputFormat.TABLE:
+                report.rows = await asyncio.to_thread(
+                    engine.export, settings.sql, settings.output, out, work_dir / "result"
+                )
+            else:
+                sink = sink_for(settings.output, out)
+                report.rows = await asyncio.to_thread(engine.run, settings.sql, sink)
         finally:
             await asyncio.to_thread(engine.close)
     _log_outcome(report)

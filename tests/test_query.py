@@ -286,6 +286,11 @@ async def test_the_command_prints_csv_a_table_and_says_what_is_wrong(
     assert rows[0] == ["log_time", "user_name", "message"]
     assert Counter(r[2] for r in rows[1:]) == Counter(r[13] for r in expected)
 
+    # Not a query: its rows through the Python writer, the same JSON shape.
+    described = cli(env, *window, "--json", "DESCRIBE logs")
+    assert described.returncode == 0, described.stderr
+    assert [r["column_name"] for r in json.loads(described.stdout)] == [*NAMES, "instance"]
+
     table = cli(env, *window, "SELECT error_severity, count(*) FROM logs GROUP BY 1")
     assert table.returncode == 0, table.stderr
     assert "error_severity" in table.stdout and "LOG" in table.stdout
