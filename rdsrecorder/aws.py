@@ -18,8 +18,10 @@ loaded again when AWS says they expired (``rdsrecorder.credentials``)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, TypeVar
@@ -49,6 +51,7 @@ from rdsrecorder.errors import (
     AwsError,
     CredentialsError,
     LogFileGoneError,
+    StoppedError,
     ThrottledError,
     one_line,
 )
@@ -183,6 +186,9 @@ class Aws:
         hooks.api_budget(settings.fleet_max_api_rps, settings.max_api_rps)
         self._credentials: dict[str, RefreshingCredentials | None] = {}
         self.throttled_calls = 0  # answers that said Throttling (each then retried or failed)
+        self._deadline: float | None = None  # the loop's time by which every call ends (a stop)
+        self._scopes: set[asyncio.Timeout] = set()
+        self._stop_watch: asyncio.Future[None] | None = None
         self._stack: Any = None
         self.rds_session = self.session
         self.rds: Any = None
@@ -257,6 +263,8 @@ class Aws:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        if self._stop_watch is not None:
+            self._stop_watch.cancel()
         if self._stack is not None:
             await self._stack.__aexit__(exc_type, exc, tb)
             self._stack = None
@@ -286,6 +294,44 @@ class Aws:
     def operation_name(client: Any, method: str) -> str:
         mapping: dict[str, str] = getattr(client.meta, "method_to_api_mapping", {})
         return mapping.get(method, method)
+
+    # -- the shutdown deadline ---------------------------------------------------------------------
+    def end_by(self, deadline: float) -> None:
+        """From now on every call, those in flight included, ends by ``deadline`` (the event
+        loop's time) with ``StoppedError``: after a stop, an AWS that does not answer (a network
+        gone, an endpoint that accepts and never replies) must not hold the process for the
+        clients' minute-long timeouts and their retries."""
+        self._deadline = deadline if self._deadline is None else min(self._deadline, deadline)
+        for scope in self._scopes:
+            scope.reschedule(self._deadline)
+
+    def end_after(self, stop: asyncio.Event, grace_s: float) -> None:
+        """Once ``stop`` is set, every call ends within ``grace_s`` (``end_by``)."""
+
+        async def watch() -> None:
+            await stop.wait()
+            self.end_by(asyncio.get_running_loop().time() + grace_s)
+
+        self._stop_watch = asyncio.ensure_future(watch())
+
+    @contextlib.asynccontextmanager
+    async def bounded(self, what: str) -> AsyncIterator[None]:
+        """What runs inside ends at the shutdown deadline (``end_by``), with ``StoppedError``."""
+        try:
+            async with asyncio.timeout_at(self._deadline) as scope:
+                self._scopes.add(scope)
+                try:
+                    yield
+                finally:
+                    self._scopes.discard(scope)
+        except TimeoutError as exc:
+            if self._deadline is None or not scope.expired():
+                raise
+            raise StoppedError(
+                f"{what}: no answer before the shutdown deadline (--shutdown-grace)",
+                code="ShutdownDeadline",
+                operation=what,
+            ) from exc
 
     async def call(self, service: str, method: str, **params: Any) -> dict[str, Any]:
         """``client.<method>(**params)`` through ``run``."""
@@ -331,6 +377,17 @@ class Aws:
                 state.next_action.sleep if state.next_action else 0.0,
             )
 
+        async with self.bounded(f"{service} {operation}"):
+            return await self._attempts(call, service, operation, once, before_sleep)
+
+    async def _attempts(
+        self,
+        call: _Attempts,
+        service: str,
+        operation: str,
+        once: Callable[[], Awaitable[T]],
+        before_sleep: Callable[[RetryCallState], None],
+    ) -> T:
         try:
             async for attempt in retrying(
                 max_attempts=self.settings.max_attempts,

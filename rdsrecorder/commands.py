@@ -34,6 +34,7 @@ from rdsrecorder.errors import (
     EXIT_SNAPSHOT,
     RdsRecorderError,
     SnapshotError,
+    StoppedError,
     VerifyError,
 )
 from rdsrecorder.fleet import Db, Fleet, FleetManifests
@@ -55,6 +56,15 @@ log = logging.getLogger(__name__)
 
 COUNTDOWN_EVERY_S = 60.0
 SNAPSHOT_WAIT_TIMEOUT_S = 6 * 3600.0
+# Of --shutdown-grace, what the end of a stopped run keeps for itself after the copies in flight
+# were cut: aborting their multipart uploads and the last manifest write (each one round trip).
+SHUTDOWN_CLEANUP_S = 2.0
+
+
+def copies_grace_s(grace_s: float) -> float:
+    """How long copies in flight may go on after a stop, so that the whole shutdown, cleanup
+    included, fits in ``grace_s``: AWS calls still unanswered then end (``Aws.end_after``)."""
+    return grace_s - min(SHUTDOWN_CLEANUP_S, grace_s / 2)
 
 
 @dataclass
@@ -124,9 +134,10 @@ async def _preflight(aws: Aws, bucket: Bucket, fleet: Fleet) -> dict[str, Db]:
         fleet.start(),
         return_exceptions=True,
     )
-    for outcome in (identity, checked, dbs):
+    outcomes = (identity, checked, dbs)
+    for outcome in sorted(outcomes, key=lambda o: not isinstance(o, StoppedError)):
         if isinstance(outcome, BaseException):
-            raise outcome
+            raise outcome  # a stop first: what the calls cut short said is moot
     assert isinstance(identity, str) and isinstance(dbs, dict)
     log.debug("credentials ok: %s", identity)
     return dbs
@@ -179,6 +190,7 @@ async def run_sync(
     pool = max(10, settings.concurrency * 3 + 4)
     spool_dir = resolve_spool_dir(settings.spool_dir)
     async with Aws(settings.aws, hooks, max_pool_connections=pool, clock=clock) as aws:
+        aws.end_after(stop, settings.shutdown_grace_s)
         bucket = _bucket(aws, settings.bucket, settings.aws)
         uploader = Uploader(bucket, hooks, settings.upload, spool_dir=spool_dir)
         rds = RdsControl(aws)
@@ -240,7 +252,7 @@ async def run_sync(
                     concurrency=settings.concurrency,
                     poll_interval_s=settings.poll_interval_s,
                     finish_grace_s=settings.finish_grace_s,
-                    shutdown_grace_s=settings.shutdown_grace_s,
+                    shutdown_grace_s=copies_grace_s(settings.shutdown_grace_s),
                     include_plain=settings.include_plain,
                     include_series=settings.include_series,
                     fleet=settings.fleet,
@@ -273,11 +285,21 @@ async def run_sync(
                     report.totals.entries,
                     {} if settings.fleet else {"aborted": report.totals.aborted},
                 )
-                await store.close(finished=not report.interrupted)
+                await _close_manifests(aws, store, report)
                 if twins is not None:  # the twins are beside the run, not in its manifest
                     await twins.drain()
     log.info("run %s done: %s", settings.run_id, summary_line(report.totals))
     return report
+
+
+async def _close_manifests(aws: Aws, store: FleetManifests, report: SyncReport) -> None:
+    """The last manifest writes, which a stop bounds like any AWS call (``Aws.end_after``)."""
+    try:
+        async with aws.bounded("writing the manifests"):
+            await store.close(finished=not report.interrupted)
+    except StoppedError as exc:
+        report.interrupted = True
+        log.error("%s: the manifests keep their last state", exc)
 
 
 def resumed_start(store: FleetManifests, settings: SyncSettings) -> pendulum.DateTime:

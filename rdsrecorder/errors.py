@@ -12,7 +12,8 @@
     │   └── ListingDeniedError (rdsrecorder.rds.control)  DescribeDBLogFiles not allowed
     ├── AwsError                     exit 1  an AWS call failed after retries
     │   ├── ThrottledError
-    │   └── LogFileGoneError         the log file vanished (expired / rotated away)
+    │   ├── LogFileGoneError         the log file vanished (expired / rotated away)
+    │   └── StoppedError             exit 130  AWS did not answer before the shutdown deadline
     ├── DownloadError                exit 1  a download misbehaved (marker stuck, binary data ...)
     │   ├── ShortBodyError           a whole-file stream ended cleanly before the listed size
     │   ├── SourceChangedError       the file ended short, shrank or changed while being read
@@ -101,6 +102,13 @@ class ThrottledError(AwsError):
 
 class LogFileGoneError(AwsError):
     """DBLogFileNotFoundFault: the file expired or rotated away while we read it."""
+
+
+class StoppedError(AwsError):
+    """A call cut short by the shutdown deadline (``--shutdown-grace`` after a stop): the run was
+    interrupted, whatever AWS would have answered."""
+
+    exit_code = EXIT_INTERRUPTED
 
 
 class DownloadError(RdsRecorderError):

@@ -37,11 +37,12 @@ import asyncio
 import itertools
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from rdsrecorder.clock import Clock
+from rdsrecorder.concurrency import cancelled
 from rdsrecorder.dbstate import (
     ABORTED,
     IN_FLIGHT,
@@ -248,15 +249,8 @@ class Recorder:
             # Every poll: the resolver (members join and leave) and the gauges that age with
             # time. In between, a wake-up lists and re-checks only the DBs that are due.
             polled = self._clock.now() >= next_poll_s
-            if (not polled or await self._resolve()) and await self._list_due():
-                now_s = self._clock.now()
-                self._evaluate([self._dbs[i] for i in self._recheck.pop_due(now_s)])
-                if polled:
-                    for instance in list(self._lagging):
-                        self._gauges(self._dbs[instance], now_s)
-                if self._finished(now_s):
-                    return
-                self._say_waits(now_s)
+            if await self._until_stop(self._look(polled)):
+                return
             if polled:  # drift-correcting: the next poll is due poll_interval after this one was
                 next_poll_s += self._settings.poll_interval_s
                 if next_poll_s < self._clock.now():
@@ -273,6 +267,37 @@ class Recorder:
             )
             if not await self._clock.sleep_until(max(wake_s, self._clock.now()), self._stop):
                 return
+
+    async def _look(self, polled: bool) -> bool:
+        """One wake-up: resolve (on a poll), list what is due, queue what is ready. True when
+        the run is over."""
+        if (not polled or await self._resolve()) and await self._list_due():
+            now_s = self._clock.now()
+            self._evaluate([self._dbs[i] for i in self._recheck.pop_due(now_s)])
+            if polled:
+                for instance in list(self._lagging):
+                    self._gauges(self._dbs[instance], now_s)
+            if self._finished(now_s):
+                return True
+            self._say_waits(now_s)
+        return False
+
+    async def _until_stop(self, look: Coroutine[Any, Any, bool]) -> bool:
+        """``look``'s answer, or True as soon as the stop is set: a listing that AWS does not
+        answer must not hold a shutdown (the copies in flight get the grace, not the listing)."""
+        task = asyncio.ensure_future(look)
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            await cancelled(task)
+            raise
+        finally:
+            stopped.cancel()
+        if not task.done():
+            await cancelled(task)
+            return True
+        return task.result()
 
     def _finished(self, now_s: float) -> bool:
         if self._window.mode is Mode.DOWNLOAD_AND_FINISH:
