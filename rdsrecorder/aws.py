@@ -39,7 +39,7 @@ from botocore.parsers import ResponseParserError
 from tenacity import RetryCallState
 
 from rdsrecorder.budget import AdaptiveRateLimiter
-from rdsrecorder.clock import Clock
+from rdsrecorder.clock import AwsClock, Clock
 from rdsrecorder.config import AwsSettings, RoleSettings
 from rdsrecorder.credentials import (
     RefreshingCredentials,
@@ -99,6 +99,13 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, ResponseParserError):
         return "ResponseParserError: the answer could not be parsed"
     return f"{type(exc).__name__}: {_aws_text(str(exc))}"
+
+
+def _date_of(answer: dict[str, Any]) -> str | None:
+    """The ``Date`` header of an SDK answer (or of a ``ClientError``'s)."""
+    headers = answer.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    date = headers.get("date")
+    return date if isinstance(date, str) else None
 
 
 def translate(exc: BaseException, service: str, operation: str) -> AwsError:
@@ -162,6 +169,7 @@ class Aws:
         self.settings = settings
         self.hooks = hooks
         self.clock = clock or Clock()
+        self.time = AwsClock(self.clock, hooks)  # AWS's time, learnt from its answers
         self.session = refreshing_session(default_chain, "the process's credentials")
         configured_region = settings.region or self.session.region_name
         self.region = configured_region or "us-east-1"
@@ -338,7 +346,13 @@ class Aws:
         client = self._client(service)
 
         async def once() -> dict[str, Any]:
-            result: dict[str, Any] = await getattr(client, method)(**params)
+            sent_s = self.clock.now()
+            try:
+                result: dict[str, Any] = await getattr(client, method)(**params)
+            except ClientError as exc:
+                self.time.observe(service, _date_of(exc.response), sent_s, self.clock.now())
+                raise
+            self.time.observe(service, _date_of(result), sent_s, self.clock.now())
             return result
 
         return await self.run(service, self.operation_name(client, method), once)

@@ -273,7 +273,8 @@ async def run_sync(
                 ),
                 manifest=twins or store,
                 hooks=hooks,
-                clock=clock,
+                # Readiness, listing times, lag and headroom on AWS's time, not the host's.
+                clock=aws.time,
                 stop=stop,
                 retention_s=fleet.retention_s,
             )

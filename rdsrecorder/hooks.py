@@ -82,6 +82,10 @@ class Hooks:
     def healthy(self, ok: bool, reason: str = "") -> None:
         """Run health for /healthz (False after repeated failures)."""
 
+    def clock_offset(self, service: str, seconds: float) -> None:
+        """How far AWS's clock (the ``Date`` of ``service``'s answers) is ahead of the host's
+        (gauge; negative: behind)."""
+
 
 class MultiHooks(Hooks):
     """Fans every call out to several hooks (metrics + progress bar, say)."""
@@ -178,3 +182,7 @@ class MultiHooks(Hooks):
     def healthy(self, ok: bool, reason: str = "") -> None:
         for h in self._hooks:
             h.healthy(ok, reason)
+
+    def clock_offset(self, service: str, seconds: float) -> None:
+        for h in self._hooks:
+            h.clock_offset(service, seconds)

@@ -28,8 +28,9 @@ HOUR_S = 3600
 DAY_S = 86400
 DEFAULT_ROTATION_S = HOUR_S  # Aurora's and RDS's default log_rotation_age
 
-# Slack before an idle file counts as complete: RDS updates LastWritten lazily, and the clocks of
-# the DB host and of this process differ a little.
+# Slack before an idle file counts as complete: RDS updates LastWritten lazily, and the DB host's
+# clock, AWS's API clock and this process's estimate of it (``clock.AwsClock``, within a second or
+# so) differ a little.
 IDLE_SLACK_S = 60
 
 _NAME_RE = re.compile(
@@ -167,7 +168,8 @@ def assign_spans(files: Iterable[LogFile], *, include_plain: bool = False) -> li
 
 def is_complete(sf: SpannedFile, now_s: float, period_s: int) -> bool:
     """A file is complete once a newer file of its series exists (it rotated), or, for an idle DB,
-    once it has not been written for longer than the rotation period."""
+    once it has not been written for longer than the rotation period. ``now_s`` is AWS's time
+    (``clock.AwsClock``), never the host's: ``LastWritten`` and the names are on RDS's clock."""
     if sf.has_successor:
         return True
     idle_s = now_s - sf.file.last_written_ms / 1000.0

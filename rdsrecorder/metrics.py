@@ -128,6 +128,11 @@ class PrometheusHooks(Hooks):
         self.build = gauge("rdsrecorder_build_info", "Build information.")
         self.healthy_gauge = gauge("rdsrecorder_healthy", "1 when the run is healthy.")
         self.start_time = gauge("rdsrecorder_start_time_seconds", "Process start time.")
+        self.clock_offset_gauge = gauge(
+            "rdsrecorder_clock_offset_seconds",
+            "How far AWS's clock (the Date of the service's answers) is ahead of the host's "
+            "(negative: behind); readiness is reckoned on AWS's time.",
+        )
         self._in_flight: dict[str, int] = {}
         self._newest: dict[str, float] = {}
         self.build.set({"version": __version__, "python": platform.python_version()}, 1)
@@ -263,6 +268,9 @@ class PrometheusHooks(Hooks):
     def healthy(self, ok: bool, reason: str = "") -> None:
         self.healthy_state = (ok, reason)
         self.healthy_gauge.set({}, 1 if ok else 0)
+
+    def clock_offset(self, service: str, seconds: float) -> None:
+        self.clock_offset_gauge.set({"service": service}, seconds)
 
     def render(self) -> bytes:
         content, _ = render(self.registry, ["text/plain"])

@@ -71,7 +71,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import dataclasses
 import datetime as dt
+import email.utils
 import hashlib
 import logging
 import math
@@ -340,6 +342,7 @@ class RdsEmulator:
             self.app.router.add_get(
                 f"/{version}/downloadCompleteLogFile/{{instance}}/{{name:.+}}", self._complete
             )
+        self.app.on_response_prepare.append(self._date_header)
         self.app.router.add_get("/_lab/faults", self._get_faults)
         self.app.router.add_post("/_lab/faults", self._post_faults)
         self.app.router.add_patch("/_lab/faults", self._post_faults)
@@ -430,7 +433,8 @@ class RdsEmulator:
                 headers=request.headers,
                 body=body,
                 credentials=self.credentials,
-                now=dt.datetime.now(dt.UTC),
+                # Clients sign with the real time, whatever clock a test gives the lab.
+                now=dt.datetime.fromtimestamp(time.time() + self._faults.clock_offset_s, dt.UTC),
                 services=services,
             ).access_key
         except sigv4.SignatureError as exc:
@@ -626,7 +630,11 @@ class RdsEmulator:
         params = call.params
         instance = self.catalog.instance(awsxml.required(params, "DBInstanceIdentifier"))
         self._inject_list_error(instance, call.region)
-        files = self.catalog.log_files(instance)
+        offset_ms = round(self._faults.clock_offset_s * 1000)
+        files = [
+            dataclasses.replace(f, last_written_ms=f.last_written_ms + offset_ms)
+            for f in self.catalog.log_files(instance)
+        ]
         contains = params.get("FilenameContains")
         if contains:
             files = [f for f in files if contains in f.name]
@@ -1025,7 +1033,15 @@ class RdsEmulator:
         return f"{kind}:{ident.lower()}"
 
     def _utcnow(self) -> dt.datetime:
-        return dt.datetime.fromtimestamp(self._now(), dt.UTC)
+        return dt.datetime.fromtimestamp(self._aws_now(), dt.UTC)
+
+    def _aws_now(self) -> float:
+        """The lab's AWS clock: ``now`` plus the ``clock_offset_s`` knob."""
+        return self._now() + self._faults.clock_offset_s
+
+    async def _date_header(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Every answer's ``Date`` on the lab's AWS clock (aiohttp would put the host's)."""
+        response.headers["Date"] = email.utils.formatdate(self._aws_now(), usegmt=True)
 
     # -- lab control plane (JSON) ------------------------------------------------------------------
     async def _get_faults(self, request: web.Request) -> web.Response:

@@ -64,6 +64,13 @@ gzip_level          zlib level of the complete-file endpoint's gzip (1-9; 1 by d
                     level servers use to compress on the fly). The real server compresses on AWS's
                     machines; the lab does it on yours, so a higher level mostly measures the lab.
                     [complete-file responses, when the client accepts gzip]
+clock_offset_s      How far the lab's AWS clock is ahead of the host's, in seconds (negative:
+                    behind; AWS accepts signatures up to 15 minutes off, so a host that far off
+                    still works). The ``Date`` header of every answer, each ``LastWritten``
+                    (the file's mtime plus the offset; ``FileLastWritten`` compares with that),
+                    snapshot times and the SigV4 check are on the lab's clock. Log file names
+                    are whatever the files are called: a DB on the lab's clock names them on it.
+                    The lab's S3 server keeps the host's clock. [every RDS/STS answer]
 seed                Seed of the RNG behind error_rate and reset_rate. The RNG, the throttle
                     counter and the token bucket restart whenever the faults are set, so a run
                     is reproducible from that point.
@@ -118,6 +125,7 @@ class Faults:
     bandwidth_mbps: float | None = None
     stream_mbps: float | None = None
     gzip_level: int = 1
+    clock_offset_s: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -139,6 +147,8 @@ class Faults:
             raise ValueError("seed must be an integer")
 
     def _check_numbers(self) -> None:
+        if not _finite(self.clock_offset_s):
+            raise ValueError("clock_offset_s must be a number")
         for name in ("latency_ms", "portion_ms_per_mb"):
             if not _finite(getattr(self, name)) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be a number >= 0")

@@ -27,7 +27,8 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Coroutine, Mapping
+import time
+from collections.abc import Callable, Coroutine, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, TypeVar
@@ -84,7 +85,10 @@ class Lab:
         postgres_rotation_min: int = 1,
         snapshot_delay_s: float = 2.0,
         verify_signatures: bool = True,
+        now: Callable[[], float] = time.time,
     ) -> None:
+        """``now``: the host's clock as the emulator reads it (a test's fake clock; the
+        ``clock_offset_s`` knob goes on top)."""
         if s3 not in ("moto", "seaweed", "none"):
             raise ValueError(f"s3 must be moto, seaweed or none, not {s3!r}")
         self.root = Path(root)
@@ -98,6 +102,7 @@ class Lab:
             faults=faults,
             snapshot_delay_s=snapshot_delay_s,
             verify_signatures=verify_signatures,
+            now=now,
         )
         self.postgres = (
             LabPostgres(self.root, postgres_instance, rotation_age_min=postgres_rotation_min)
