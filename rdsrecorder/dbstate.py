@@ -69,6 +69,7 @@ class DbState:
     """What the recorder knows of one DB instance."""
 
     instance: str
+    incarnation: str = ""  # the DbiResourceId its files are of ("" when not known)
     files: dict[str, FileState] = field(default_factory=dict)
     spanned: list[SpannedFile] = field(default_factory=list)  # of the series copied, oldest first
     listed_at_s: float | None = None

@@ -12,6 +12,12 @@ of them this process owns (``--shard I/N``), and one manifest per DB.
   computes the same answer; N replicas cover the fleet exactly once, and going from N to N+1
   replicas moves only the DBs the new shard wins (about 1/(N+1) of them). A DB that moves
   resumes under the same run id: complete objects are skipped, its manifest is read back.
+* **Incarnations**: an instance is known by its ``DbiResourceId``. A name deleted and recreated
+  is a new incarnation: said (WARNING, ``Hooks.db_recreated``), followed again, and its files
+  never go over the old one's (``LogFile.incarnation``, the objects' ``db-resource-id``).
+* **Missing**: a DB named with ``-d`` that is not found any more stays in the follow set: it is
+  exported as missing (``Hooks.db_missing``) and looked for again after ``MISSING_FIRST_S``,
+  doubling up to the refresh interval, until it is back.
 * **Layout**: a fleet run (more than one DB, or discovery) writes ``<RUNID>/<instance>/...``
   objects and one manifest per DB at ``<RUNID>/<db>/manifest.json``, written by the DB's owner
   (and, while a reshard overlaps, by its old owner too: the writers merge, see
@@ -37,7 +43,7 @@ from rdsrecorder.errors import AwsError, DbNotFoundError, OwnerError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.manifest import FileEntry, Manifest, ManifestStorage, ManifestStore, manifest_key
 from rdsrecorder.models import FileStatus
-from rdsrecorder.rds.control import POSTGRES_ENGINES, DbInstance, RdsControl
+from rdsrecorder.rds.control import INSTANCE_NOT_FOUND, POSTGRES_ENGINES, DbInstance, RdsControl
 from rdsrecorder.times import iso, parse_iso
 from rdsrecorder.window import Mode
 
@@ -47,6 +53,8 @@ MANIFEST_CONCURRENCY = 16  # manifests of a fleet written or checked at once (50
 # would hold the start and a shutdown for seconds)
 DEFAULT_RETENTION_S = 3 * 86400.0  # rds.log_retention_period's default: 4320 minutes
 RETRY_REFRESH_S = 60.0  # a failed discovery is tried again this soon (the current set is kept)
+MISSING_FIRST_S = 30.0  # a named DB not found is looked for again this soon, then less often
+ONE_BY_ONE_MAX = 5  # more named instances than this are checked with one paged listing
 
 
 def _said(task: asyncio.Future[None]) -> None:
@@ -137,6 +145,9 @@ class Fleet:
         self._next_refresh_s = float("inf")
         self._matched: int | None = None  # instances the tags matched at the last discovery
         self.owner: dict[str, str] = {}  # instance -> db id (kept after the DB leaves)
+        self._resource: dict[str, str] = {}  # instance -> the DbiResourceId seen last
+        self._missing: dict[str, float] = {}  # named DB not found -> its back-off (seconds)
+        self._recreated: list[str] = []  # instances recreated, not told to the recorder yet
 
     @property
     def dbs(self) -> dict[str, Db]:
@@ -165,6 +176,8 @@ class Fleet:
         for ident in self._targets:
             target = await self._rds.resolve(ident)
             self._explicit[ident] = Db(ident, target.kind, target.instances)
+            if target.kind == "instance":
+                self._seen(target.instances[0], target.resource_id)
             if target.kind == "instance" and target.parameter_group is not None:
                 self._groups[target.instances[0]] = target.parameter_group
         self._apply(await self._select(just_resolved=True))
@@ -181,8 +194,80 @@ class Fleet:
     def attach(self, manifests: ManifestOpener) -> None:
         self._manifests = manifests
 
+    # -- incarnations and missing DBs -------------------------------------------------------------
+    def incarnation(self, instance: str) -> str:
+        """The instance's DbiResourceId as last seen ("" when not known)."""
+        return self._resource.get(instance, "")
+
+    def recreated(self) -> list[str]:
+        """The instances recreated since the last call."""
+        out, self._recreated = self._recreated, []
+        return out
+
+    def lost(self, instance: str) -> None:
+        """A listing said ``instance`` does not exist: the DBs are looked for at the next call."""
+        self._next_refresh_s = min(self._next_refresh_s, self._clock.now())
+
+    def _seen(self, instance: str, resource_id: str) -> None:
+        if not resource_id:
+            return
+        old = self._resource.get(instance)
+        self._resource[instance] = resource_id
+        if old is not None and old != resource_id:
+            log.warning(
+                "%s was deleted and recreated (DbiResourceId %s, was %s): following the new "
+                "one; its files go beside the old one's, never over them",
+                instance,
+                resource_id,
+                old,
+            )
+            self._hooks.db_recreated(instance)
+            self._recreated.append(instance)
+
+    def _lose(self, ident: str) -> None:
+        """A named DB is not found: kept in the follow set as missing, looked for again."""
+        delay_s = self._missing.get(ident)
+        if delay_s is None:
+            delay_s = MISSING_FIRST_S
+            log.warning(
+                "DB %s (named with -d) is not found: missing until it is back; looking for it "
+                "again in %.0f s, then less often",
+                ident,
+                delay_s,
+            )
+            self._hooks.db_missing(ident, True)
+        else:
+            delay_s = min(2 * delay_s, max(MISSING_FIRST_S, self._refresh_s))
+        self._missing[ident] = delay_s
+
+    def _found(self, ident: str) -> None:
+        if self._missing.pop(ident, None) is not None:
+            log.warning("DB %s (named with -d) is back: following it again", ident)
+            self._hooks.db_missing(ident, False)
+
+    async def _named_instances(self) -> dict[str, DbInstance]:
+        """The named instances that exist now, by lower-cased name: one DescribeDBInstances
+        each, or for many of them one paged listing of the region (100 a call)."""
+        named = [db.instances[0] for db in self._explicit.values() if db.kind == "instance"]
+        if len(named) > ONE_BY_ONE_MAX:
+            wanted = {n.lower() for n in named}
+            return {
+                i.identifier.lower(): i
+                async for i in self._rds.all_instances()
+                if i.identifier.lower() in wanted
+            }
+        found: dict[str, DbInstance] = {}
+        for name in named:
+            try:
+                found[name.lower()] = await self._rds.instance(name)
+            except AwsError as exc:
+                if exc.code not in INSTANCE_NOT_FOUND:
+                    raise
+        return found
+
     async def _select(self, just_resolved: bool = False) -> dict[str, Db]:
         dbs: dict[str, Db] = {}
+        named = {} if just_resolved else await self._named_instances()
         for ident, db in self._explicit.items():
             if db.kind == "cluster" and not just_resolved:
                 try:
@@ -190,12 +275,20 @@ class Fleet:
                 except DbNotFoundError:
                     log.warning("cluster %s no longer exists", ident)
                     continue
+            elif not just_resolved:
+                inst = named.get(db.instances[0].lower())
+                if inst is None:
+                    self._lose(ident)
+                    continue
+                self._found(ident)
+                self._seen(inst.identifier, inst.resource_id)
             dbs[db.id] = db
         if self._tags:
             members: dict[str, set[str]] = {}
             matched = await discover(self._rds, self._tags)
             self._say_matches(len(matched))
             for inst in matched:
+                self._seen(inst.identifier, inst.resource_id)
                 self._groups.setdefault(inst.identifier, inst.parameter_group)
                 db_id = inst.cluster_id or inst.identifier
                 members.setdefault(db_id, set()).add(inst.identifier)
@@ -248,7 +341,9 @@ class Fleet:
         if self._clock.now() >= self._next_refresh_s:
             try:
                 self._apply(await self._select())
-                self._next_refresh_s = self._clock.now() + self._refresh_s
+                self._next_refresh_s = self._clock.now() + min(
+                    [self._refresh_s, *self._missing.values()]
+                )
             except AwsError as exc:
                 log.warning("looking for DBs failed (%s): keeping the current set", exc)
                 self._next_refresh_s = self._clock.now() + min(self._refresh_s, RETRY_REFRESH_S)

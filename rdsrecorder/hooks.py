@@ -76,6 +76,12 @@ class Hooks:
     def dbs_followed(self, count: int) -> None:
         """DBs (instances or clusters) this process follows now (gauge)."""
 
+    def db_recreated(self, instance: str) -> None:
+        """An instance was deleted and recreated under its name (a new DbiResourceId)."""
+
+    def db_missing(self, db: str, missing: bool) -> None:
+        """A DB named with -d is not found (True) or found again (False) (gauge)."""
+
     def snapshot(self, instance: str, outcome: str) -> None:
         """outcome: "created", "available", "failed"."""
 
@@ -142,6 +148,14 @@ class MultiHooks(Hooks):
     def dbs_followed(self, count: int) -> None:
         for h in self._hooks:
             h.dbs_followed(count)
+
+    def db_recreated(self, instance: str) -> None:
+        for h in self._hooks:
+            h.db_recreated(instance)
+
+    def db_missing(self, db: str, missing: bool) -> None:
+        for h in self._hooks:
+            h.db_missing(db, missing)
 
     def bytes_downloaded(self, instance: str, count: int) -> None:
         for h in self._hooks:

@@ -124,6 +124,14 @@ class PrometheusHooks(Hooks):
         self.db_changes = counter(
             "rdsrecorder_db_changes_total", "DBs that joined or left the followed set, by change."
         )
+        self.recreated = counter(
+            "rdsrecorder_db_recreated_total",
+            "Instances deleted and recreated under their name (a new DbiResourceId).",
+        )
+        self.missing = gauge(
+            "rdsrecorder_db_missing",
+            "1 while a DB named with -d is not found (looked for again on a back-off).",
+        )
         self.mode_gauge = gauge("rdsrecorder_mode", "Current sync mode (1 for the active one).")
         self.build = gauge("rdsrecorder_build_info", "Build information.")
         self.healthy_gauge = gauge("rdsrecorder_healthy", "1 when the run is healthy.")
@@ -268,6 +276,12 @@ class PrometheusHooks(Hooks):
     def healthy(self, ok: bool, reason: str = "") -> None:
         self.healthy_state = (ok, reason)
         self.healthy_gauge.set({}, 1 if ok else 0)
+
+    def db_recreated(self, instance: str) -> None:
+        self.recreated.inc({"db_instance": instance})
+
+    def db_missing(self, db: str, missing: bool) -> None:
+        self.missing.set({"db": db}, 1 if missing else 0)
 
     def clock_offset(self, service: str, seconds: float) -> None:
         self.clock_offset_gauge.set({"service": service}, seconds)

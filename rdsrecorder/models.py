@@ -49,6 +49,9 @@ class LogFile:
     name: str  # e.g. "error/postgresql.log.2024-03-04-19.csv"
     last_written_ms: int  # epoch milliseconds, as the API returns it
     size: int  # bytes, as listed (the current file keeps growing)
+    # The instance's DbiResourceId when known: a DB deleted and recreated under the same name is
+    # another incarnation, whose files are other files even where their names repeat.
+    incarnation: str = ""
 
 
 class DownloadMethod(enum.StrEnum):
@@ -114,6 +117,7 @@ META_SIZE = "size"  # bytes of the log (before compression): single-PutObject ob
 META_COMPRESSION = "compression"  # "gzip" on compressed objects; absent otherwise
 META_RUN_ID = "run-id"
 META_COMPLETE = "complete"  # "true" when the source file had rotated, "false" if copied live
+META_DB_RESOURCE_ID = "db-resource-id"  # the instance's DbiResourceId (its incarnation), if known
 
 # Printable ASCII that S3 metadata carries as it is; everything else (non-ASCII, control
 # characters, and "%" itself) is percent-encoded, so a name from the API always fits a header.

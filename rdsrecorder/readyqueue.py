@@ -89,6 +89,18 @@ class ReadyQueue(Generic[T]):
         db = self._dbs.get(instance)
         return len(db.queue) if db else 0
 
+    def drop(self, instance: str) -> list[T]:
+        """Empties one DB's queue (a DB recreated: its old incarnation's files are not copied):
+        what was waiting, for the caller. Its files in flight keep their slots."""
+        db = self._dbs.get(instance)
+        if db is None:
+            return []
+        items = [item for _, _, item in db.queue]
+        db.queue.clear()
+        self._queued -= len(items)
+        self._rank(instance, db)
+        return items
+
     def clear(self) -> list[T]:
         """Empties the queues (a stop): what was waiting, for the caller to count."""
         items = [item for db in self._dbs.values() for _, _, item in db.queue]

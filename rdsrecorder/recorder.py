@@ -34,6 +34,7 @@ costs: docs/architecture.md.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import math
@@ -98,6 +99,18 @@ class ManifestSink(Protocol):
 class Resolver(Protocol):
     async def instances(self) -> tuple[str, ...]:
         """Current instances of the target (cluster members change over time)."""
+        ...
+
+    def incarnation(self, instance: str) -> str:
+        """The instance's DbiResourceId ("" when not known): a new one is a new DB."""
+        ...
+
+    def recreated(self) -> list[str]:
+        """The instances recreated under their name since the last call (new incarnations)."""
+        ...
+
+    def lost(self, instance: str) -> None:
+        """A listing said ``instance`` does not exist."""
         ...
 
 
@@ -379,6 +392,9 @@ class Recorder:
         except (AwsError, DbNotFoundError) as exc:
             self._failed_listing(exc)
             return False
+        now_s = self._clock.now()
+        for instance in self._resolver.recreated():
+            self._renew(instance, now_s)
         if resolved == self._resolved:
             return True
         self._resolved = resolved
@@ -386,14 +402,36 @@ class Recorder:
         current = [i for i in resolved if i not in self._gone]
         for gone in sorted(self._active.difference(current)):
             self._depart(gone, "left")
-        now_s = self._clock.now()
         for instance in current:
             if instance not in self._active:
                 self._join(instance, now_s)
         return True
 
+    def _renew(self, instance: str, now_s: float) -> None:
+        """A new incarnation of ``instance`` (recreated under its name): what is known of the
+        old one's files goes (its copies in flight end as they end, on their own state) and the
+        new one is listed afresh, from the window's start. Its files are other files even where
+        a name repeats: ``LogFile.incarnation`` sends them beside the old copies (``Copier``)."""
+        incarnation = self._resolver.incarnation(instance)
+        if instance not in self._dbs:
+            return  # not followed yet: it joins with its incarnation
+        for job in self._ready.drop(instance):
+            job.file.state = None
+        self._dbs[instance] = DbState(instance, incarnation=incarnation)
+        self._gone.discard(instance)
+        self._recheck.drop(instance)
+        for tracked in (self._waiting, self._behind, self._lagging):
+            tracked.discard(instance)
+        self._schedule.drop(instance)
+        if instance in self._active:
+            self._schedule.add(instance, now_s)
+            self._track_finish(self._dbs[instance])
+        self._resolved = None  # joined again below, if it had left
+
     def _join(self, instance: str, now_s: float) -> None:
-        db = self._dbs.setdefault(instance, DbState(instance))
+        db = self._dbs.setdefault(
+            instance, DbState(instance, incarnation=self._resolver.incarnation(instance))
+        )
         db.departed = False
         self._active.add(instance)
         self._schedule.add(instance, now_s)
@@ -433,6 +471,8 @@ class Recorder:
             try:
                 await self._refresh(db, now_s)
             except AwsError as exc:
+                if exc.code in INSTANCE_NOT_FOUND:
+                    self._resolver.lost(instance)
                 if exc.code in INSTANCE_NOT_FOUND and self._settings.fleet:
                     self._gone.add(instance)
                     self._depart(instance, "no longer exists")
@@ -459,6 +499,8 @@ class Recorder:
         self.listing_calls += 1
         since_ms = None if full else db.since_ms()
         listed = [f async for f in self._lister.list_log_files(db.instance, since_ms)]
+        if db.incarnation:  # which incarnation the files are of: never mistaken for the old one's
+            listed = [dataclasses.replace(f, incarnation=db.incarnation) for f in listed]
         db.update(listed, full=full)
         db.listed_at_s = now_s
         spanned = assign_spans(

@@ -58,6 +58,7 @@ from rdsrecorder.manifest import FileEntry
 from rdsrecorder.models import (
     META_COMPLETE,
     META_COMPRESSION,
+    META_DB_RESOURCE_ID,
     META_INSTANCE,
     META_RUN_ID,
     META_SHA256,
@@ -171,12 +172,15 @@ def versioned_key(key: str, n: int, compression: Compression) -> str:
 
 def holds_other_file(info: ObjectInfo, sf: SpannedFile) -> bool:
     """The object must be kept: objects appear whole, and this one holds another file (source
-    name, instance) or is a complete copy of a same-name file with another listed size (a
-    recreated instance's file)."""
+    name, instance, incarnation of the instance) or is a complete copy of a same-name file with
+    another listed size (a recreated instance's file, when the incarnation is not known)."""
     meta = info.metadata
     if meta_decode(meta.get(META_SOURCE, "")) != sf.name:
         return True
     if meta_decode(meta.get(META_INSTANCE, sf.instance)) != sf.instance:
+        return True
+    incarnation = sf.file.incarnation
+    if incarnation and meta.get(META_DB_RESOURCE_ID, incarnation) != incarnation:
         return True
     return meta.get(META_COMPLETE) == "true" and meta.get(META_SOURCE_SIZE) != str(sf.file.size)
 
@@ -259,6 +263,8 @@ class Copier:
         }
         if self._compression is not Compression.NONE:
             meta[META_COMPRESSION] = self._compression.value
+        if sf.file.incarnation:
+            meta[META_DB_RESOURCE_ID] = sf.file.incarnation
         return meta
 
     async def copy(

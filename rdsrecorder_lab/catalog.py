@@ -20,11 +20,16 @@ PostgreSQL writes its logs through one).
     {"instances": {"db-1": {"engine": "postgres",            # default: postgres, or the
                             "tags": {"team": "shop"},        #   cluster's engine for members
                             "log_retention_period_min": 4320,  # rds.log_retention_period
-                            "parameter_group": "shop-pg"}},    # default: "lab-<identifier>"
+                            "parameter_group": "shop-pg",      # default: "lab-<identifier>"
+                            "resource_id": "db-..."}},         # DbiResourceId (see below)
      "clusters": {"my-aurora": {"members": ["my-aurora-1", "my-aurora-2"],
                                 "writer": "my-aurora-1",     # default: the first member
                                 "engine": "aurora-postgresql",
                                 "tags": {"team": "shop"}}}}
+
+An instance's ``DbiResourceId`` is ``resource_id`` when given, else derived from its name.
+``add_instance`` gives every instance it creates a new random one, so an instance removed and
+added again under its name is a new incarnation, as on RDS.
 
 ``Catalog.add_instance`` / ``remove_instance`` / ``change_file`` change the root while the lab
 runs (the emulator's ``/_lab/instances`` and ``/_lab/files`` endpoints call them). A broken
@@ -33,10 +38,12 @@ runs (the emulator's ``/_lab/instances`` and ``/_lab/files`` endpoints call them
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -67,6 +74,7 @@ class Instance:
     tags: tuple[tuple[str, str], ...] = ()
     log_retention_period_min: int = DEFAULT_LOG_RETENTION_MIN
     parameter_group: str = ""
+    resource_id: str = ""  # lab.json's, or "" (the emulator derives one from the name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +94,7 @@ class InstanceSpec:
     tags: tuple[tuple[str, str], ...] = ()
     log_retention_period_min: int = DEFAULT_LOG_RETENTION_MIN
     parameter_group: str | None = None
+    resource_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +179,7 @@ class Catalog:
                 spec.tags,
                 spec.log_retention_period_min,
                 spec.parameter_group or f"lab-{name.lower()}",
+                spec.resource_id or "",
             )
         return out
 
@@ -223,6 +233,8 @@ class Catalog:
         }
         if parameter_group:
             spec["parameter_group"] = parameter_group
+        # A new incarnation, whatever the name had before (RDS: a new DbiResourceId).
+        spec["resource_id"] = "db-" + base64.b32encode(secrets.token_bytes(16)).decode()[:26]
         _check_spec(identifier, spec)
 
         def change(raw: dict[str, Any]) -> None:
@@ -406,7 +418,11 @@ def _check_spec(name: str, spec: Any) -> InstanceSpec:
     group = spec.get("parameter_group")
     if group is not None and (not isinstance(group, str) or not group):
         raise ValueError(f"parameter_group of {name!r} must be a non-empty string")
-    return InstanceSpec(engine, _tags(spec.get("tags", {}), repr(name)), retention, group)
+    resource_id = spec.get("resource_id")
+    if resource_id is not None and (not isinstance(resource_id, str) or not resource_id):
+        raise ValueError(f"resource_id of {name!r} must be a non-empty string")
+    tags = _tags(spec.get("tags", {}), repr(name))
+    return InstanceSpec(engine, tags, retention, group, resource_id)
 
 
 def _read_config(path: Path) -> LabConfig:

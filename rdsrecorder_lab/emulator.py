@@ -553,7 +553,7 @@ class RdsEmulator:
             "StorageType": "aurora" if aurora else "gp3",
             "DbInstancePort": 0,
             "DBClusterIdentifier": instance.cluster,
-            "DbiResourceId": "db-" + _resource_id(ident),
+            "DbiResourceId": instance.resource_id or "db-" + _resource_id(ident),
             "DBParameterGroups": XmlList("DBParameterGroup", [group]),
             "DBInstanceArn": arn,
             "TagList": _tag_list(self._resource_tags(f"db:{ident.lower()}", instance.tags)),

@@ -131,9 +131,20 @@ class FakeManifest:
 class StaticResolver:
     def __init__(self, *instances: str) -> None:
         self.current: tuple[str, ...] = instances
+        self.incarnations: dict[str, str] = {}
+        self.lost_ones: list[str] = []
 
     async def instances(self) -> tuple[str, ...]:
         return self.current
+
+    def incarnation(self, instance: str) -> str:
+        return self.incarnations.get(instance, "")
+
+    def recreated(self) -> list[str]:
+        return []
+
+    def lost(self, instance: str) -> None:
+        self.lost_ones.append(instance)
 
 
 # -- a DB that rotates its csvlog, for the recorder's time logic ---------------------------------

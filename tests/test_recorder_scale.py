@@ -68,6 +68,15 @@ class Fleet:
     async def instances(self) -> tuple[str, ...]:
         return self.names
 
+    def incarnation(self, instance: str) -> str:
+        return ""
+
+    def recreated(self) -> list[str]:
+        return []
+
+    def lost(self, instance: str) -> None:
+        pass
+
 
 class Tracer:
     """Counts the lines of the rdsrecorder package that run between ``start`` and ``stop``."""

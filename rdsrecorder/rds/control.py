@@ -29,6 +29,7 @@ class Target:
     instances: tuple[str, ...]  # the instances whose logs are read (a cluster's members)
     cluster_id: str | None  # the Aurora cluster (of an instance, or the target itself)
     parameter_group: str | None = None  # an instance's DB parameter group
+    resource_id: str = ""  # an instance's DbiResourceId: which incarnation of the name it is
 
 
 POSTGRES_ENGINES = frozenset({"postgres", "aurora-postgresql"})
@@ -44,6 +45,7 @@ class DbInstance:
     cluster_id: str | None
     tags: dict[str, str]
     parameter_group: str | None
+    resource_id: str = ""  # DbiResourceId: a name deleted and recreated gets a new one
 
 
 def _db_instance(db: dict[str, Any]) -> DbInstance:
@@ -55,6 +57,7 @@ def _db_instance(db: dict[str, Any]) -> DbInstance:
         cluster_id=db.get("DBClusterIdentifier") or None,
         tags=_tags(db.get("TagList")),
         parameter_group=groups[0].get("DBParameterGroupName"),
+        resource_id=str(db.get("DbiResourceId") or ""),
     )
 
 
@@ -83,6 +86,7 @@ class RdsControl:
                 instances=(db["DBInstanceIdentifier"],),
                 cluster_id=db.get("DBClusterIdentifier"),
                 parameter_group=groups[0].get("DBParameterGroupName"),
+                resource_id=str(db.get("DbiResourceId") or ""),
             )
         try:
             resp = await self._aws.call(
