@@ -234,6 +234,7 @@ class Recorder:
         self._behind: set[str] = set()  # DBs whose newest file was written before finish
         self._lagging: set[str] = set()  # DBs with rotated files not copied yet (lag > 0)
         self._listing_failures = 0
+        self._stopped_at: float | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.totals = RunTotals()
@@ -249,12 +250,22 @@ class Recorder:
             w.mode.label,
             self._settings.poll_interval_s,
         )
-        async with asyncio.TaskGroup() as tg:
-            self._tg = tg
-            await self._loop()
-            await self._drain()
+        noted = asyncio.ensure_future(self._note_stop())
+        try:
+            async with asyncio.TaskGroup() as tg:
+                self._tg = tg
+                await self._loop()
+                await self._drain()
+        finally:
+            noted.cancel()
         self.totals.interrupted = self._stop.is_set()
         return self.totals
+
+    async def _note_stop(self) -> None:
+        """When the stop came (the loop's time): the grace counts from then, as the shutdown
+        deadline of AWS calls does (``Aws.end_after``), not from when the drain began."""
+        await self._stop.wait()
+        self._stopped_at = asyncio.get_running_loop().time()
 
     async def _loop(self) -> None:
         next_poll_s = self._clock.now()
@@ -379,7 +390,10 @@ class Recorder:
             self._ready.in_flight,
             self._settings.shutdown_grace_s,
         )
-        _, pending = await asyncio.wait(set(self._tasks), timeout=self._settings.shutdown_grace_s)
+        loop = asyncio.get_running_loop()
+        stopped_at = self._stopped_at if self._stopped_at is not None else loop.time()
+        grace_s = max(0.0, stopped_at + self._settings.shutdown_grace_s - loop.time())
+        _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
         for task in pending:
             task.cancel()
         if pending:

@@ -336,27 +336,31 @@ async def test_a_non_ascii_file_name_lands_and_verifies(
 
 @pytest.mark.parametrize("follow", [False, True], ids=["backfill", "follow"])
 async def test_persistent_listing_errors_end_in_one_line(
-    env: dict[str, str],
-    lab: LabThread,
-    files: list[Written],
+    lab_data: tuple[Path, list[Written]],
     follow: bool,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    lab.set_faults(list_error="InternalFailure")
-    start = pendulum.from_timestamp(files[0].timestamp_s, tz="UTC")
-    s = sync_settings(
-        db=DB,
-        bucket=env["AWS_S3_BUCKET_NAME"],
-        start=start,
-        finish=pendulum.now("UTC").add(hours=1) if follow else start.add(hours=1),
-        run_id=f"h-list500-{follow}",
-        max_attempts=2,
-        poll_interval_s=60.0,
-    )
-    # FakeClock: the follower's rounds and the retries' backoff pass at once.
+    files = lab_data[1]
+    # FakeClock: the follower's rounds and the retries' backoff pass at once. The lab answers on
+    # the same clock: its Date headers are what the follower takes for AWS's time.
     clock = FakeClock(pendulum.now("UTC").timestamp())
-    with pytest.raises(BaseException) as raised:
-        await run_sync(s, clock=clock)
+    with LabThread(lab_data[0], s3="moto", now=clock.now) as lab:
+        for k, v in lab.env.items():
+            monkeypatch.setenv(k, v)
+        lab.set_faults(list_error="InternalFailure")
+        start = pendulum.from_timestamp(files[0].timestamp_s, tz="UTC")
+        s = sync_settings(
+            db=DB,
+            bucket=lab.env["AWS_S3_BUCKET_NAME"],
+            start=start,
+            finish=pendulum.now("UTC").add(hours=1) if follow else start.add(hours=1),
+            run_id=f"h-list500-{follow}",
+            max_attempts=2,
+            poll_interval_s=60.0,
+        )
+        with pytest.raises(BaseException) as raised:
+            await run_sync(s, clock=clock)
     capsys.readouterr()
     assert report_error(raised.value, debug=False) == 1
     (line,) = capsys.readouterr().err.strip().splitlines()
