@@ -384,15 +384,15 @@ class Recorder:
             self.totals.not_started += 1
         if not self._tasks:
             return
-        log.warning(
-            "stopping: %d file(s) in flight get %.0f s to finish; the rest is aborted "
-            "(re-run with the same --run-id to resume)",
-            self._ready.in_flight,
-            self._settings.shutdown_grace_s,
-        )
         loop = asyncio.get_running_loop()
         stopped_at = self._stopped_at if self._stopped_at is not None else loop.time()
         grace_s = max(0.0, stopped_at + self._settings.shutdown_grace_s - loop.time())
+        log.warning(
+            "stopping: %d file(s) in flight get %.1f s to finish; the rest is aborted "
+            "(re-run with the same --run-id to resume)",
+            self._ready.in_flight,
+            grace_s,
+        )
         _, pending = await asyncio.wait(set(self._tasks), timeout=grace_s)
         for task in pending:
             task.cancel()
