@@ -127,6 +127,9 @@ def already_copied(
         return None
     if meta_decode(meta.get(META_INSTANCE, sf.instance)) != sf.instance:
         return None
+    incarnation = sf.file.incarnation  # a recreated DB's file is another file, whatever its size
+    if incarnation and meta.get(META_DB_RESOURCE_ID, incarnation) != incarnation:
+        return None
     # A copy that kept a short download (status changed) is not a finished copy.
     log_size = meta.get(META_SIZE, "")
     if log_size.isdigit() and int(log_size) < sf.file.size:
