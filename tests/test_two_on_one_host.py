@@ -53,7 +53,9 @@ def test_the_two_shard_example_runs_on_one_host(tmp_path: Path) -> None:
     expected = {
         f"fleet-logs/{db}/rds_log_fleet-logs_{int(f.start_s)}" for db in fleet for f in fleet[db]
     }
-    with LabThread(tmp_path, s3="moto") as lab:
+    # A bucket of its own: moto's servers in one process share their buckets, and the fleet
+    # tests use this run id too.
+    with LabThread(tmp_path, s3="moto", bucket="two-on-one-host") as lab:
         env = {**os.environ, **lab.env, "RDSRECORDER_METRICS_ADDRESS": "127.0.0.1"}
         # As written, but on ports free on this machine (the example's 9445/9446 may be taken by
         # whatever else runs here): the point is two distinct ports, as the example gives.
@@ -99,7 +101,7 @@ def test_the_two_shard_example_runs_on_one_host(tmp_path: Path) -> None:
 def test_a_follower_on_a_taken_port_stops_and_a_backfill_goes_on(tmp_path: Path) -> None:
     end = pendulum.now("UTC").subtract(hours=1)
     generate_fleet(tmp_path, 1, prefix="bf", end=end)
-    with LabThread(tmp_path, s3="moto") as lab, socket.socket() as busy:
+    with LabThread(tmp_path, s3="moto", bucket="taken-port") as lab, socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
