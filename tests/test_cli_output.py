@@ -39,7 +39,9 @@ def synced(
     now = pendulum.now("UTC")
     first = now.start_of("hour").subtract(hours=3)
     files = write_hourly(root, DB, first, [400_000, 300_000, 200_000, 1000], now)
-    with LabThread(root, s3="moto") as lab:
+    # A bucket of its own: moto's servers in one process share their buckets, and get and ls
+    # read every run of a bucket.
+    with LabThread(root, s3="moto", bucket="cli-output") as lab:
         done = rdsrecorder(
             lab,
             "sync",
