@@ -898,7 +898,7 @@ def main() -> None:
             hint = f" (see: {ctx.command_path} --help)" if ctx is not None else ""
             line = f"error: {' '.join(str(message).split())}{hint}"
             if _json_log_format(sys.argv[1:]):  # nothing but JSON lines, even before parsing
-                runtime.configure(False, LogFormat.JSON, lambda: None)
+                runtime.json_lines()
             runtime.stderr_line(line)
             code = int(getattr(exc, "exit_code", EXIT_CONFIG) or EXIT_CONFIG)
     sys.exit(code if isinstance(code, int) else 0)

@@ -295,6 +295,13 @@ def _say_unreadable_aws_files() -> None:
         )
 
 
+def json_lines() -> None:
+    """JSON log records from now on, ``error:`` lines included (for the CLI's usage errors)."""
+    global _json_lines
+    setup_logging(log_format=LogFormat.JSON.value)
+    _json_lines = True
+
+
 def configure(debug: bool, log_format: LogFormat, build: Callable[[], S]) -> S | int:
     """Logging first (so that the builder may log), then the process environment and the
     settings; an exit code on bad input."""
