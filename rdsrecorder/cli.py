@@ -753,7 +753,9 @@ def iam_policy(
     bucket: BucketOpt = None,
     command: Annotated[
         Command,
-        typer.Option(help="The command the policy is for (verify, get, ls and query only read)."),
+        typer.Option(
+            help="The command the policy is for (verify, get, ls, query and athena-ddl only read)."
+        ),
     ] = Command.SYNC,
     download_method: Annotated[
         DownloadMethod,

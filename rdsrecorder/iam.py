@@ -29,6 +29,7 @@ class Command(enum.StrEnum):
     GET = "get"
     LS = "ls"
     QUERY = "query"  # reads the copies as get does
+    ATHENA_DDL = "athena-ddl"  # reads a run's manifests
 
 
 class Principal(enum.StrEnum):
@@ -61,7 +62,7 @@ class IamPolicySettings:
     principal: Principal = Principal.IDENTITY
 
 
-_READERS = (Command.VERIFY, Command.GET, Command.LS, Command.QUERY)
+_READERS = (Command.VERIFY, Command.GET, Command.LS, Command.QUERY, Command.ATHENA_DDL)
 
 
 def _sync(s: IamPolicySettings) -> bool:

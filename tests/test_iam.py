@@ -217,7 +217,13 @@ def test_each_option_adds_or_drops_its_statements() -> None:
 
 
 def test_readers_and_snapshot_need_only_their_calls() -> None:
-    for command in (Command.VERIFY, Command.GET, Command.LS, Command.QUERY):
+    for command in (
+        Command.VERIFY,
+        Command.GET,
+        Command.LS,
+        Command.QUERY,
+        Command.ATHENA_DDL,
+    ):
         assert actions(settings(command=command)) == {"s3:ListBucket", "s3:GetObject"}
         assert actions(settings(command=command, kms_key="k1")) == {
             "s3:ListBucket",
