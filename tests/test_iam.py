@@ -19,8 +19,10 @@ from typing import NamedTuple
 import botocore.session
 import pendulum
 import pytest
+import typer
 from botocore import xform_name
 
+from rdsrecorder.cli import cli
 from rdsrecorder.commands import run_get, run_ls, run_sync, run_verify
 from rdsrecorder.config import AwsSettings, GetSettings, LsSettings, VerifySettings
 from rdsrecorder.hooks import Hooks
@@ -464,3 +466,10 @@ async def test_a_backfill_works_with_exactly_the_original_list(
     assert sorted(hashlib.sha256(body).hexdigest() for body in stored.values()) == sorted(
         f.sha256 for f in copied
     )
+
+
+def test_every_command_that_calls_aws_has_a_policy() -> None:
+    """A new command that reaches AWS must say what it calls (a value of iam.Command)."""
+    root = typer.main.get_command(cli)
+    commands = set(root.list_commands(typer.Context(root)))
+    assert commands - {"iam-policy", "version", "lab"} == {c.value for c in Command}
