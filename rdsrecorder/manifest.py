@@ -603,7 +603,7 @@ class ManifestStore:
         self._dirty = True
         for attempt in range(1, CLOSE_ATTEMPTS + 1):
             await self.flush(force=True)
-            if not self._dirty:
+            if not self._dirty and await self._confirmed():
                 return
             if attempt < CLOSE_ATTEMPTS:
                 await self._clock.sleep(CLOSE_RETRY_DELAY_S * attempt)
@@ -614,3 +614,39 @@ class ManifestStore:
             CLOSE_ATTEMPTS,
             self._run_id,
         )
+
+    async def _confirmed(self) -> bool:
+        """The manifest in S3 holds every entry of this writer's, after its last write. A store
+        whose conditional writes are not atomic (moto's check and write are two steps) can let
+        another writer's write land over this one with the same ETag; earlier writes are
+        repaired by the next one, the last is repaired here: merged and marked to be written
+        again. One GET per close."""
+        m = self._require()
+        try:
+            doc = await self._sink.get_document(self._key)
+            theirs = (
+                None
+                if doc is None
+                else read_record(doc[0], self._key, self._run_id, m.db_identifier)
+            )
+        except (AwsError, RecordError) as exc:
+            log.warning("cannot read %s back (%s): not checked", self._key, exc)
+            return True
+        if doc is None or theirs is None:
+            self._etag = None
+            self._dirty = True
+            return False
+        missing = [
+            key
+            for key, mine in m.files.items()
+            if key not in theirs.files or _rank(theirs.files[key]) < _rank(mine)
+        ]
+        self._etag = doc[1]
+        if not missing:
+            return True
+        log.warning(
+            "%s lost %d entries to another writer's write: written again", self._key, len(missing)
+        )
+        self.merged += merge(m, theirs)
+        self._dirty = True
+        return False

@@ -196,6 +196,34 @@ async def test_a_writer_of_another_db_found_on_merge_stops_the_store() -> None:
     assert storage.puts == 0  # another DB's record is never overwritten
 
 
+class RacedStorage(MemoryStorage):
+    """A store whose conditional writes are not atomic (moto's): the first write of the
+    manifest is overwritten at once by another writer's that passed the same check."""
+
+    def __init__(self, other: bytes) -> None:
+        super().__init__()
+        self.other: bytes | None = other
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str, **kw: Any) -> str:
+        etag = await super().put_bytes(key, data, content_type, **kw)
+        if self.other is not None:
+            self.objects[key], self.other = self.other, None
+        return etag
+
+
+async def test_a_last_write_lost_to_a_racing_writer_is_written_again_at_close() -> None:
+    theirs = manifest()
+    theirs.files = {entry(21).key: entry(21)}
+    storage = RacedStorage(theirs.to_json().encode())
+    store = ManifestStore(storage, "run1", FakeClock(T0))
+    store.start(manifest())
+    store.record(entry(20))
+    await store.close(finished=True)
+    saved = storage.saved()
+    assert set(saved.files) == {entry(20).key, entry(21).key}
+    assert saved.finished_at is not None and storage.puts == 2
+
+
 # -- the same on real servers ------------------------------------------------------------------
 async def test_concurrent_writers_on_a_real_server_lose_no_entry(s3: S3Server) -> None:
     """Four stores (four processes' worth) record 40 entries each into one manifest, flushing
