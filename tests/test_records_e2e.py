@@ -180,6 +180,7 @@ def test_two_containers_with_the_same_command_both_end_well(env: Env) -> None:
     per_key = versions(env, f"{run_id}/")
     assert len(per_key) == HOURS - 1
     print(f"FIGURES {env.kind} two containers: versions/key {sorted(per_key.values())}, {lag}")
+    assert set(per_key.values()) == {1}, per_key  # each key written once, by one of them
 
 
 def test_a_crashed_holder_the_next_start_carries_on(env: Env) -> None:
@@ -218,6 +219,7 @@ def test_an_overlapping_reshard_writes_no_key_twice_and_records_every_object(env
     twice = sorted(k for k, n in per_key.items() if n > 1)
     assert len(per_key) == len(DBS) * (HOURS - 1)
     print(f"FIGURES {env.kind} reshard: {len(twice)}/{len(per_key)} keys written twice, {lag}")
+    assert twice == []
 
 
 def test_records_that_are_not_what_they_claim(env: Env, tmp_path: Path) -> None:
