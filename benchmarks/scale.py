@@ -10,6 +10,13 @@ Prints the peak RSS (the process's ru_maxrss), the RSS before the first listing,
 
     python benchmarks/scale.py                 # 1,000 DBs, 4 simulated hours
     python benchmarks/scale.py --dbs 100 --hours 2
+
+``--lab`` runs a real ``rdsrecorder sync --discover-tag`` process instead, against the lab (moto
+S3) with N DBs of two small minute-named files each, until every file is copied and then
+``--follow-s`` seconds more, then SIGTERM; it prints the process's RSS and VmHWM every 15 s
+(needs the ``[lab]`` extra)::
+
+    python benchmarks/scale.py --lab --dbs 1000 --follow-s 60
 """
 
 from __future__ import annotations
@@ -18,8 +25,12 @@ import argparse
 import asyncio
 import datetime as dt
 import logging
+import os
 import resource
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
@@ -216,13 +227,78 @@ async def run(dbs: int, hours: float, concurrency: int) -> dict[str, Any]:
     }
 
 
+def proc_status_mb(pid: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            name, _, value = line.partition(":")
+            if name in ("VmRSS", "VmHWM"):
+                out[name] = int(value.split()[0]) / 1024
+    return out
+
+
+def lab(dbs: int, follow_s: float, concurrency: int) -> None:
+    from rdsrecorder_lab import LabThread
+    from rdsrecorder_lab.generate import generate_fleet
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        fleet = generate_fleet(
+            root, dbs, prefix="big", files=2, size_mb=(0.002, 0.005), tags={"team": "big"}
+        )
+        files = sum(len(f) for f in fleet.values())
+        with LabThread(root, s3="moto") as running:
+            env = {**os.environ, **running.env, "RDSRECORDER_METRICS_PORT": "0"}
+            env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+            args = [
+                *(sys.executable, "-m", "rdsrecorder", "sync", "--discover-tag", "team=big"),
+                *("--start", "now-30m", "--run-id", "big", "--concurrency", str(concurrency)),
+                *("--max-api-rps", "200", "--max-api-burst", "300", "--no-progress"),
+            ]
+            log_path = root / "sync.log"
+            with open(log_path, "w") as log_file:
+                started = time.monotonic()
+                proc = subprocess.Popen(args, env=env, stdout=log_file, stderr=subprocess.STDOUT)
+                done_at: float | None = None
+                said = 0.0
+                while proc.poll() is None:
+                    time.sleep(1)
+                    elapsed = time.monotonic() - started
+                    copied = log_path.read_text().count(" copied big-")
+                    if done_at is None and copied >= files:
+                        done_at = elapsed
+                    if elapsed - said >= 15 or done_at == elapsed:
+                        said = elapsed
+                        mb = proc_status_mb(proc.pid)
+                        ticks = open(f"/proc/{proc.pid}/stat").read().split()[13:15]
+                        cpu_s = sum(int(t) for t in ticks) / os.sysconf("SC_CLK_TCK")
+                        print(
+                            f"{elapsed:5.0f} s: {copied}/{files} copied, RSS {mb['VmRSS']:.0f} "
+                            f"MB, VmHWM {mb['VmHWM']:.0f} MB, CPU {cpu_s:.1f} s",
+                            flush=True,
+                        )
+                    if done_at is not None and elapsed - done_at >= follow_s:
+                        proc.send_signal(signal.SIGTERM)
+                        break
+                proc.wait(60)
+            calls = running.stats()["calls"]
+        print(
+            f"exit {proc.returncode}; DescribeDBLogFiles calls: {calls.get('DescribeDBLogFiles')}"
+        )
+
+
 def main() -> None:
     logging.disable(logging.WARNING)  # a line per file and DB would be most of the CPU measured
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dbs", type=int, default=1000)
     parser.add_argument("--hours", type=float, default=4.0)
     parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--lab", action="store_true", help="a real process against the lab")
+    parser.add_argument("--follow-s", type=float, default=60.0)
     args = parser.parse_args()
+    if args.lab:
+        lab(args.dbs, args.follow_s, args.concurrency)
+        return
     r = asyncio.run(run(args.dbs, args.hours, args.concurrency))
     print(
         "| DBs | files listed | simulated h | copied | RSS before listing | RSS following | "
