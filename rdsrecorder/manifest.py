@@ -604,6 +604,15 @@ class ManifestStore:
         for attempt in range(1, CLOSE_ATTEMPTS + 1):
             await self.flush(force=True)
             if not self._dirty and await self._confirmed():
+                if self.conflicts:
+                    log.info(
+                        "%s: shared with other writers: %d write(s), %d overtaken and merged "
+                        "(%d entries taken from the others)",
+                        self._key,
+                        self.writes,
+                        self.conflicts,
+                        self.merged,
+                    )
                 return
             if attempt < CLOSE_ATTEMPTS:
                 await self._clock.sleep(CLOSE_RETRY_DELAY_S * attempt)

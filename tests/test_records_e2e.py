@@ -120,6 +120,16 @@ def versions(e: Env, prefix: str) -> dict[str, int]:
     return out
 
 
+def manifest_versions(e: Env, prefix: str) -> int:
+    """Writes of the manifests under ``prefix`` (each a version)."""
+    pages = e.client.get_paginator("list_object_versions").paginate(
+        Bucket=e.lab.bucket, Prefix=prefix
+    )
+    return sum(
+        v["Key"].endswith("manifest.json") for page in pages for v in page.get("Versions", [])
+    )
+
+
 def landed(e: Env, prefix: str) -> set[str]:
     keys: set[str] = set()
     for page in e.client.get_paginator("list_objects_v2").paginate(
@@ -179,7 +189,10 @@ def test_two_containers_with_the_same_command_both_end_well(env: Env) -> None:
     assert code == 0, lines
     per_key = versions(env, f"{run_id}/")
     assert len(per_key) == HOURS - 1
+    shared = [x for x in lines1 + lines2 if "shared with other writers" in x]
     print(f"FIGURES {env.kind} two containers: versions/key {sorted(per_key.values())}, {lag}")
+    print(f"FIGURES {env.kind} two containers: {shared}")
+    print(f"FIGURES {env.kind} manifest versions: {manifest_versions(env, run_id)}")
     assert set(per_key.values()) == {1}, per_key  # each key written once, by one of them
 
 
@@ -219,6 +232,9 @@ def test_an_overlapping_reshard_writes_no_key_twice_and_records_every_object(env
     twice = sorted(k for k, n in per_key.items() if n > 1)
     assert len(per_key) == len(DBS) * (HOURS - 1)
     print(f"FIGURES {env.kind} reshard: {len(twice)}/{len(per_key)} keys written twice, {lag}")
+    shared = [x for _, lines in results for x in lines if "shared with other writers" in x]
+    print(f"FIGURES {env.kind} reshard: {shared}")
+    print(f"FIGURES {env.kind} manifest versions: {manifest_versions(env, run_id)}")
     assert twice == []
 
 
