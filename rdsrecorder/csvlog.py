@@ -44,6 +44,9 @@ COLUMNS: tuple[tuple[str, str], ...] = (
 NAMES = tuple(name for name, _ in COLUMNS)
 # Field counts of the layouts RDS runs: PostgreSQL <= 12, 13, >= 14.
 LAYOUTS = (23, 24, 26)
+# The longest record read (a statement logged whole can be megabytes). DuckDB sizes its read
+# buffers from it, within its memory limit: at 1 GiB a 256 MiB limit could not even aggregate.
+MAX_RECORD_BYTES = 64 << 20
 ATHENA_TYPES = {
     "TIMESTAMPTZ": "timestamp",
     "VARCHAR": "string",
@@ -90,5 +93,5 @@ def read_csv_sql(paths: list[str], layout: int) -> str:
     return (
         f"SELECT {select} FROM read_csv({files}, columns = {spec}, header = false, "
         "delim = ',', quote = '\"', escape = '\"', auto_detect = false, strict_mode = true, "
-        "allow_quoted_nulls = false, max_line_size = 1073741824)"
+        f"allow_quoted_nulls = false, max_line_size = {MAX_RECORD_BYTES})"
     )

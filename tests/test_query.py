@@ -156,7 +156,7 @@ def settings(bucket: str, start_s: float, finish_s: float, sql: str, **kw: Any) 
         sql=sql,
         json_rows=True,
         csv_rows=False,
-        memory_limit_mib=256,
+        memory_limit_mib=512,
         work_dir=None,
         concurrency=3,
         region="us-east-1",
@@ -414,7 +414,7 @@ def test_without_duckdb_one_hint_and_the_cli_never_imports_it(
     [
         ({"sql": "  "}, "missing the SQL statement"),
         ({"json_rows": True, "csv_rows": True}, "either --json or --csv"),
-        ({"memory_limit_mib": 10}, "--memory-limit-mib must be at least"),
+        ({"memory_limit_mib": 256}, "--memory-limit-mib must be at least"),
         ({"work_dir": "/nonexistent/dir"}, "--work-dir '/nonexistent/dir' is not a directory"),
     ],
 )

@@ -83,7 +83,7 @@ async def test_query_and_pgbadger_over_a_real_postgres_window(
             sql="SELECT * FROM logs",
             json_rows=True,
             csv_rows=False,
-            memory_limit_mib=256,
+            memory_limit_mib=512,
             work_dir=None,
             concurrency=2,
             region="us-east-1",
