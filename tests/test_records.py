@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from rdsrecorder.aws import Aws
 from rdsrecorder.clock import FakeClock
 from rdsrecorder.config import AwsSettings
-from rdsrecorder.errors import EXIT_PREFLIGHT, OwnerError, RecordError
+from rdsrecorder.errors import EXIT_PREFLIGHT, AwsError, OwnerError, RecordError
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.manifest import Manifest, ManifestStore, manifest_key, merge
 from rdsrecorder.verify import list_runs, run_manifests
@@ -222,6 +223,31 @@ async def test_a_last_write_lost_to_a_racing_writer_is_written_again_at_close() 
     saved = storage.saved()
     assert set(saved.files) == {entry(20).key, entry(21).key}
     assert saved.finished_at is not None and storage.puts == 2
+
+
+class UnconditionalStorage(MemoryStorage):
+    """A store that refuses the conditional headers (501 NotImplemented)."""
+
+    async def put_bytes(self, key: str, data: bytes, content_type: str, **kw: Any) -> str:
+        if kw.get("if_match") is not None or kw.get("if_none_match"):
+            raise AwsError("s3 PutObject failed: NotImplemented", code="NotImplemented")
+        return await super().put_bytes(key, data, content_type)
+
+
+async def test_a_store_without_conditional_writes_is_written_unconditionally_once_told(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    storage = UnconditionalStorage()
+    store = ManifestStore(storage, "run1", FakeClock(T0), min_interval_s=0.0)
+    store.start(manifest())
+    store.record(entry(20))
+    with caplog.at_level(logging.WARNING):
+        await store.flush()
+        store.record(entry(21))
+        await store.close(finished=True)
+    assert set(storage.saved().files) == {entry(20).key, entry(21).key}
+    assert caplog.text.count("refuses conditional writes") == 1
+    assert store.failed_writes == 0
 
 
 # -- the same on real servers ------------------------------------------------------------------
