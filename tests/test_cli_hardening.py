@@ -40,11 +40,12 @@ def lab_files(
 def sync(
     lab: LabThread,
     *args: str,
-    signal_after_s: float | None = None,
+    signal_in_flight: bool = False,
     signal_on: str | None = None,
 ) -> tuple[int, list[str]]:
     """Runs ``rdsrecorder sync``: exit code and output lines.
-    SIGTERM goes after ``signal_after_s`` or once a line containing ``signal_on`` is logged."""
+    SIGTERM goes once the lab has a download in flight (``signal_in_flight``) or once a line
+    containing ``signal_on`` is logged."""
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -70,8 +71,11 @@ def sync(
             if signal_on in line or time.monotonic() > deadline:
                 break
         proc.send_signal(signal.SIGTERM)
-    elif signal_after_s is not None:
-        time.sleep(signal_after_s)
+    elif signal_in_flight:
+        deadline = time.monotonic() + 90
+        while not lab.stats()["in_flight"] and proc.poll() is None:
+            assert time.monotonic() < deadline, "no download started"
+            time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     return proc.returncode, seen + (out + err).splitlines()
@@ -137,7 +141,7 @@ def test_sigterm_in_a_backfill_honours_the_shutdown_grace(
             "--download-method",
             "portion",
             *window(first),
-            signal_after_s=2.5,
+            signal_in_flight=True,
         )
     finally:
         lab.set_faults()
