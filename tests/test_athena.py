@@ -160,3 +160,64 @@ def test_athena_ddl_names_every_column_and_parses(
         check=False,
     )
     assert missing.returncode == 6 and missing.stderr.startswith("error: no manifest for run")
+
+
+async def test_a_twin_that_cannot_be_made_is_a_warning_and_the_copy_stands(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from rdsrecorder.athena import ParquetTwins
+    from rdsrecorder.manifest import FileEntry
+    from rdsrecorder.models import FileStatus
+
+    class Sink:
+        def __init__(self) -> None:
+            self.recorded: list[FileEntry] = []
+
+        def record(self, entry: FileEntry) -> None:
+            self.recorded.append(entry)
+
+        def add_gap(self, instance: str, start: str, end: str, reason: str) -> None: ...
+
+        async def flush(self, force: bool = False) -> None: ...
+
+    async def broken(store: Any, run_id: str, entry: FileEntry) -> list[str]:
+        raise duckdb.InvalidInputException("Invalid Input Error: not csv")
+
+    def entry(key: str, status: FileStatus, complete: bool = True) -> FileEntry:
+        return FileEntry(
+            key=key, source="error/postgresql.log.2024-02-04-13.csv", instance=DB,
+            span_start="2024-02-04T13:00:00Z", span_end="2024-02-04T14:00:00Z", size=1,
+            sha256="0" * 64, method="complete", status=status, source_size=1, complete=complete,
+        )  # fmt: skip
+
+    inner = Sink()
+    twins = ParquetTwins(inner, store=None, run_id=RUN, write=broken)  # type: ignore[arg-type]
+    twins.record(entry("a", FileStatus.COPIED))
+    twins.record(entry("b", FileStatus.COPIED, complete=False))  # copied while being written
+    twins.record(entry("c", FileStatus.FAILED))
+    await twins.drain()
+    assert [e.key for e in inner.recorded] == ["a", "b", "c"]  # the manifest sees every entry
+    assert twins.failed == ["a"] and twins.written == []
+    assert "parquet twin of s3 a not written: InvalidInputException" in caplog.text
+
+
+def test_parquet_twins_without_duckdb_is_one_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    import rdsrecorder.config as config
+    from rdsrecorder.config import ConfigError, LogFormat, build_sync
+
+    monkeypatch.setattr(config, "duckdb_missing", lambda: "query needs DuckDB, the [query] extra")
+    with pytest.raises(ConfigError, match=r"^--parquet-twins: query needs DuckDB"):
+        build_sync(
+            now=pendulum.now("UTC"), start="now-1h", finish="now", bucket="b-bucket",
+            db_identifier=["db"], discover_tag=None, discover_interval_s=300.0, shard_spec=None,
+            retention_hours=None, assume_role=None, assume_role_external_id=None,
+            assume_role_session_name=None, s3_assume_role=None, concurrency=4, run_id="r",
+            region=None, poll_interval_s=30.0, finish_grace_s=None, snapshot=False,
+            download_method=config.DownloadMethod.AUTO, part_size_mib=8, max_api_rps=None,
+            max_api_burst=None, fleet_max_api_rps=12.0, fleet_max_api_burst=300,
+            expected_bucket_owner=None, sse=None, sse_kms_key_id=None, shutdown_grace_s=5.0,
+            include_plain=False, include_series=None, spool_dir=None,
+            compress=Compression.NONE, storage_class=config.StorageClass.STANDARD,
+            single_put_max_mib=64, metrics_address="0.0.0.0", metrics_port=0,
+            log_format=LogFormat.TEXT, progress=False, debug=False, parquet_twins=True,
+        )  # fmt: skip
