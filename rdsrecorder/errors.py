@@ -21,6 +21,7 @@
     ├── UploadError                  exit 1  an S3 upload failed (multipart aborted)
     │   ├── KeyTakenError            412: the key holds an object already (nothing written)
     │   └── WriteConflictError       409: a write raced another one on the key (redo it)
+    ├── PgbadgerError (rdsrecorder.pgbadger)  exit 1  pgbadger failed (the files stay written)
     ├── SnapshotError                exit 5  snapshot could not be created / failed
     ├── VerifyError                  exit 6  `verify` found a problem
     └── GetError (rdsrecorder.get)   exit 6  `get` found no copy of the DB in the window
