@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 MB = 1_000_000
@@ -68,14 +69,67 @@ def run(work: Path, limit_mib: int, sql: str, files: list[Path]) -> dict[str, fl
     return result
 
 
+def end_to_end(mb: float, files: int, root: Path, limit_mib: int) -> None:
+    """The whole command against the lab: ``sync`` copies ``mb`` MB (gzip) into the lab's S3,
+    then ``rdsrecorder query --csv`` fetches the window and runs, its peak RSS measured."""
+    import asyncio
+    import resource
+
+    import pendulum
+
+    from rdsrecorder.commands import run_sync
+    from rdsrecorder.compression import Compression
+    from rdsrecorder.config import AwsSettings, ObservabilitySettings, SyncSettings
+    from rdsrecorder_lab import LabThread
+    from rdsrecorder_lab.generate import generate
+
+    end = pendulum.now("UTC").start_of("hour").subtract(minutes=30)
+    generated = generate(root, "e2e-db", files=files + 1, end=end, size_mb=(mb / files,) * 2)
+    first = pendulum.from_timestamp(generated[0].start_s, tz="UTC")
+    finish = first.add(hours=files)
+    with LabThread(root, s3="moto") as lab:
+        os.environ.update(lab.env)
+        settings = SyncSettings(
+            db_identifier="e2e-db", bucket=lab.env["AWS_S3_BUCKET_NAME"], start=first,
+            finish=finish, run_id="e2e", compress=Compression.GZIP,
+            aws=AwsSettings(region="us-east-1"),
+            obs=ObservabilitySettings(metrics_port=0, progress=False),
+        )  # fmt: skip
+        assert asyncio.run(run_sync(settings)).exit_code == 0
+        total = sum(g.size for g in generated[:files])
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, "-m", "rdsrecorder", "query", "--bucket", settings.bucket,
+             "-d", "e2e-db", "--start", first.to_iso8601_string(), "--finish",
+             finish.to_iso8601_string(), "--memory-limit-mib", str(limit_mib), "--csv",
+             "SELECT * FROM logs"],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
+        )  # fmt: skip
+        wall_s = time.monotonic() - started
+    rss_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    rows = sum(g.records for g in generated[:files])
+    print(
+        f"end to end: {files} files, {total / MB:,.0f} MB (gzip objects in the lab's S3), "
+        f"{rows:,} rows; rdsrecorder query --csv 'SELECT * FROM logs': exit {done.returncode}, "
+        f"{wall_s:.1f} s, {rows / wall_s:,.0f} rows/s, peak RSS {rss_mib:,.0f} MiB"
+    )
+    if done.returncode:
+        print(done.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=float, default=1000)
     parser.add_argument("--dir", default="/tmp/rdsrecorder-query-bench")
     parser.add_argument("--memory-limit-mib", type=int, default=1024)
     parser.add_argument("--files", type=int, default=8)
+    parser.add_argument("--e2e", action="store_true", help="the whole command, S3 included")
     args = parser.parse_args()
     root = Path(args.dir)
+    if args.e2e:
+        end_to_end(args.mb, args.files, root, args.memory_limit_mib)
+        return
     log_dir = root / "bench-db" / "error"
     files = sorted(log_dir.glob("*.csv")) if log_dir.is_dir() else []
     if sum(f.stat().st_size for f in files) < args.mb * MB * 0.95:

@@ -83,8 +83,9 @@ def sql_string(text: str) -> str:
 def read_csv_sql(paths: list[str], layout: int) -> str:
     """DuckDB ``read_csv`` of csvlog files of one layout, every csvlog column selected (NULL for
     those the layout lacks). Quoted empty strings stay empty strings, unquoted empty fields are
-    NULL, as PostgreSQL writes them; nothing is sniffed; a malformed record is an error, never
-    skipped."""
+    NULL, as PostgreSQL writes them. Nothing is sniffed, not even the line end: DuckDB took a
+    file whose first statement holds a CR LF inside quotes for a CR LF file, and failed on it. A
+    malformed record is an error, never skipped."""
     present = COLUMNS[:layout]
     spec = "{" + ", ".join(f"{sql_string(n)}: {sql_string(t)}" for n, t in present) + "}"
     files = "[" + ", ".join(sql_string(p) for p in paths) + "]"
@@ -92,6 +93,7 @@ def read_csv_sql(paths: list[str], layout: int) -> str:
                        enumerate(COLUMNS))  # fmt: skip
     return (
         f"SELECT {select} FROM read_csv({files}, columns = {spec}, header = false, "
-        "delim = ',', quote = '\"', escape = '\"', auto_detect = false, strict_mode = true, "
+        "delim = ',', quote = '\"', escape = '\"', new_line = '\\n', auto_detect = false, "
+        "strict_mode = true, "
         f"allow_quoted_nulls = false, max_line_size = {MAX_RECORD_BYTES})"
     )

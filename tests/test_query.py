@@ -374,6 +374,30 @@ def test_engine_reads_each_layout_with_missing_columns_null(tmp_path: Path) -> N
     assert got[0][7] == dt.datetime(2024, 2, 4, 12, 59, tzinfo=dt.UTC)
 
 
+def test_a_file_that_starts_with_a_crlf_statement_is_read(tmp_path: Path) -> None:
+    """PostgreSQL ends records with LF; a CR LF inside the first quoted statements must not make
+    the reader take the file for a CR LF one."""
+    record = (
+        '2024-02-04 13:00:00.{ms:03d} UTC,"app","shop",42,,65c0.2a,{n},"SELECT",'
+        '2024-02-04 12:59:00 UTC,3/7,0,LOG,00000,"{msg}",,,,,,,,,"psql","client backend",,0\n'
+    )
+    lines = [record.format(ms=n, n=n, msg="statement: SELECT id\r\n  FROM invoices") for n in
+             range(3)]  # fmt: skip
+    lines += [record.format(ms=n % 1000, n=n, msg=f"statement: SELECT {n}") for n in range(3, 3000)]
+    (tmp_path / "crlf.csv").write_text("".join(lines), encoding="utf-8", newline="")
+    engine = Engine(tmp_path, 512)
+    try:
+        from rdsrecorder.query import LogFile
+
+        engine.load([LogFile("i", tmp_path / "crlf.csv")], 0.0, 1e10)
+        got = engine.con.execute(
+            "SELECT count(*), count(*) FILTER (WHERE contains(message, chr(13))) FROM logs"
+        ).fetchone()
+    finally:
+        engine.close()
+    assert got == (3000, 3)
+
+
 def test_a_file_in_no_csvlog_layout_is_one_error(tmp_path: Path) -> None:
     (tmp_path / "odd.csv").write_text("a,b,c\n", encoding="utf-8")
     engine = Engine(tmp_path, 128)
