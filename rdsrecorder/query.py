@@ -28,19 +28,21 @@ rest of rdsrecorder.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import datetime as dt
 import decimal
 import enum
+import functools
 import json
 import logging
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
 from rdsrecorder.csvlog import COLUMNS, LayoutError, layout_of, read_csv_sql, sql_string
 from rdsrecorder.errors import EXIT_CONFIG, EXIT_OK, EXIT_VERIFY, RdsRecorderError, one_line
@@ -52,6 +54,7 @@ if TYPE_CHECKING:
     from rdsrecorder.get import Store
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 EXPORT_BLOCK_CHARS = 1 << 20
 FETCH_ROWS = 2048  # rows per batch from DuckDB to stdout: a few MB at most for csvlog rows
@@ -383,6 +386,19 @@ async def fetch_window(
     return [LogFile(f.instance, Path(f.path)) for f in got.files]
 
 
+async def _blocking(engine: Engine, call: Callable[..., T], *args: Any) -> T:
+    """``call`` in a worker thread. Cancelled, it interrupts the engine and waits for the call to
+    end (at DuckDB's next check): the connection cannot close under a running statement."""
+    running = asyncio.get_running_loop().run_in_executor(None, functools.partial(call, *args))
+    try:
+        return await asyncio.shield(running)
+    except asyncio.CancelledError:
+        engine.con.interrupt()
+        with contextlib.suppress(Exception):
+            await running
+        raise
+
+
 async def query_window(
     store: Store,
     settings: QuerySettings,
@@ -398,7 +414,7 @@ async def query_window(
         work_dir = Path(work)
         engine = await asyncio.to_thread(Engine, work_dir, settings.memory_limit_mib)
         try:
-            is_select = await asyncio.to_thread(engine.check, settings.sql)
+            is_select = await _blocking(engine, engine.check, settings.sql)
             files = await fetch_window(
                 store,
                 settings.db_identifier,
@@ -409,14 +425,14 @@ async def query_window(
                 concurrency=settings.concurrency,
                 hooks=hooks,
             )
-            await asyncio.to_thread(engine.load, files, start_s, finish_s)
+            await _blocking(engine, engine.load, files, start_s, finish_s)
             if is_select and settings.output is not OutputFormat.TABLE:
-                report.rows = await asyncio.to_thread(
-                    engine.export, settings.sql, settings.output, out, work_dir / "result"
+                report.rows = await _blocking(
+                    engine, engine.export, settings.sql, settings.output, out, work_dir / "result"
                 )
             else:
                 sink = sink_for(settings.output, out)
-                report.rows = await asyncio.to_thread(engine.run, settings.sql, sink)
+                report.rows = await _blocking(engine, engine.run, settings.sql, sink)
         finally:
             await asyncio.to_thread(engine.close)
     _log_outcome(report)

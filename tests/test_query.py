@@ -495,3 +495,31 @@ async def test_a_failing_pgbadger_is_one_error_naming_its_complaint(
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(PgbadgerError, match=r"exited with 3: FATAL: cannot parse line 3"):
         await write_report([str(tmp_path / "a.csv")], str(tmp_path / "r.html"))
+
+
+async def test_a_cancelled_query_interrupts_the_engine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second Ctrl-C cancels the command: the statement running in its thread is interrupted
+    instead of running on, and the work directory goes."""
+    import rdsrecorder.query as query
+
+    async def no_files(*args: Any, **kw: Any) -> list[Any]:
+        return []
+
+    monkeypatch.setattr(query, "fetch_window", no_files)
+    work = tmp_path / "work"
+    work.mkdir()
+    endless = "SELECT count(*) FROM range(10000000000) a, range(10) b WHERE a.range % 7 = b.range"
+    task = asyncio.create_task(
+        query_window(
+            None,  # type: ignore[arg-type]
+            settings("b-bucket", 0.0, 3600.0, endless, work_dir=str(work)),
+            out=io.StringIO(),
+        )
+    )
+    await asyncio.sleep(1.0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 30)
+    assert list(work.iterdir()) == []
