@@ -30,7 +30,7 @@ from rdsrecorder.query import Engine, QueryError, query_window
 from rdsrecorder.s3.bucket import Bucket
 from rdsrecorder_lab import LabThread
 from rdsrecorder_lab.generate import generate
-from tests.e2e import sync_settings
+from tests.e2e import s3_client, sync_settings
 
 DB = "query-db"
 HOURS = 5
@@ -523,3 +523,29 @@ async def test_a_cancelled_query_interrupts_the_engine(
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 30)
     assert list(work.iterdir()) == []
+
+
+async def test_a_file_whose_only_copy_fails_its_check_is_missing_and_exit_6(
+    env: dict[str, str], synced: str, lab_files: tuple[Path, list[Path], float]
+) -> None:
+    """Hour 0 is only in the raw run (no other test reads it): its object changed behind our
+    back, its rows are missing, the result is still printed, exit 6 names it."""
+    _, paths, first_s = lab_files
+    client = s3_client(env)
+    manifest = json.loads(
+        client.get_object(Bucket=synced, Key="q-raw/manifest.json")["Body"].read()
+    )
+    key = next(k for k, e in manifest["files"].items() if e["source"].endswith(paths[0].name))
+    changed = bytearray(paths[0].read_bytes())
+    changed[200] ^= 1
+    client.put_object(Bucket=synced, Key=key, Body=bytes(changed))
+    out = io.StringIO()
+    async with Aws(AwsSettings(region="us-east-1"), Hooks()) as aws:
+        report = await query_window(
+            Bucket(aws, synced),
+            settings(synced, first_s, first_s + 3600, "SELECT count(*) AS n FROM logs"),
+            out=out,
+        )
+    assert report.exit_code == 6
+    assert len(report.failures) == 1 and "sha256 does not match" in report.failures[0]
+    assert json.loads(out.getvalue()) == [{"n": 0}]
