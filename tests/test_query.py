@@ -195,6 +195,24 @@ async def test_a_window_across_raw_and_gzip_runs_is_exactly_the_csv_rows(
     assert Counter(got) == Counter(expected)
     assert len(got) == len(expected) > 1000
 
+    # Only the files of the window were fetched: hours 1 to 4, hour 2 once (from one run).
+    class Fetched(Hooks):
+        downloaded = 0
+
+        def bytes_downloaded(self, instance: str, n: int) -> None:
+            Fetched.downloaded += n
+
+    async with Aws(AwsSettings(region="us-east-1"), Hooks()) as aws:
+        report = await query_window(
+            Bucket(aws, synced),
+            settings(synced, start_s, finish_s, "SELECT 1"),
+            out=io.StringIO(),
+            hooks=Fetched(),
+        )
+    assert (report.files, report.runs, report.holes) == (4, 2, [])
+    assert report.bytes == sum(p.stat().st_size for p in paths[1:5])
+    assert 0 < Fetched.downloaded <= report.bytes  # gzip objects arrive smaller
+
     # The figures people ask for, each against the csv module's.
     by_severity = await run_json(
         synced,
