@@ -77,13 +77,13 @@ async def test_a_line_over_the_cap_is_a_known_loss_recorded_once(
                 bucket=lab.bucket,
                 start=first,
                 finish=first.add(hours=1),
-                run_id="long",
+                run_id=f"long-{cap}",
                 download_method="portion",
             ),
             hooks=hooks,
         )
         calls = lab.stats()["portion_calls_by_file"][f"{DB}/{name}"]
-        got = objects(s3_client(lab.env), lab.bucket, "long/")
+        got = objects(s3_client(lab.env), lab.bucket, f"long-{cap}/")
     assert report.exit_code == EXIT_INCOMPLETE
     (entry,) = report.totals.entries
     assert entry.status == "truncated"
@@ -96,7 +96,7 @@ async def test_a_line_over_the_cap_is_a_known_loss_recorded_once(
     # Read once, not again and again: one pass over the file (a cut asked again, the line
     # asked for alone).
     assert calls <= math.ceil(len(source) / cap) + 4
-    manifest = json.loads(got["long/manifest.json"])
+    manifest = json.loads(got[f"long-{cap}/manifest.json"])
     (recorded,) = manifest["files"].values()
     assert recorded["status"] == "truncated" and recorded["truncated_bytes"] == lost
 
