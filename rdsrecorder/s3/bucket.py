@@ -128,6 +128,10 @@ class Bucket:
                 raise
         if resp is None:
             return None
+        return await self._read_body(resp, key)
+
+    async def _read_body(self, resp: dict[str, Any], key: str) -> bytes:
+        """A GetObject answer's whole body; a connection that breaks off is an ``AwsError``."""
         try:
             async with resp["Body"] as body:
                 data: bytes = await body.read()
@@ -202,16 +206,7 @@ class Bucket:
         resp = await self._call_unless_missing("get_object", key)
         if resp is None:
             return None
-        try:
-            async with resp["Body"] as body:
-                data: bytes = await body.read()
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            raise AwsError(
-                f"s3 GetObject of {self.url(key)} broke off: {type(exc).__name__}: {exc}",
-                code="ReadError",
-                operation="GetObject",
-            ) from exc
-        return Document(data, str(resp.get("ETag", "")))
+        return Document(await self._read_body(resp, key), str(resp.get("ETag", "")))
 
     async def put_bytes(
         self,
