@@ -115,8 +115,8 @@ class SeaweedS3:
         }
         config.write_text(json.dumps({"identities": [identity]}))
         config.chmod(0o600)
-        s3_port = self._port or free_port_pair(self._host)
-        ports = [free_port_pair(self._host) for _ in range(4)]
+        ports = free_port_pairs(self._host, 5)
+        s3_port = self._port or ports.pop()
         argv = [
             self._weed,
             "mini",
@@ -204,15 +204,20 @@ def find_weed() -> str | None:
     return shutil.which("weed")
 
 
-def free_port_pair(host: str) -> int:
-    """A free port P whose gRPC twin P + 10000 is free too (SeaweedFS opens both)."""
+def free_port_pairs(host: str, n: int) -> list[int]:
+    """``n`` distinct free ports P whose gRPC twins P + 10000 are free too (SeaweedFS opens both
+    and refuses a port that is another one's twin): the ports are drawn below 30000 and their
+    twins lie above it, so no port is another one's twin."""
     bind_host = "127.0.0.1" if host in ("", "0.0.0.0") else host
     rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(20000, 55000)
-        if _is_free(bind_host, port) and _is_free(bind_host, port + 10000):
-            return port
-    raise LocalS3Error("no free port pair found for SeaweedFS")
+    ports: list[int] = []
+    for _ in range(200 * n):
+        port = rng.randrange(20000, 30000)
+        if port not in ports and _is_free(bind_host, port) and _is_free(bind_host, port + 10000):
+            ports.append(port)
+            if len(ports) == n:
+                return ports
+    raise LocalS3Error("no free ports found for SeaweedFS")
 
 
 def _is_free(host: str, port: int) -> bool:
