@@ -151,13 +151,25 @@ def byte_compile() -> None:
 
 
 def use_product(checkout: Path) -> None:
-    """Run the rdsrecorder of another checkout in the product processes (benchmarks --product)."""
+    """Run the rdsrecorder of another checkout in the product processes (benchmarks --product).
+    PYTHONSAFEPATH: ``python -m`` would otherwise put the working directory (this checkout)
+    ahead of PYTHONPATH."""
     if not (checkout / "rdsrecorder" / "__main__.py").is_file():
         raise SystemExit(f"error: {checkout} holds no rdsrecorder package")
     compileall.compile_dir(checkout / "rdsrecorder", quiet=1)
+    os.environ["PYTHONSAFEPATH"] = "1"
     os.environ["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(checkout), os.environ.get("PYTHONPATH", "")) if p
     )
+    probe = subprocess.run(
+        [sys.executable, "-c", "import rdsrecorder; print(rdsrecorder.__file__)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    if not probe.stdout.strip().startswith(str(checkout)):
+        raise SystemExit(f"error: the product processes would run {probe.stdout.strip()}")
+    print(f"product: {probe.stdout.strip()}", file=sys.stderr)
 
 
 def run_sync(env: dict[str, str], args: list[str]) -> ProcessRun:
