@@ -32,7 +32,8 @@ STATEMENTS = {
 CHILD = """
 import json, os, resource, sys, time
 from pathlib import Path
-from rdsrecorder.query import CsvSink, Engine, LogFile, OutputFormat
+from rdsrecorder.query import CsvSink, Engine, LogFile
+from rdsrecorder.query_options import OutputFormat
 
 class Sink(CsvSink):
     first = None

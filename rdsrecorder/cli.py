@@ -33,7 +33,7 @@ from rdsrecorder.config import (
 from rdsrecorder.errors import EXIT_CONFIG, EXIT_INTERRUPTED
 from rdsrecorder.iam import Command, Principal
 from rdsrecorder.models import DownloadMethod
-from rdsrecorder.query import DEFAULT_MEMORY_LIMIT_MIB
+from rdsrecorder.query_options import DEFAULT_MEMORY_LIMIT_MIB
 from rdsrecorder.s3.upload_config import StorageClass
 
 cli = typer.Typer(

@@ -33,7 +33,7 @@ from rdsrecorder.iam import Command, IamPolicySettings, Principal
 from rdsrecorder.models import MIB, DownloadMethod
 from rdsrecorder.pgbadger import INSTALL_HINT as PGBADGER_MISSING
 from rdsrecorder.pgbadger import find_pgbadger
-from rdsrecorder.query import (
+from rdsrecorder.query_options import (
     DEFAULT_MEMORY_LIMIT_MIB,
     MIN_MEMORY_LIMIT_MIB,
     OutputFormat,

@@ -32,7 +32,6 @@ import contextlib
 import csv
 import datetime as dt
 import decimal
-import enum
 import functools
 import json
 import logging
@@ -44,9 +43,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Protocol, TypeVar
 
+from rdsrecorder.commands import open_bucket
 from rdsrecorder.csvlog import COLUMNS, LayoutError, layout_of, read_csv_sql, sql_string
 from rdsrecorder.errors import EXIT_CONFIG, EXIT_OK, EXIT_VERIFY, RdsRecorderError, one_line
 from rdsrecorder.hooks import Hooks
+from rdsrecorder.query_options import OutputFormat
 from rdsrecorder.times import iso
 
 if TYPE_CHECKING:
@@ -58,21 +59,12 @@ T = TypeVar("T")
 
 EXPORT_BLOCK_CHARS = 1 << 20
 FETCH_ROWS = 2048  # rows per batch from DuckDB to stdout: a few MB at most for csvlog rows
-DEFAULT_MEMORY_LIMIT_MIB = 1024
-MIN_MEMORY_LIMIT_MIB = 512  # below it DuckDB's CSV read buffers alone can fill the limit (measured)
-EXTRA_HINT = "pip install 'rdsrecorder[query]'"
 
 
 class QueryError(RdsRecorderError):
     """The statement (or the data it reads) is refused by the engine."""
 
     exit_code = EXIT_CONFIG
-
-
-class OutputFormat(enum.StrEnum):
-    TABLE = "table"
-    JSON = "json"
-    CSV = "csv"
 
 
 @dataclass
@@ -91,15 +83,6 @@ class QueryReport:
     @property
     def exit_code(self) -> int:
         return EXIT_VERIFY if self.failures else EXIT_OK
-
-
-def duckdb_missing() -> str | None:
-    """Why ``query`` cannot run here (None when it can)."""
-    import importlib.util
-
-    if importlib.util.find_spec("duckdb") is None:
-        return f"query needs DuckDB, the [query] extra: {EXTRA_HINT}"
-    return None
 
 
 def _engine_error(exc: Exception) -> QueryError:
@@ -361,7 +344,7 @@ async def fetch_window(
     hooks: Hooks,
 ) -> list[LogFile]:
     """The window's files, as ``get`` chooses and checks them, written under ``files_dir``."""
-    # Imported here: the config imports this module for its defaults, and get brings the SDK.
+    # Imported here: get brings the SDK, which a bad statement (refused first) never needs.
     from rdsrecorder.get import NoCopyError, get_window
 
     try:
@@ -461,8 +444,6 @@ def _log_outcome(report: QueryReport) -> None:
 async def run_query(
     settings: QuerySettings, *, out: IO[str] | None = None, hooks: Hooks | None = None
 ) -> QueryReport:
-    from rdsrecorder.commands import open_bucket  # commands -> config -> this module
-
     hooks = hooks or Hooks()
     async with open_bucket(settings.bucket, settings.aws, hooks) as bucket:
         return await query_window(bucket, settings, out=out or sys.stdout, hooks=hooks)
