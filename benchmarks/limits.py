@@ -23,6 +23,8 @@ The lower bound of any copier under these limits, per download method:
     python benchmarks/limits.py --no-aws-cli     # rdsrecorder only
     python benchmarks/limits.py --steady-state   # 64 files of 6 MB, each path, both portion
                                                  # caps, start-up on its own line; 2-3 minutes
+    python benchmarks/limits.py --steady-state --methods complete --steady-files 32
+                                                 # the whole-file path alone, about 15 s
 """
 
 from __future__ import annotations
@@ -403,6 +405,7 @@ def steady_state(args: argparse.Namespace, out: list[str]) -> list[Row]:
         )
         out.append(STEADY_HEADER)
         runs = [("complete", None), *(("portion", cap) for cap in STEADY_CAPS)]
+        runs = [(m, cap) for m, cap in runs if m in args.methods]
         with LabThread(root, s3=s3_kind) as lab:
             _, s3 = clients(dict(lab.env))
             for method, cap in runs:
@@ -447,6 +450,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the steady-state mode instead of the limits table (64 files of 6 MB, both caps)",
     )
     parser.add_argument("--steady-files", type=int, default=64)
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=("complete", "portion"),
+        default=("complete", "portion"),
+        help="the download paths the steady-state mode runs (default: both)",
+    )
     parser.add_argument(
         "--product",
         type=Path,
