@@ -542,7 +542,7 @@ class Uploader:
             log.error(
                 "s3:AbortMultipartUpload is denied: multipart uploads cut short (like that of %s) "
                 "stay open and billed until the bucket's AbortIncompleteMultipartUpload lifecycle "
-                "rule removes them (README, IAM policy); said once, counted in "
+                "rule removes them (docs/iam.md); said once, counted in "
                 "rdsrecorder_multipart_abort_denied_total",
                 self._url(key),
             )
