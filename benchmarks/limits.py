@@ -5,7 +5,8 @@ takes `latency` (50 ms), a portion `per_mb` more per MB it carries (0.45 s), the
 streams each file at `stream` (3 MB/s), and the account's token bucket holds `burst` calls (30)
 refilled at `refill` a second (15), answering `Throttling` when empty. 16 hourly files of 6 MB.
 
-rdsrecorder runs as a real process (start-up counts): `sync --concurrency 8 --max-api-rps 15`, once
+rdsrecorder runs as a real process (start-up counts): `sync --concurrency 8 --max-api-rps 15
+--max-api-burst 30` (the account's budget the bound counts), once
 per download method. The AWS CLI runs the documented commands on the same emulation, one file after
 another: `aws rds download-db-log-file-portion --starting-token 0 --output text > file`, then
 `aws s3 cp file s3://...`.
@@ -181,8 +182,12 @@ def rdsrecorder_row(
             run_id,
             "--concurrency",
             str(limits.concurrency),
+            # The account's budget as the bound counts it: its refill and its burst (the
+            # product's defaults keep to a share of them, docs/api-budget.md).
             "--max-api-rps",
             f"{limits.refill_per_s:g}",
+            "--max-api-burst",
+            str(limits.burst),
             "--download-method",
             method,
         ],

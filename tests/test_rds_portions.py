@@ -9,6 +9,7 @@ import hashlib
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,12 +17,17 @@ from rdsrecorder.aws import Aws
 from rdsrecorder.config import AwsSettings
 from rdsrecorder.hooks import Hooks
 from rdsrecorder.models import DownloadMethod, DownloadStats, LogFile
-from rdsrecorder.rds.download import RdsDownloader
+from rdsrecorder.rds.download import FIRST_PORTION_LINES, RdsDownloader
 from rdsrecorder.rds.portions import (
     DOCUMENTED_CAP_BYTES,
+    LAST_CALL_FACTOR,
+    LAST_CALL_ROOM_BYTES,
+    MAX_MARGIN,
+    MIN_MARGIN,
     NOTICE_SUFFIX,
     OBSERVED_CAP_BYTES,
     TRUNCATION_NOTICE,
+    LineModel,
     PortionCap,
     complete_lines,
     is_cut,
@@ -155,24 +161,87 @@ def test_calls_are_planned_from_the_size_left_and_the_cap() -> None:
     line, margin = 131.0, 0.02
     for cap in (OBSERVED_CAP_BYTES, DOCUMENTED_CAP_BYTES):
         most = cap * (1 - margin)
+        last = cap - LAST_CALL_ROOM_BYTES
         for size in (6_060_000, 24_072_082):
             remaining, calls = size, 0
             while remaining > 0 and calls < 100:  # the plan, call after call
-                target = target_bytes(remaining, cap, margin, line, first=calls == 0)
-                assert target <= most
-                remaining -= lines_for(target, line) * line
+                target = target_bytes(remaining, cap, margin, line)
+                assert target <= (most if remaining > last else cap * LAST_CALL_FACTOR)
+                remaining -= min(remaining, lines_for(target, line) * line)
                 calls += 1
-            assert calls == math.ceil(size / most), (cap, size)
-    # The first call aims lower (other files' lines), but never so low that it costs a call.
+            # Every call but the last within the margin; the last may carry up to the cap, as it
+            # cannot carry more than the file's rest.
+            assert calls == 1 + math.ceil((size - last) / most), (cap, size)
+    # 6.06 MB at a 1 MiB cap: 6 calls (5 x 1 MiB would be 5.24 MB), though 6 x most is not
+    # enough once the margin passes 3.6 %.
     size = 6_060_000
-    first = target_bytes(size, OBSERVED_CAP_BYTES, margin, line, first=True)
+    assert 6 * OBSERVED_CAP_BYTES * (1 - 0.04) < size
+    remaining, calls = size, 0
+    while remaining > 0:
+        remaining -= min(
+            remaining,
+            lines_for(target_bytes(remaining, OBSERVED_CAP_BYTES, 0.04, line), line) * line,
+        )
+        calls += 1
+    assert calls == 6
+    # The first call, sized from other files' lines, gets the room it wants ...
     later = target_bytes(size, OBSERVED_CAP_BYTES, margin, line)
+    roomy = target_bytes(size, OBSERVED_CAP_BYTES, margin, line, first_margin=0.07)
+    assert roomy == OBSERVED_CAP_BYTES * (1 - 0.07) < later
+    # ... as far as that costs the file no call.
+    tight = target_bytes(size, OBSERVED_CAP_BYTES, 0.035, line, first_margin=0.12)
+    most = OBSERVED_CAP_BYTES * (1 - 0.035)
+    assert tight == size - 4 * most - (OBSERVED_CAP_BYTES - LAST_CALL_ROOM_BYTES)
+    assert tight > OBSERVED_CAP_BYTES * (1 - 0.12)
     most = OBSERVED_CAP_BYTES * (1 - margin)
-    assert size - 5 * most < first < later
     # Past the listed size (a file still being written): as much as a call may carry.
     assert target_bytes(0, OBSERVED_CAP_BYTES, margin, line) == most
     # The API's 10,000-line cap, and at least one line.
     assert lines_for(most, 20.0) == 10_000 and lines_for(most, 5_000_000.0) == 1
+
+
+def test_the_margin_follows_the_errors_of_each_kind_of_prediction() -> None:
+    """Predictions within a file (from its previous portion) and a file's first call (from
+    other files' lines) keep margins of their own: an uneven file's first call does not make
+    every later call keep more room, and a miss widens the margin for a while, then less."""
+    model = LineModel()
+    for _ in range(30):
+        model.predicted(1_000_000, 1_004_000)  # within a file: 0.4 % off
+        model.predicted(1_000_000, 1_050_000, first=True)  # first calls: 5 % off
+    assert MIN_MARGIN < model.margin < 0.015  # about 3 x 0.4 %
+    assert model.first_margin == MAX_MARGIN  # 3 x 5 %, kept within its bound
+    calm = model.margin
+    model.predicted(1_000_000, 1_060_000)  # a 6 % miss within a file
+    widened = model.margin
+    assert widened > 4 * calm
+    for _ in range(10):
+        model.predicted(1_000_000, 1_004_000)
+    assert calm < model.margin < widened
+    assert 0.0 < LineModel().margin < LineModel().first_margin <= MAX_MARGIN
+
+
+async def test_files_that_start_together_share_one_probe(
+    lab: LabThread, lab_files: tuple[Path, list[GeneratedFile]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing known of an instance's lines yet: one file probes, the files that start meanwhile
+    wait for its answer instead of each paying for a probe; each is byte-exact."""
+    for key, value in lab.env.items():
+        monkeypatch.setenv(key, value)
+    files = lab_files[1]
+    lab.set_faults()
+    lab.reset_stats()
+    asked: list[int] = []
+    original = RdsDownloader._portion
+
+    async def counted(self: RdsDownloader, f: LogFile, marker: str, lines: int) -> Any:
+        if marker == "0":
+            asked.append(lines)
+        return await original(self, f, marker, lines)
+
+    monkeypatch.setattr(RdsDownloader, "_portion", counted)
+    await download_all(lab, files, concurrency=len(files))
+    assert len(asked) == len(files)
+    assert asked.count(FIRST_PORTION_LINES) == 1, asked
 
 
 async def test_the_next_portion_is_asked_for_while_the_consumer_holds_a_chunk(

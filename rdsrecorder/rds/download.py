@@ -180,9 +180,11 @@ class RdsDownloader:
         # Instances where the complete endpoint was denied, and when (clock seconds).
         self._portion_only: dict[str, float] = {}
         self._short_bodies: dict[tuple[str, str], int] = {}  # whole-file streams that ended short
-        # Lines seen on each instance: a file's first portion is sized from them, so only the
-        # files that start before an instance's first answer pay for a small probing call.
+        # Lines seen on each instance: a file's first portion is sized from them. Until an
+        # instance's first answer, one file probes and the files that start meanwhile wait for
+        # its answer instead of each paying for a probe of their own.
         self._lines: dict[str, LineModel] = {}
+        self._probes: dict[str, asyncio.Event] = {}
         self._cap = PortionCap()  # the API's, learnt from the answers
         self._http: aiohttp.ClientSession | None = None
 
@@ -324,13 +326,32 @@ class RdsDownloader:
         if rest is not None:
             yield rest
 
-    def _first_portion_lines(self, model: LineModel, size: int) -> tuple[int, float]:
-        """Lines for a file's first call, and the bytes they should carry: planned from the
-        instance's lines, or a probe (0: no prediction)."""
+    async def _first_portion_lines(
+        self, f: LogFile, model: LineModel
+    ) -> tuple[int, float, asyncio.Event | None]:
+        """Lines for a file's first call and the bytes they should carry, planned from the
+        instance's lines; or a probe (0: no prediction) and the event its answer sets. A file
+        that needs more than one call waits for a probe already out instead of sending its own."""
+        probe = self._probes.get(f.instance)
+        if not model.bytes_per_line and probe is not None and f.size > self._cap.bytes:
+            await probe.wait()
         if not model.bytes_per_line:
-            return FIRST_PORTION_LINES, 0.0
-        target = target_bytes(size, self._cap.bytes, model.margin, model.bytes_per_line, first=True)
-        return lines_for(target, model.bytes_per_line), 0.0
+            probe = self._probes[f.instance] = asyncio.Event()
+            return FIRST_PORTION_LINES, 0.0, probe
+        bpl = model.bytes_per_line
+        target = target_bytes(
+            f.size, self._cap.bytes, model.margin, bpl, first_margin=model.first_margin
+        )
+        lines = lines_for(target, bpl)
+        return lines, lines * bpl, None
+
+    def _probed(self, instance: str, probe: asyncio.Event | None) -> None:
+        """A probe's answer has been taken (or its file stopped): the files waiting for it go."""
+        if probe is None:
+            return
+        probe.set()
+        if self._probes.get(instance) is probe:
+            del self._probes[instance]
 
     async def _download_portions(self, f: LogFile, stats: DownloadStats) -> AsyncIterator[bytes]:
         """The file's portions, one call ahead: the next call goes out once an answer is parsed,
@@ -338,7 +359,8 @@ class RdsDownloader:
         behind holds one chunk and one answer."""
         stats.method = "portion"
         model = self._lines.setdefault(f.instance, LineModel())
-        lines, predicted = self._first_portion_lines(model, f.size)
+        lines, predicted, probe = await self._first_portion_lines(f, model)
+        first = True
         file_bpl = 0.0  # bytes per line of the file's last portion
         marker = "0"
         tail = b""  # the end of what arrived, to recognise a page that repeats it
@@ -356,8 +378,9 @@ class RdsDownloader:
                 pending = bool(resp.get("AdditionalDataPending"))
                 del resp
                 cut, fewer = self._judge(
-                    f, stats, model, raw, marker, next_marker, lines, predicted
+                    f, stats, model, raw, marker, next_marker, lines, predicted, first
                 )
+                first = False
                 if fewer is not None:
                     lines, predicted = fewer, 0.0  # exactly the lines that fit: no guess
                     continue  # asked again from the same marker
@@ -368,6 +391,8 @@ class RdsDownloader:
                     # A page of long lines tells their length as well as many short ones do.
                     file_bpl = len(data) / newlines
                     model.seen(len(data), newlines)
+                self._probed(f.instance, probe)
+                probe = None
                 chunk = coalescer.add(data) if data else None
                 del data
                 more = _goes_on(f, stats, pending, marker, next_marker)
@@ -381,6 +406,7 @@ class RdsDownloader:
                 if not more:
                     break
         finally:  # the consumer stopped, or a call failed: the call ahead is not wanted
+            self._probed(f.instance, probe)
             if ahead is not None:
                 await cancelled(ahead)
         if stats.truncated_lines and stats.covered_bytes < f.size:
@@ -400,6 +426,7 @@ class RdsDownloader:
         next_marker: str,
         lines: int,
         predicted: float,
+        first: bool,
     ) -> tuple[bool, int | None]:
         """Whether an answer was cut, and the lines to ask again for from the same marker
         (None: the answer is taken). What it teaches of the cap and of the lines is kept."""
@@ -408,10 +435,10 @@ class RdsDownloader:
         self._cap.answered(len(raw), cut)
         if not cut:
             if predicted and raw.count(b"\n") == lines:
-                model.predicted(predicted, len(raw))
+                model.predicted(predicted, len(raw), first=first)
             return False, None
         if predicted and span is not None:
-            model.predicted(predicted, span)
+            model.predicted(predicted, span, first=first)
         fewer = self._after_cut(f, stats, raw, marker, lines)
         if fewer is None:
             self._lost(f, stats, raw, span)

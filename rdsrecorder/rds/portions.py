@@ -12,10 +12,11 @@ no I/O (``rds.download`` makes the calls). The design is in docs/design-portions
   Until a cut has been seen, the plan assumes the larger of the caps reported (1 MiB): if the
   API's cap is smaller, the first cut says so at the cost of one call.
 * **Sizing.** The bytes left by the listed size are spread evenly over the fewest calls that
-  stay ``margin`` under the cap; the lines asked for are those bytes divided by the bytes per
-  line of the file's previous portion. The margin follows how well those predictions have held
-  (``LineModel``). A cut is asked again from the same marker for exactly the complete lines it
-  carried, which fit by construction: a cut costs one call, never a series of shrinking ones.
+  stay ``margin`` under the cap (the last one may go up to the cap: it cannot carry more than
+  the rest); the lines asked for are those bytes divided by the bytes per line of the file's
+  previous portion. The margin follows how well those predictions have held (``LineModel``). A
+  cut is asked again from the same marker for exactly the complete lines it carried, which fit
+  by construction: a cut costs one call, never a series of shrinking ones.
 """
 
 from __future__ import annotations
@@ -30,9 +31,17 @@ MAX_LINES = 10_000  # the API's limit (and default) for NumberOfLines
 DOCUMENTED_CAP_BYTES = 1_000_000
 OBSERVED_CAP_BYTES = 1_048_576
 CUT_SHORTFALL_BYTES = 4  # a cut answer may end up to a UTF-8 character short of the cap
-MIN_MARGIN = 0.015
-MAX_MARGIN = 0.10
+# The room kept under the cap: MARGIN_SIGMAS x the RMS of recent prediction errors, within
+# [MIN_MARGIN, MAX_MARGIN]; lines within a file predict its next portion to about 1 %, a file's
+# first call (other files' lines) to a few per cent.
+MARGIN_SIGMAS = 3.0
+MIN_MARGIN = 0.01
+MAX_MARGIN = 0.12
+INITIAL_WITHIN_ERROR = 0.01
+INITIAL_ACROSS_ERROR = 0.04
+ERROR_DECAY = 0.9
 LAST_CALL_FACTOR = 1.25  # the last call asks for more lines than the rest needs
+LAST_CALL_ROOM_BYTES = 4096  # what the last call leaves under the cap (a UTF-8 char, a line)
 WHOLE_FILE_HINT = (
     "the whole-file download recovers it when IAM allows rds:DownloadCompleteDBLogFile"
 )
@@ -117,11 +126,14 @@ def complete_lines(cut_data: bytes) -> int:
 
 @dataclass(slots=True)
 class LineModel:
-    """How well "lines x bytes per line" has predicted an answer's bytes on one DB instance: the
-    margin kept under the cap follows the largest recent miss (decaying), so uniform logs are
-    read close to the cap and uneven ones keep more room instead of being cut."""
+    """How well "lines x bytes per line" predicts an answer's bytes on one DB instance, kept
+    apart for the two kinds of prediction: within a file (from the file's previous portion: close)
+    and a file's first call (from other files' lines: files differ more). Each keeps a decaying
+    RMS of its relative errors; the margin under the cap is ``MARGIN_SIGMAS`` of it, so uniform
+    logs are read close to the cap and uneven ones keep more room instead of being cut."""
 
-    miss: float = 0.01  # recent largest relative error of a prediction
+    within: float = INITIAL_WITHIN_ERROR
+    across: float = INITIAL_ACROSS_ERROR
     # Bytes and lines of recent portions (decaying), weighted by bytes: small pages, as at a
     # file's end, count little.
     _bytes: float = 0.0
@@ -134,19 +146,36 @@ class LineModel:
 
     @property
     def margin(self) -> float:
-        return min(MAX_MARGIN, max(MIN_MARGIN, 1.5 * self.miss + 0.005))
+        """The room kept under the cap by a call sized from the file's own lines."""
+        return _margin(self.within)
 
-    def predicted(self, predicted_bytes: float, actual_bytes: int) -> None:
+    @property
+    def first_margin(self) -> float:
+        """The room a file's first call would want (sized from other files' lines)."""
+        return _margin(self.across)
+
+    def predicted(self, predicted_bytes: float, actual_bytes: int, *, first: bool = False) -> None:
         """An answer of every line asked for (or a cut one, with the bytes its markers span)."""
         if predicted_bytes <= 0:
             return
-        error = abs(actual_bytes / predicted_bytes - 1)
-        self.miss = max(0.8 * self.miss, min(error, 1.0))
+        error = min(abs(actual_bytes / predicted_bytes - 1), 1.0)
+        if first:
+            self.across = _decayed_rms(self.across, error)
+        else:
+            self.within = _decayed_rms(self.within, error)
 
     def seen(self, size: int, newlines: int) -> None:
         if newlines:
             self._bytes = 0.7 * self._bytes + size
             self._lines = 0.7 * self._lines + newlines
+
+
+def _decayed_rms(rms: float, error: float) -> float:
+    return math.sqrt(ERROR_DECAY * rms * rms + (1 - ERROR_DECAY) * error * error)
+
+
+def _margin(rms: float) -> float:
+    return min(MAX_MARGIN, max(MIN_MARGIN, MARGIN_SIGMAS * rms))
 
 
 def plan_bytes(cap_bytes: int, margin: float) -> float:
@@ -155,23 +184,34 @@ def plan_bytes(cap_bytes: int, margin: float) -> float:
 
 
 def target_bytes(
-    remaining: int, cap_bytes: int, margin: float, bytes_per_line: float, *, first: bool = False
+    remaining: int,
+    cap_bytes: int,
+    margin: float,
+    bytes_per_line: float,
+    *,
+    first_margin: float | None = None,
 ) -> float:
     """The bytes the next call should carry for a file with ``remaining`` bytes left by its
-    listed size: the rest spread evenly over the fewest calls that stay ``margin`` under the
-    cap. ``first``: the file's first call, sized from other files' lines: aimed lower, as far as
-    that costs no call. The last call asks for more than the rest so that the end comes in it."""
+    listed size: the rest spread evenly over the fewest calls that stay ``margin`` under the cap,
+    but for the last one, which may carry up to the cap (it cannot carry more than the rest of
+    the file, so it asks for more lines than the rest needs, to be sure the end comes in it).
+    ``first_margin``: a file's first call, sized from other files' lines, wants this much room;
+    it gets it as far as that costs the file no call (a cut costs one call, a call more one for
+    sure)."""
     most = plan_bytes(cap_bytes, margin)
     if remaining <= 0:  # past the listed size: a file still being written
         return most
-    calls_left = math.ceil(remaining / most)
-    if calls_left == 1:
-        return min(remaining * LAST_CALL_FACTOR + 10 * bytes_per_line, most)
-    if first:
-        # Sized from other files' lines, so less sure: the middle of what costs no extra call,
-        # between what the other calls can make up for and what one call may carry.
-        return (remaining - (calls_left - 1) * most + most) / 2
-    return remaining / calls_left
+    last = cap_bytes - LAST_CALL_ROOM_BYTES
+    if remaining <= last:
+        # At most the rest comes (a growing file may have more: room for 2 margins of error).
+        enough = remaining * (1 + 2 * margin) + 10 * bytes_per_line
+        return min(remaining * LAST_CALL_FACTOR + 10 * bytes_per_line, max(most, enough))
+    calls_left = 1 + math.ceil((remaining - last) / most)
+    even = min(remaining / calls_left, most)
+    if first_margin is None:
+        return even
+    needed = remaining - (calls_left - 2) * most - last  # less, and the file costs a call more
+    return max(needed, min(even, plan_bytes(cap_bytes, first_margin)))
 
 
 def lines_for(target: float, bytes_per_line: float) -> int:
