@@ -95,6 +95,29 @@ JsonOpt = Annotated[
 MetricsAddrOpt = Annotated[
     str, typer.Option(envvar=ENV + "METRICS_ADDRESS", help="Address of the /metrics server.")
 ]
+# get and query: what reads a DB's logs back for a window.
+ReadDbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db-identifier",
+        "-d",
+        envvar=ENV + "DB_IDENTIFIER",
+        help="Required. DB instance id, or the Aurora cluster id a run was made for.",
+    ),
+]
+ReadStartOpt = Annotated[
+    str | None,
+    typer.Option(
+        envvar=ENV + "START", help="Required. Window start: a date, ISO-8601, 'now-2h' ..."
+    ),
+]
+ReadFinishOpt = Annotated[
+    str | None,
+    typer.Option(envvar=ENV + "FINISH", help="Window end (exclusive). Default: now."),
+]
+GetConcurrencyOpt = Annotated[
+    int, typer.Option(envvar=ENV + "CONCURRENCY", help="Objects downloaded at the same time.")
+]
 
 
 @cli.command()
@@ -521,26 +544,9 @@ def verify(
 @cli.command()
 def get(
     bucket: BucketOpt = None,
-    db_identifier: Annotated[
-        str | None,
-        typer.Option(
-            "--db-identifier",
-            "-d",
-            envvar=ENV + "DB_IDENTIFIER",
-            help="Required. DB instance id, or the Aurora cluster id a run was made for.",
-        ),
-    ] = None,
-    start: Annotated[
-        str | None,
-        typer.Option(
-            envvar=ENV + "START",
-            help="Required. Window start: a date, ISO-8601, 'now-2h' ...",
-        ),
-    ] = None,
-    finish: Annotated[
-        str | None,
-        typer.Option(envvar=ENV + "FINISH", help="Window end (exclusive). Default: now."),
-    ] = None,
+    db_identifier: ReadDbOpt = None,
+    start: ReadStartOpt = None,
+    finish: ReadFinishOpt = None,
     output_dir: Annotated[
         str | None,
         typer.Option(
@@ -563,10 +569,7 @@ def get(
             "OUT (.html, .txt or .json).",
         ),
     ] = None,
-    concurrency: Annotated[
-        int,
-        typer.Option(envvar=ENV + "CONCURRENCY", help="Objects downloaded at the same time."),
-    ] = DEFAULT_GET_CONCURRENCY,
+    concurrency: GetConcurrencyOpt = DEFAULT_GET_CONCURRENCY,
     region: RegionOpt = None,
     expected_bucket_owner: OwnerOpt = None,
     json_output: JsonOpt = False,
@@ -610,26 +613,9 @@ def query(
         ),
     ] = None,
     bucket: BucketOpt = None,
-    db_identifier: Annotated[
-        str | None,
-        typer.Option(
-            "--db-identifier",
-            "-d",
-            envvar=ENV + "DB_IDENTIFIER",
-            help="Required. DB instance id, or the Aurora cluster id a run was made for.",
-        ),
-    ] = None,
-    start: Annotated[
-        str | None,
-        typer.Option(
-            envvar=ENV + "START",
-            help="Required. Window start: a date, ISO-8601, 'now-2h' ...",
-        ),
-    ] = None,
-    finish: Annotated[
-        str | None,
-        typer.Option(envvar=ENV + "FINISH", help="Window end (exclusive). Default: now."),
-    ] = None,
+    db_identifier: ReadDbOpt = None,
+    start: ReadStartOpt = None,
+    finish: ReadFinishOpt = None,
     json_rows: Annotated[
         bool, typer.Option("--json", help="The rows as one JSON array of objects.")
     ] = False,
@@ -651,10 +637,7 @@ def query(
             "(default: the temp dir); room for the window's uncompressed logs.",
         ),
     ] = None,
-    concurrency: Annotated[
-        int,
-        typer.Option(envvar=ENV + "CONCURRENCY", help="Objects downloaded at the same time."),
-    ] = DEFAULT_GET_CONCURRENCY,
+    concurrency: GetConcurrencyOpt = DEFAULT_GET_CONCURRENCY,
     region: RegionOpt = None,
     expected_bucket_owner: OwnerOpt = None,
     log_format: LogFormatOpt = LogFormat.TEXT,
