@@ -448,7 +448,7 @@ def steady_state(args: argparse.Namespace, out: list[str]) -> list[Row]:
 
 STEADY_HEADER = (
     "| method | seconds | lower bound s | time / bound | RDS download calls / MB "
-    "| CPU s/GB | peak RSS MB | byte-exact |\n|---|---|---|---|---|---|---|---|"
+    "| throttled | CPU s/GB | peak RSS MB | byte-exact |\n|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -456,7 +456,8 @@ def steady_markdown(row: Row, label: str) -> str:
     rss = f"{row.rss_mb:.0f}" if row.rss_mb else "-"
     return (
         f"| {label} | {row.seconds:.1f} | {row.bound_s:.1f} | **{row.ratio:.2f}x** | "
-        f"{row.download_calls / row.total_mb:.3f} | {row.cpu_s / (row.total_mb / 1000):.0f} | "
+        f"{row.download_calls / row.total_mb:.3f} | {row.throttled_lab} | "
+        f"{row.cpu_s / (row.total_mb / 1000):.0f} | "
         f"{rss} | {row.exact} |"
     )
 
