@@ -360,7 +360,6 @@ class RdsDownloader:
         stats.method = "portion"
         model = self._lines.setdefault(f.instance, LineModel())
         lines, predicted, probe = await self._first_portion_lines(f, model)
-        first = True
         file_bpl = 0.0  # bytes per line of the file's last portion
         marker = "0"
         tail = b""  # the end of what arrived, to recognise a page that repeats it
@@ -378,9 +377,8 @@ class RdsDownloader:
                 pending = bool(resp.get("AdditionalDataPending"))
                 del resp
                 cut, fewer = self._judge(
-                    f, stats, model, raw, marker, next_marker, lines, predicted, first
+                    f, stats, model, raw, marker, next_marker, lines, predicted
                 )
-                first = False
                 if fewer is not None:
                     lines, predicted = fewer, 0.0  # exactly the lines that fit: no guess
                     continue  # asked again from the same marker
@@ -426,10 +424,11 @@ class RdsDownloader:
         next_marker: str,
         lines: int,
         predicted: float,
-        first: bool,
     ) -> tuple[bool, int | None]:
         """Whether an answer was cut, and the lines to ask again for from the same marker
-        (None: the answer is taken). What it teaches of the cap and of the lines is kept."""
+        (None: the answer is taken). What it teaches of the cap and of the lines is kept: a
+        prediction at the file's start (marker "0") was made from other files' lines."""
+        first = marker == "0"
         span = span_of(marker, next_marker)
         cut = is_cut(raw, span, self._cap)
         self._cap.answered(len(raw), cut)
